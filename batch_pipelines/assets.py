@@ -1,0 +1,190 @@
+"""The shared factory that turns an operation into a partitioned asset and its job.
+
+Every operation asset has one dynamic partition per item and executes a range of partitions
+per run (``context.partition_keys``). Each item that succeeds (or is skipped) is recorded as
+a materialization of its own partition with its metrics as metadata; if any item fails, the
+step fails at the end so the failed partitions show as failed in the UI, while the items
+that worked keep their materializations. Item-level retries happen inside the run (see
+:mod:`batch_pipelines.runner`); the step retry policy only covers errors outside the items,
+such as the warehouse staying locked.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetMaterialization,
+    AssetsDefinition,
+    BackfillPolicy,
+    Backoff,
+    Failure,
+    Jitter,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+    define_asset_job,
+)
+
+from batch_pipelines import ledger, warehouse
+from batch_pipelines.handler import OperationSpec
+from batch_pipelines.partitions import PARTITIONS
+from batch_pipelines.resources import WarehouseResource
+from batch_pipelines.runner import ExecutionSettings, WorkItem, run_chunk
+
+WRITER_POOL = "duckdb_writer"
+STEP_RETRY = RetryPolicy(
+    max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+UI_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=100)
+
+
+def _scalar_metadata(result: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (result or {}).items():
+        if isinstance(v, bool | int | float | str) and (not isinstance(v, str) or len(v) < 500):
+            out[k] = v
+    return out
+
+
+def _materialization(
+    context: AssetExecutionContext, row: dict[str, Any], outcome: ledger.ItemOutcome | None
+) -> AssetMaterialization:
+    status = outcome.status if outcome else row["status"]
+    metadata: dict[str, Any] = {
+        "batch_id": row["batch_id"],
+        "item_id": row["item_id"],
+        "status": status,
+    }
+    if outcome is not None:
+        if outcome.duration_ms is not None:
+            metadata["duration_ms"] = round(outcome.duration_ms, 3)
+        metadata["attempts"] = len(outcome.attempts)
+        if outcome.quality_score is not None:
+            metadata["quality_score"] = round(outcome.quality_score, 4)
+        metadata.update(_scalar_metadata(outcome.result))
+    return AssetMaterialization(
+        asset_key=context.asset_key, partition=row["partition_key"], metadata=metadata
+    )
+
+
+def execute_partitions(
+    spec: OperationSpec,
+    context: AssetExecutionContext,
+    warehouse_resource: WarehouseResource,
+    resources: dict[str, Any] | None = None,
+) -> Iterator[Any]:
+    """Run the items behind ``context.partition_keys``, batch by batch."""
+    paths = warehouse_resource.paths()
+    keys = list(context.partition_keys)
+    with warehouse.connect(paths.warehouse, read_only=True) as con:
+        rows = ledger.items_for_keys(con, keys)
+    known = {r["partition_key"] for r in rows}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        context.log.warning(
+            f"{len(unknown)} partition(s) have no ledger row (deleted batch?): {unknown[:5]}"
+        )
+    # A run launched by the dispatcher (tag batch/id) resumes its chunk: items already
+    # finished by an earlier attempt are not run again. A run launched by hand (UI
+    # materialize, `dagster asset materialize --partition`) re-runs the items it names.
+    dispatched = "batch/id" in context.run.tags
+    by_batch: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_batch[r["batch_id"]].append(r)
+    failed: list[str] = []
+    for batch_id, batch_rows in by_batch.items():
+        first = batch_rows[0]
+        if first["operation"] != spec.name:
+            raise Failure(
+                f"partition of batch {batch_id} belongs to {first['operation']}, not {spec.name}",
+                allow_retries=False,
+            )
+        if dispatched and first["batch_status"] in ("cancelled", "failed"):
+            context.log.info(f"batch {batch_id} is {first['batch_status']}: nothing to run")
+            continue
+        settings = ExecutionSettings.model_validate(first["settings"])
+        options = spec.options_model.model_validate(first["options"])
+        todo, done = [], []
+        for r in batch_rows:
+            if dispatched and r["status"] in ledger.TERMINAL_ITEM_STATUSES:
+                done.append(r)
+            else:
+                todo.append(r)
+        for r in done:
+            if r["status"] in ("succeeded", "skipped"):
+                yield _materialization(context, r, None)
+        by_item = {r["item_id"]: r for r in todo}
+
+        def on_flushed(outcomes: list[ledger.ItemOutcome], by_item=by_item) -> None:
+            for o in outcomes:
+                if o.status in ("succeeded", "skipped"):
+                    context.log_event(_materialization(context, by_item[o.item_id], o))
+
+        work = [
+            WorkItem(
+                r["batch_id"],
+                r["item_id"],
+                r["partition_key"],
+                r["payload"],
+                previous_attempts=int(r["attempts"] or 0),
+            )
+            for r in todo
+        ]
+        summary = run_chunk(
+            spec,
+            work,
+            options,
+            settings,
+            run_id=context.run_id,
+            paths=paths,
+            resources=resources,
+            on_flushed=on_flushed,
+        )
+        n_failed = summary.count("failed")
+        context.log.info(
+            f"batch {batch_id}: {summary.count('succeeded')} succeeded, {n_failed} failed, "
+            f"{summary.count('skipped')} skipped, {summary.count('cancelled')} cancelled "
+            f"(batch is {summary.batch_status})"
+        )
+        failed += [f"{o.item_id}: {o.error}" for o in summary.outcomes if o.status == "failed"]
+    if failed:
+        raise Failure(
+            description=f"{len(failed)} item(s) failed; the others are materialized",
+            metadata={"failed_items": MetadataValue.md("\n".join(f"- {f}" for f in failed[:50]))},
+            allow_retries=False,
+        )
+
+
+def build_operation_asset(spec: OperationSpec) -> AssetsDefinition:
+    """The partitioned asset of an operation: ``<operation>_items``."""
+
+    @asset(
+        name=f"{spec.name}_items",
+        partitions_def=PARTITIONS[spec.name],
+        backfill_policy=UI_BACKFILL_POLICY,
+        output_required=False,
+        pool=WRITER_POOL,
+        retry_policy=STEP_RETRY,
+        group_name="operations",
+        kinds={"duckdb", "python"},
+        description=spec.description,
+        tags={"batch/operation": spec.name},
+        required_resource_keys={"warehouse", *spec.resources},
+    )
+    def _operation_asset(context: AssetExecutionContext) -> Iterator[Any]:
+        resources = {k: getattr(context.resources, k) for k in spec.resources}
+        yield from execute_partitions(spec, context, context.resources.warehouse, resources)
+
+    return _operation_asset
+
+
+def build_operation_job(spec: OperationSpec, asset_def: AssetsDefinition):  # noqa: ANN201
+    return define_asset_job(
+        name=f"{spec.name}_job",
+        selection=[asset_def],
+        partitions_def=PARTITIONS[spec.name],
+        tags={"batch/operation": spec.name},
+        description=f"Chunk runs of {spec.name} batches. {spec.description}",
+    )

@@ -1,0 +1,101 @@
+"""Item errors and how they are classified (category, severity, retryable)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import duckdb
+
+TRANSIENT = "transient"
+TIMEOUT = "timeout"
+VALIDATION = "validation"
+NOT_FOUND = "not_found"
+PERMANENT = "permanent"
+CANCELLED = "cancelled"
+INTERNAL = "internal"
+
+RETRYABLE_CATEGORIES = frozenset({TRANSIENT, TIMEOUT})
+
+
+class ItemError(Exception):
+    """An error an item handler raises on purpose, with its category."""
+
+    category: str = PERMANENT
+
+    def __init__(self, message: str, category: str | None = None):
+        super().__init__(message)
+        if category is not None:
+            self.category = category
+
+
+class TransientItemError(ItemError):
+    """Worth retrying: a rate limit, a 5xx, a dropped connection, a busy resource."""
+
+    category = TRANSIENT
+
+
+class ValidationItemError(ItemError):
+    """The item's input is wrong (bad file, bad query, bad rule); retrying will not help."""
+
+    category = VALIDATION
+
+
+class ItemTimeoutError(ItemError):
+    category = TIMEOUT
+
+
+class ItemCancelledError(ItemError):
+    category = CANCELLED
+
+
+@dataclass(frozen=True)
+class Classified:
+    category: str
+    severity: str
+    retryable: bool
+    message: str
+
+
+def classify(exc: BaseException) -> Classified:
+    """Map any exception raised while processing an item to a category and severity."""
+    message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ItemError) else str(exc)
+    if isinstance(exc, ItemError):
+        category = exc.category
+    elif isinstance(exc, TimeoutError | socket.timeout):
+        category = TIMEOUT
+    elif isinstance(exc, ConnectionError):
+        category = TRANSIENT
+    elif isinstance(exc, FileNotFoundError):
+        category = NOT_FOUND
+    elif isinstance(exc, PermissionError | IsADirectoryError):
+        category = PERMANENT
+    elif isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
+        category = TRANSIENT
+    elif isinstance(
+        exc,
+        duckdb.ParserException
+        | duckdb.BinderException
+        | duckdb.CatalogException
+        | duckdb.ConversionException
+        | duckdb.InvalidInputException
+        | duckdb.ConstraintException
+        | ValueError
+        | KeyError
+        | UnicodeDecodeError,
+    ):
+        category = VALIDATION
+    elif isinstance(exc, MemoryError | duckdb.OutOfMemoryException):
+        category = TRANSIENT
+    else:
+        category = INTERNAL
+    severity = {
+        TRANSIENT: "warning",
+        TIMEOUT: "warning",
+        CANCELLED: "info",
+        VALIDATION: "error",
+        NOT_FOUND: "error",
+        PERMANENT: "error",
+        INTERNAL: "critical",
+    }.get(category, "error")
+    return Classified(category, severity, category in RETRYABLE_CATEGORIES, message[:2000])

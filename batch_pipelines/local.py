@@ -1,0 +1,54 @@
+"""Run a batch in this process (``batch-pipelines submit --wait`` without a daemon, ``make
+demo``, tests): every chunk with pending items runs as a Dagster run of ``<operation>_job``
+over its range of partition keys, one after another, recorded in the instance like any run
+but bypassing the run queue (no priorities, no run-level limits or retries)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from batch_pipelines import config, ledger, warehouse
+from batch_pipelines.dispatch import chunk_states, chunk_tags
+
+
+def run_batch_in_process(
+    batch_id: str,
+    instance,  # noqa: ANN001 - DagsterInstance
+    on_chunk_done: Callable[[dict], None] | None = None,
+) -> dict:
+    """Execute the batch's pending chunks here; returns the batch's final ledger row."""
+    from batch_pipelines.definitions import defs
+
+    paths = config.get_paths()
+    while True:
+        with warehouse.connect(paths.warehouse, read_only=True) as con:
+            batch = ledger.get_batch(con, batch_id)
+            if batch is None:
+                raise KeyError(f"no batch {batch_id}")
+            rows = [r for r in ledger.launchable_chunks(con) if r["batch_id"] == batch_id]
+        if not rows:
+            break
+        chunk = chunk_states(rows)[0]
+        job = defs.get_job_def(f"{chunk.operation}_job")
+        tags = chunk_tags(
+            chunk.batch_id,
+            chunk.operation,
+            chunk.priority,
+            chunk.chunk_no,
+            chunk.first_key,
+            chunk.last_key,
+        )
+        tags["batch/launched_by"] = "in_process"
+        job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        with warehouse.connect(paths.warehouse, read_only=True) as con:
+            after = ledger.chunk_plan(con, batch_id)
+            batch = ledger.get_batch(con, batch_id)
+        still = [c for c in after if c["chunk_no"] == chunk.chunk_no and c["pending"]]
+        if still:
+            # The run ended without touching its items (e.g. it failed before starting them):
+            # stop rather than loop forever; the ledger says what is left.
+            break
+        if on_chunk_done:
+            on_chunk_done(batch)
+    with warehouse.connect(paths.warehouse, read_only=True) as con:
+        return ledger.get_batch(con, batch_id)

@@ -1,0 +1,18 @@
+"""The operations: one module each, registered here by name."""
+
+from __future__ import annotations
+
+from batch_pipelines.handler import OperationSpec
+from batch_pipelines.operations import import_op
+
+OPERATION_NAMES = ("annotate", "import", "export", "transform", "report", "validate", "cleanup")
+
+REGISTRY: dict[str, OperationSpec] = {spec.name: spec for spec in (import_op.SPEC,)}
+
+
+def get_operation(name: str) -> OperationSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise KeyError(f"unknown operation {name!r}; known operations: {known}") from None

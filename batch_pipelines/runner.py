@@ -1,0 +1,367 @@
+"""The item runner shared by all operations.
+
+For each item of a chunk it calls the operation's handler with per-item retry (exponential
+backoff with jitter, only for retryable error categories), a per-item timeout, and
+continue-on-error or stop-on-first-error. Results are buffered and flushed to the warehouse
+in one short locked write per flush (by default every 2 s and at the end of the chunk): each
+item's commit (its detail rows and data) and ledger rows in one transaction, so a failed
+commit never leaves half an item behind, and then the batch's counts and status.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+from pydantic import BaseModel, Field
+
+from batch_pipelines import config, ledger, warehouse
+from batch_pipelines.errors import (
+    CANCELLED,
+    ItemTimeoutError,
+    classify,
+)
+from batch_pipelines.handler import CommitContext, ItemContext, ItemResult, OperationSpec
+
+log = logging.getLogger("batch_pipelines.runner")
+
+
+class ExecutionSettings(BaseModel, extra="forbid"):
+    """A batch's execution settings (manifest ``settings:``)."""
+
+    max_retries: int = Field(2, ge=0, le=20, description="Retries per item for retryable errors")
+    retry_base_delay_s: float = Field(0.5, ge=0, le=3600)
+    retry_backoff_factor: float = Field(2.0, ge=1, le=10)
+    retry_jitter: float = Field(0.2, ge=0, le=1, description="± share of the delay randomised")
+    retry_max_delay_s: float = Field(60.0, ge=0, le=3600)
+    item_timeout_s: float | None = Field(300.0, gt=0, le=86400)
+    continue_on_error: bool = True
+    max_failure_ratio: float | None = Field(None, ge=0, le=1)
+    chunk_size: int = Field(100, ge=1, le=10000, description="Items per Dagster run")
+    max_concurrency: int | None = Field(None, ge=1, le=100, description="Chunk runs at once")
+    flush_interval_s: float = Field(2.0, ge=0, le=600)
+
+
+def backoff_delay(
+    settings: ExecutionSettings, attempt: int, rng: random.Random | None = None
+) -> float:
+    """Delay before retry number ``attempt`` (1 = first retry)."""
+    rng = rng or random
+    delay = settings.retry_base_delay_s * settings.retry_backoff_factor ** (attempt - 1)
+    delay = min(delay, settings.retry_max_delay_s)
+    if settings.retry_jitter:
+        delay *= 1 + rng.uniform(-settings.retry_jitter, settings.retry_jitter)
+    return max(0.0, delay)
+
+
+@dataclass
+class WorkItem:
+    batch_id: str
+    item_id: str
+    partition_key: str
+    payload: dict[str, Any]
+    previous_attempts: int = 0
+
+
+@dataclass
+class _Pending:
+    outcome: ledger.ItemOutcome
+    result: ItemResult | None
+
+
+@dataclass
+class ChunkSummary:
+    outcomes: list[ledger.ItemOutcome] = field(default_factory=list)
+    batch_status: str | None = None
+    stopped: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+
+def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemResult:
+    if ctx.deadline is None:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"item-{ctx.item_id}", daemon=True)
+    worker.start()
+    worker.join(max(0.0, ctx.deadline - time.monotonic()))
+    if worker.is_alive():
+        ctx.cancel_event.set()
+        ctx.interrupt()
+        worker.join(2.0)
+        raise ItemTimeoutError(
+            f"item exceeded item_timeout_s ({ctx.deadline - ctx._started:.1f}s)"  # type: ignore[attr-defined]
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def run_item(
+    spec: OperationSpec,
+    work: WorkItem,
+    options: BaseModel,
+    settings: ExecutionSettings,
+    *,
+    run_id: str | None,
+    paths: config.Paths,
+    resources: dict[str, Any] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> _Pending:
+    """Run one item to its final outcome (all attempts), without touching the warehouse."""
+    outcome = ledger.ItemOutcome(batch_id=work.batch_id, item_id=work.item_id, status="failed")
+    outcome.started_at = ledger.utcnow()
+    try:
+        item = spec.item_model.model_validate(work.payload)
+    except Exception as exc:  # payload was validated at submit; a re-run may still differ
+        c = classify(ValueError(f"item payload: {exc}"))
+        now = ledger.utcnow()
+        outcome.attempts.append(
+            ledger.Attempt(
+                work.previous_attempts + 1,
+                now,
+                now,
+                0.0,
+                "failed",
+                c.message,
+                c.category,
+                c.severity,
+            )
+        )
+        outcome.error, outcome.error_category, outcome.severity = c.message, c.category, c.severity
+        outcome.finished_at = now
+        return _Pending(outcome, None)
+
+    attempt_no = work.previous_attempts
+    for retry in range(settings.max_retries + 1):
+        attempt_no += 1
+        ctx = ItemContext(
+            batch_id=work.batch_id,
+            item_id=work.item_id,
+            partition_key=work.partition_key,
+            item=item,
+            options=options,
+            attempt=attempt_no,
+            run_id=run_id,
+            paths=paths,
+            resources=resources or {},
+        )
+        started = time.monotonic()
+        ctx._started = started  # type: ignore[attr-defined]
+        if settings.item_timeout_s:
+            ctx.deadline = started + settings.item_timeout_s
+        started_at = ledger.utcnow()
+        try:
+            result = _call_with_timeout(lambda ctx=ctx: spec.handler(ctx), ctx)
+            if not isinstance(result, ItemResult):
+                raise TypeError(
+                    f"{spec.name} handler returned {type(result).__name__}, not ItemResult"
+                )
+        except Exception as exc:
+            c = classify(exc)
+            finished_at = ledger.utcnow()
+            outcome.attempts.append(
+                ledger.Attempt(
+                    attempt_no,
+                    started_at,
+                    finished_at,
+                    (time.monotonic() - started) * 1000,
+                    "failed",
+                    c.message,
+                    c.category,
+                    c.severity,
+                )
+            )
+            outcome.error, outcome.error_category, outcome.severity = (
+                c.message,
+                c.category,
+                c.severity,
+            )
+            outcome.finished_at = finished_at
+            if not c.retryable or retry == settings.max_retries or cancelled():
+                return _Pending(outcome, None)
+            delay = backoff_delay(settings, retry + 1, rng)
+            log.info(
+                "item %s attempt %d failed (%s), retrying in %.2fs",
+                work.item_id,
+                attempt_no,
+                c.category,
+                delay,
+            )
+            sleep(delay)
+            continue
+        finished_at = ledger.utcnow()
+        outcome.attempts.append(
+            ledger.Attempt(
+                attempt_no,
+                started_at,
+                finished_at,
+                (time.monotonic() - started) * 1000,
+                result.status,
+            )
+        )
+        outcome.status = result.status
+        outcome.result = result.metrics
+        outcome.quality_score = result.quality_score
+        outcome.error = outcome.error_category = outcome.severity = None
+        outcome.finished_at = finished_at
+        return _Pending(outcome, result)
+    raise AssertionError("unreachable")
+
+
+def _commit_one(con: duckdb.DuckDBPyConnection, pending: _Pending, run_id: str | None) -> None:
+    outcome = pending.outcome
+    result = pending.result
+    con.execute("begin")
+    try:
+        if result is not None and result.commit is not None:
+            override = result.commit(con, CommitContext(outcome.batch_id, outcome.item_id, run_id))
+            if override == "skipped":
+                outcome.status = "skipped"
+                outcome.attempts[-1].outcome = "skipped"
+        ledger.record_outcome(con, outcome, run_id)
+        con.execute("commit")
+    except Exception as exc:
+        con.execute("rollback")
+        c = classify(exc)
+        outcome.status = "failed"
+        outcome.error = f"commit failed: {c.message}"
+        outcome.error_category, outcome.severity = c.category, c.severity
+        outcome.result = None
+        outcome.quality_score = None
+        if outcome.attempts:
+            last = outcome.attempts[-1]
+            last.outcome, last.error = "failed", outcome.error
+            last.error_category, last.severity = c.category, c.severity
+        con.execute("begin")
+        ledger.record_outcome(con, outcome, run_id)
+        con.execute("commit")
+
+
+def flush(
+    pending: Sequence[_Pending], batch_ids: set[str], run_id: str | None, paths: config.Paths
+) -> dict[str, tuple[str, bool]]:
+    """Commit buffered items and refresh their batches; returns {batch_id: (status, paused)}."""
+    states: dict[str, tuple[str, bool]] = {}
+    try:
+        with warehouse.connect(paths.warehouse) as con:
+            for p in pending:
+                _commit_one(con, p, run_id)
+            for batch_id in sorted(batch_ids):
+                con.execute("begin")
+                status = ledger.refresh_batch(con, batch_id)
+                con.execute("commit")
+                paused = con.execute(
+                    "select paused from batches where batch_id = ?", [batch_id]
+                ).fetchone()[0]
+                states[batch_id] = (status, bool(paused))
+    finally:
+        for p in pending:
+            if p.result is not None and p.result.cleanup is not None:
+                try:
+                    p.result.cleanup()
+                except Exception:  # noqa: BLE001 - cleanup is best effort
+                    log.warning("cleanup of item %s failed", p.outcome.item_id, exc_info=True)
+    return states
+
+
+def run_chunk(
+    spec: OperationSpec,
+    work_items: Sequence[WorkItem],
+    options: BaseModel,
+    settings: ExecutionSettings,
+    *,
+    run_id: str | None,
+    paths: config.Paths | None = None,
+    resources: dict[str, Any] | None = None,
+    on_progress: Callable[[ledger.ItemOutcome], None] | None = None,
+    on_flushed: Callable[[list[ledger.ItemOutcome]], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ChunkSummary:
+    """Run a chunk of items (all of one batch) and keep the ledger true as it goes."""
+    paths = paths or config.get_paths()
+    summary = ChunkSummary()
+    if not work_items:
+        return summary
+    batch_id = work_items[0].batch_id
+    if any(w.batch_id != batch_id for w in work_items):
+        raise ValueError("a chunk holds items of one batch only")
+    with warehouse.connect(paths.warehouse) as con:
+        con.execute("begin")
+        ledger.mark_running(con, batch_id, [w.item_id for w in work_items], run_id)
+        con.execute("commit")
+
+    stop_reason: str | None = None
+    buffer: list[_Pending] = []
+    last_flush = time.monotonic()
+
+    def do_flush() -> None:
+        nonlocal buffer, last_flush, stop_reason
+        states = flush(buffer, {batch_id}, run_id, paths)
+        if on_flushed:
+            on_flushed([p.outcome for p in buffer])
+        buffer = []
+        last_flush = time.monotonic()
+        status, _paused = states[batch_id]
+        summary.batch_status = status
+        if status in ("failed", "cancelled") and stop_reason is None:
+            stop_reason = f"batch is {status}"
+
+    for index, work in enumerate(work_items):
+        if stop_reason is not None:
+            now = ledger.utcnow()
+            remaining = work_items[index:]
+            for w in remaining:
+                o = ledger.ItemOutcome(
+                    batch_id=w.batch_id,
+                    item_id=w.item_id,
+                    status="cancelled",
+                    error=f"not run: {stop_reason}",
+                    error_category=CANCELLED,
+                    severity="info",
+                    finished_at=now,
+                )
+                buffer.append(_Pending(o, None))
+                summary.outcomes.append(o)
+            break
+        pending = run_item(
+            spec,
+            work,
+            options,
+            settings,
+            run_id=run_id,
+            paths=paths,
+            resources=resources,
+            cancelled=lambda: stop_reason is not None,  # noqa: B023 - reads the current value
+            sleep=sleep,
+        )
+        buffer.append(pending)
+        summary.outcomes.append(pending.outcome)
+        if on_progress:
+            on_progress(pending.outcome)
+        if pending.outcome.status == "failed" and not settings.continue_on_error:
+            do_flush()
+            stop_reason = stop_reason or "stopped on first error"
+            continue
+        if time.monotonic() - last_flush >= settings.flush_interval_s:
+            do_flush()
+    if buffer:
+        do_flush()
+    summary.stopped = stop_reason
+    return summary

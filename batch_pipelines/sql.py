@@ -1,0 +1,39 @@
+"""Identifier validation and quoting: the one place user-supplied names become SQL."""
+
+from __future__ import annotations
+
+import re
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_QUALIFIED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62}){0,2}$")
+
+
+def validate_identifier(name: str, what: str = "identifier") -> str:
+    """Return ``name`` if it is a plain SQL identifier (letters, digits, underscore)."""
+    if not isinstance(name, str) or not _IDENT.match(name):
+        raise ValueError(
+            f"{what} {name!r} is not a valid name: use letters, digits and underscores, "
+            "starting with a letter or underscore, at most 63 characters"
+        )
+    return name
+
+
+def validate_table_name(name: str, what: str = "table") -> str:
+    """A table name, optionally qualified as ``schema.table`` or ``catalog.schema.table``."""
+    if not isinstance(name, str) or not _QUALIFIED.match(name):
+        raise ValueError(
+            f"{what} {name!r} is not a valid table name: use letters, digits and underscores "
+            "(optionally schema.table)"
+        )
+    return name
+
+
+def quote_ident(name: str) -> str:
+    """Quote a validated identifier (or dotted table name) for DuckDB."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def quote_literal(value: str) -> str:
+    """Quote a string literal for the few DuckDB statements that cannot take parameters
+    (``COPY ... TO``, ``ATTACH``, table functions in DDL)."""
+    return "'" + str(value).replace("'", "''") + "'"
