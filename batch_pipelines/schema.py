@@ -1,136 +1,32 @@
 """The warehouse schema (SPEC §6) as an ordered list of named migrations.
 
-Each migration runs once per warehouse, in a transaction, and is recorded in
-``schema_migrations``. To change the schema, append a migration with a new id; never edit
+Migrations live in :mod:`batch_pipelines.migrations`, one module each, applied in name order,
+once per warehouse, each in its own transaction, and recorded in ``schema_migrations`` (the
+schema version table). To change the schema, add a module with the next number; never edit
 one that has shipped. Timestamps are UTC ``TIMESTAMP`` values.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import duckdb
 
-MIGRATIONS: list[tuple[str, list[str]]] = [
-    (
-        "0001_ledger",
-        [
-            """
-            create table batches (
-                batch_id varchar primary key,
-                operation varchar not null,
-                name varchar not null,
-                status varchar not null,
-                priority varchar not null,
-                total_items integer not null,
-                processed_items integer not null default 0,
-                succeeded_items integer not null default 0,
-                failed_items integer not null default 0,
-                skipped_items integer not null default 0,
-                cancelled_items integer not null default 0,
-                progress double not null default 0,
-                options json,
-                settings json,
-                submitted_by varchar,
-                source varchar,
-                parent_batch_id varchar,
-                idempotency_key varchar,
-                chunk_count integer not null default 0,
-                paused boolean not null default false,
-                created_at timestamp not null,
-                queued_at timestamp,
-                started_at timestamp,
-                completed_at timestamp,
-                updated_at timestamp,
-                error varchar
-            )
-            """,
-            """
-            create table batch_items (
-                batch_id varchar not null,
-                item_id varchar not null,
-                seq integer not null,
-                chunk_no integer not null,
-                partition_key varchar not null,
-                payload json,
-                status varchar not null,
-                attempts integer not null default 0,
-                duration_ms double,
-                quality_score double,
-                result json,
-                error varchar,
-                error_category varchar,
-                severity varchar,
-                started_at timestamp,
-                finished_at timestamp,
-                run_id varchar,
-                primary key (batch_id, item_id)
-            )
-            """,
-            "create index batch_items_partition_key on batch_items (partition_key)",
-            """
-            create table item_attempts (
-                batch_id varchar not null,
-                item_id varchar not null,
-                attempt integer not null,
-                started_at timestamp,
-                finished_at timestamp,
-                duration_ms double,
-                outcome varchar not null,
-                error varchar,
-                error_category varchar,
-                severity varchar,
-                run_id varchar,
-                primary key (batch_id, item_id, attempt)
-            )
-            """,
-            "create sequence batch_events_seq",
-            """
-            create table batch_events (
-                event_id bigint primary key default nextval('batch_events_seq'),
-                batch_id varchar,
-                item_id varchar,
-                event varchar not null,
-                "at" timestamp not null,
-                actor varchar,
-                detail json
-            )
-            """,
-        ],
-    ),
-    (
-        "0002_import",
-        [
-            """
-            create table import_files (
-                batch_id varchar not null,
-                item_id varchar not null,
-                path varchar not null,
-                format varchar,
-                target_table varchar not null,
-                mode varchar not null,
-                status varchar not null,
-                rows bigint,
-                rejected_rows bigint,
-                columns integer,
-                column_names json,
-                bytes bigint,
-                sha256 varchar,
-                imported_at timestamp,
-                primary key (batch_id, item_id)
-            )
-            """,
-            """
-            create table import_rejects (
-                batch_id varchar not null,
-                item_id varchar not null,
-                line bigint,
-                column_name varchar,
-                error varchar,
-                raw varchar
-            )
-            """,
-        ],
-    ),
-]
+from batch_pipelines import migrations as _migrations_pkg
+
+
+def all_migrations() -> list[tuple[str, list[str]]]:
+    found = []
+    for info in sorted(pkgutil.iter_modules(_migrations_pkg.__path__), key=lambda i: i.name):
+        if not info.name.startswith("m"):
+            continue
+        module = importlib.import_module(f"{_migrations_pkg.__name__}.{info.name}")
+        found.append((module.ID, list(module.STATEMENTS)))
+    ids = [m[0] for m in found]
+    if len(ids) != len(set(ids)):
+        raise RuntimeError(f"duplicate migration ids: {ids}")
+    return found
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -141,7 +37,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     )
     done = {row[0] for row in con.execute("select id from schema_migrations").fetchall()}
     applied = []
-    for migration_id, statements in MIGRATIONS:
+    for migration_id, statements in all_migrations():
         if migration_id in done:
             continue
         con.execute("begin")
