@@ -126,6 +126,11 @@ def _status_style(status: str) -> str:
 @click.version_option(package_name="batch_pipelines")
 def main() -> None:
     """Bulk operations as Dagster asset jobs, with a per-item ledger in DuckDB."""
+    import warnings
+
+    # Dagster's beta/deprecation notices are for the code's authors, not CLI users.
+    warnings.filterwarnings("ignore", module="dagster")
+    warnings.filterwarnings("ignore", category=UserWarning)
 
 
 @main.command()
@@ -285,18 +290,26 @@ def _counts(batch: dict[str, Any]) -> str:
 
 
 def _run_here(batch_id: str, instance, quiet: bool) -> dict[str, Any]:  # noqa: ANN001
-    from batch_pipelines.local import run_batch_in_process
+    from batch_pipelines.local import ChunkRunError, run_batch_in_process
 
+    try:
+        return _run_here_inner(batch_id, instance, quiet, run_batch_in_process)
+    except ChunkRunError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        sys.exit(EXIT_FAILED)
+
+
+def _run_here_inner(batch_id: str, instance, quiet: bool, run) -> dict[str, Any]:  # noqa: ANN001
     batch = _get_batch_or_exit(batch_id)
     if quiet:
-        return run_batch_in_process(batch_id, instance)
+        return run(batch_id, instance, log_level="CRITICAL")
     with _progress() as progress:
         task = progress.add_task(batch_id, total=batch["total_items"], counts=_counts(batch))
 
         def update(b: dict[str, Any]) -> None:
             progress.update(task, completed=b["processed_items"], counts=_counts(b))
 
-        batch = run_batch_in_process(batch_id, instance, on_chunk_done=update)
+        batch = run(batch_id, instance, on_chunk_done=update, log_level="CRITICAL")
         update(batch)
     return batch
 

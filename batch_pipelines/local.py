@@ -11,12 +11,20 @@ from batch_pipelines import config, ledger, warehouse
 from batch_pipelines.dispatch import chunk_states, chunk_tags
 
 
+class ChunkRunError(RuntimeError):
+    """A chunk run ended without running its items (the error is outside the items)."""
+
+
 def run_batch_in_process(
     batch_id: str,
     instance,  # noqa: ANN001 - DagsterInstance
     on_chunk_done: Callable[[dict], None] | None = None,
+    log_level: str = "WARNING",
 ) -> dict:
-    """Execute the batch's pending chunks here; returns the batch's final ledger row."""
+    """Execute the batch's pending chunks here; returns the batch's final ledger row.
+
+    Item failures are in the ledger; Dagster's console log is kept at ``log_level``. Raises
+    ``ChunkRunError`` when a run fails before running its items."""
     from batch_pipelines.definitions import defs
 
     paths = config.get_paths()
@@ -29,7 +37,7 @@ def run_batch_in_process(
         if not rows:
             break
         chunk = chunk_states(rows)[0]
-        job = defs.get_job_def(f"{chunk.operation}_job")
+        job = defs.resolve_job_def(f"{chunk.operation}_job")
         tags = chunk_tags(
             chunk.batch_id,
             chunk.operation,
@@ -39,15 +47,28 @@ def run_batch_in_process(
             chunk.last_key,
         )
         tags["batch/launched_by"] = "in_process"
-        job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance,
+            tags=tags,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
         with warehouse.connect(paths.warehouse, read_only=True) as con:
             after = ledger.chunk_plan(con, batch_id)
             batch = ledger.get_batch(con, batch_id)
         still = [c for c in after if c["chunk_no"] == chunk.chunk_no and c["pending"]]
         if still:
             # The run ended without touching its items (e.g. it failed before starting them):
-            # stop rather than loop forever; the ledger says what is left.
-            break
+            # stop rather than loop forever.
+            messages = [
+                str(e.event_specific_data.error.message).strip()
+                for e in result.all_events
+                if e.is_step_failure and e.event_specific_data and e.event_specific_data.error
+            ]
+            raise ChunkRunError(
+                f"run {result.run_id} of chunk {chunk.chunk_no} ended with "
+                f"{still[0]['pending']} item(s) not run: {'; '.join(messages) or 'no error'}"
+            )
         if on_chunk_done:
             on_chunk_done(batch)
     with warehouse.connect(paths.warehouse, read_only=True) as con:

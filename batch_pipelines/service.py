@@ -55,25 +55,25 @@ def prepare_batch(
         spec = get_operation(m.operation)
     except KeyError as exc:
         raise ManifestError([("operation", str(exc.args[0]))]) from None
+    problems: list[tuple[str, str]] = []
+    options = None
     try:
         options = spec.options_model.model_validate(m.options)
     except ValidationError as exc:
-        raise ManifestError(problems_from_validation(exc, "options")) from None
-    raw_items = resolve_items(m, paths)
+        problems += problems_from_validation(exc, "options")
+    try:
+        raw_items = resolve_items(m, paths)
+    except ManifestError as exc:
+        raise ManifestError(problems + exc.problems) from None
     limit = config.max_items()
     if not raw_items:
-        raise ManifestError([("items", "the batch has no items")])
+        raise ManifestError([*problems, ("items", "the batch has no items")])
     if len(raw_items) > limit:
-        raise ManifestError(
-            [
-                (
-                    "items",
-                    f"{len(raw_items)} items is more than the maximum of {limit} per batch "
-                    "(BATCH_PIPELINES_MAX_ITEMS)",
-                )
-            ]
+        message = (
+            f"{len(raw_items)} items is more than the maximum of {limit} per batch "
+            "(BATCH_PIPELINES_MAX_ITEMS)"
         )
-    problems: list[tuple[str, str]] = []
+        raise ManifestError([*problems, ("items", message)])
     items: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     where = "items" if m.items is not None else "items_from"
@@ -104,7 +104,7 @@ def prepare_batch(
         items.append({"item_id": item_id, "payload": clean})
         if len(problems) > 50:
             break
-    if problems:
+    if problems or options is None:
         raise ManifestError(problems)
     batch_id = new_batch_id(m.operation)
     chunk = m.settings.chunk_size
