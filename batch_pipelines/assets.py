@@ -14,7 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     AssetMaterialization,
     AssetsDefinition,
     BackfillPolicy,
@@ -22,13 +27,14 @@ from dagster import (
     Failure,
     Jitter,
     MetadataValue,
+    Output,
     RetryPolicy,
     asset,
     define_asset_job,
 )
 
 from batch_pipelines import ledger, warehouse
-from batch_pipelines.handler import OperationSpec
+from batch_pipelines.handler import ItemCheck, OperationSpec
 from batch_pipelines.partitions import PARTITIONS
 from batch_pipelines.resources import WarehouseResource
 from batch_pipelines.runner import ExecutionSettings, WorkItem, run_chunk
@@ -69,6 +75,26 @@ def _materialization(
     )
 
 
+def _check_evaluation(
+    context: AssetExecutionContext, check: ItemCheck, partition_key: str, metrics: dict[str, Any]
+) -> AssetCheckEvaluation | None:
+    outcome = check.evaluate(metrics)
+    if outcome is None:
+        return None
+    return AssetCheckEvaluation(
+        asset_key=context.asset_key,
+        check_name=check.name,
+        passed=outcome.passed,
+        metadata=outcome.metadata,
+        partition=partition_key,
+        severity=AssetCheckSeverity.WARN
+        if outcome.severity == "warn"
+        else AssetCheckSeverity.ERROR,
+        description=outcome.description,
+        blocking=check.blocking,
+    )
+
+
 def execute_partitions(
     spec: OperationSpec,
     context: AssetExecutionContext,
@@ -90,6 +116,13 @@ def execute_partitions(
     # finished by an earlier attempt are not run again. A run launched by hand (UI
     # materialize, `dagster asset materialize --partition`) re-runs the items it names.
     dispatched = "batch/id" in context.run.tags
+    # Partitioned asset checks (SPEC.asset_checks): a range run cannot target one partition
+    # with AssetCheckResult, so each item's result is logged as an AssetCheckEvaluation of
+    # its own partition, and the check's output is yielded once at the end.
+    selected_checks = set(context.selected_asset_check_keys) if spec.asset_checks else set()
+    checks = [
+        c for c in spec.asset_checks if AssetCheckKey(context.asset_key, c.name) in selected_checks
+    ]
     by_batch: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_batch[r["batch_id"]].append(r)
@@ -121,6 +154,12 @@ def execute_partitions(
             for o in outcomes:
                 if o.status in ("succeeded", "skipped"):
                     context.log_event(_materialization(context, by_item[o.item_id], o))
+                    for check in checks:
+                        evaluation = _check_evaluation(
+                            context, check, by_item[o.item_id]["partition_key"], o.result or {}
+                        )
+                        if evaluation is not None:
+                            context.log_event(evaluation)
 
         work = [
             WorkItem(
@@ -149,6 +188,9 @@ def execute_partitions(
             f"(batch is {summary.batch_status})"
         )
         failed += [f"{o.item_id}: {o.error}" for o in summary.outcomes if o.status == "failed"]
+    for check in checks:
+        key = AssetCheckKey(context.asset_key, check.name)
+        yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
     if failed:
         raise Failure(
             description=f"{len(failed)} item(s) failed; the others are materialized",
@@ -172,6 +214,17 @@ def build_operation_asset(spec: OperationSpec) -> AssetsDefinition:
         description=spec.description,
         tags={"batch/operation": spec.name},
         required_resource_keys={"warehouse", *spec.resources},
+        check_specs=[
+            AssetCheckSpec(
+                c.name,
+                asset=AssetKey(f"{spec.name}_items"),
+                description=c.description,
+                blocking=c.blocking,
+                partitions_def=PARTITIONS[spec.name],
+            )
+            for c in spec.asset_checks
+        ]
+        or None,
     )
     def _operation_asset(context: AssetExecutionContext) -> Iterator[Any]:
         resources = {k: getattr(context.resources, k) for k in spec.resources}

@@ -545,7 +545,7 @@ def items(batch_id: str, statuses: tuple[str, ...], limit: int, offset: int, as_
         _print_json(rows)
         return
     table = Table()
-    for col in ("item_id", "status", "attempts", "ms", "quality", "error"):
+    for col in ("item_id", "status", "attempts", "ms", "quality", "category", "error"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
@@ -554,7 +554,8 @@ def items(batch_id: str, statuses: tuple[str, ...], limit: int, offset: int, as_
             str(r["attempts"]),
             "" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}",
             "" if r["quality_score"] is None else f"{r['quality_score']:.2f}",
-            (f"[{r['error_category']}] {r['error']}" if r["error"] else ""),
+            r["error_category"] or "",
+            r["error"] or "",
         )
     console.print(table)
 
@@ -573,6 +574,12 @@ def demo(as_json: bool) -> None:
         if all(r["status"] in ("completed", "completed_with_errors") for r in results)
         else EXIT_FAILED
     )
+
+
+from batch_pipelines.cli_analytics import report, stats  # noqa: E402
+
+main.add_command(report)
+main.add_command(stats)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,27 @@ def resolve_under_roots(
 
 
 @dataclass(frozen=True)
+class CheckOutcome:
+    """The result of an :class:`ItemCheck` for one item (``severity``: ``error`` or ``warn``)."""
+
+    passed: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    description: str | None = None
+    severity: str = "error"
+
+
+@dataclass(frozen=True)
+class ItemCheck:
+    """A partitioned asset check on the operation's asset: one result per item partition,
+    derived from the metrics of each item that succeeded (``None`` = no result)."""
+
+    name: str
+    description: str
+    evaluate: Callable[[dict[str, Any]], CheckOutcome | None]
+    blocking: bool = False
+
+
+@dataclass(frozen=True)
 class OperationSpec:
     """One operation: its name, models, handler and a one-paragraph description for the UI."""
 
@@ -164,3 +185,4 @@ class OperationSpec:
     handler: Callable[[ItemContext], ItemResult]
     detail_tables: tuple[str, ...] = ()
     resources: tuple[str, ...] = ()
+    asset_checks: tuple[ItemCheck, ...] = ()

@@ -29,10 +29,15 @@ def ensure_dagster_home() -> Path:
 
 
 def get_instance():  # noqa: ANN201 - DagsterInstance (import kept lazy for CLI start-up)
+    """The instance of DAGSTER_HOME. The first open of a new SQLite instance creates its
+    schema; several CLI processes starting at once take turns so they don't race on it."""
     from dagster import DagsterInstance
 
-    ensure_dagster_home()
-    return DagsterInstance.get()
+    from batch_pipelines.warehouse import _file_lock
+
+    home = ensure_dagster_home()
+    with _file_lock(home / ".batch_pipelines_init", exclusive=True, timeout_s=120):
+        return DagsterInstance.get()
 
 
 def daemon_running(instance) -> bool:  # noqa: ANN001

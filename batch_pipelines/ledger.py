@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+ALL_FAILED_PREFIX = "all "
 TERMINAL_ITEM_STATUSES = ("succeeded", "failed", "skipped", "cancelled")
 ITEM_STATUSES = ("pending", "running", *TERMINAL_ITEM_STATUSES)
 TERMINAL_BATCH_STATUSES = ("completed", "completed_with_errors", "failed", "cancelled")
@@ -271,12 +272,18 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> str:
     crossed, the batch becomes ``failed`` with the reason and its pending items ``cancelled``.
     """
     batch = con.execute(
-        "select status, total_items, settings::varchar, paused from batches where batch_id = ?",
+        "select status, total_items, settings::varchar, paused, error from batches "
+        "where batch_id = ?",
         [batch_id],
     ).fetchone()
     if batch is None:
         raise KeyError(batch_id)
-    status, total, settings_json, paused = batch
+    status, total, settings_json, paused, old_error = batch
+    # Cancelled batches and batches stopped by stop-on-error or the error budget stay so;
+    # a finished batch whose items are re-run gets its final status recomputed.
+    sticky = status == "cancelled" or (
+        status == "failed" and not (old_error or "").startswith(ALL_FAILED_PREFIX)
+    )
     settings = json.loads(settings_json) if settings_json else {}
     counts = dict(
         con.execute(
@@ -293,7 +300,7 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> str:
     now = utcnow()
     error = None
     new_status = status
-    if status not in TERMINAL_BATCH_STATUSES:
+    if not sticky:
         ratio = settings.get("max_failure_ratio")
         if failed and not settings.get("continue_on_error", True):
             new_status = "failed"
@@ -316,13 +323,13 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> str:
             cancelled += n
             pending -= n
     processed = succeeded + failed + skipped + cancelled
-    if status not in TERMINAL_BATCH_STATUSES and new_status != "failed":
+    if not sticky and new_status != "failed":
         if total and processed >= total:
             if failed == 0 and cancelled == 0:
                 new_status = "completed"
             elif succeeded + skipped == 0:
                 new_status = "failed"
-                error = f"all {total} items failed or were cancelled"
+                error = f"{ALL_FAILED_PREFIX}{total} items failed or were cancelled"
             else:
                 new_status = "completed_with_errors"
         elif total == 0:
@@ -332,12 +339,14 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> str:
         elif running or processed:
             new_status = "running"
     completed = new_status in TERMINAL_BATCH_STATUSES and running == 0
+    if not sticky and new_status in ("completed", "completed_with_errors", "running"):
+        error = ""  # clears an "all items failed" left from before a re-run
     con.execute(
         """
         update batches set status = ?, processed_items = ?, succeeded_items = ?,
             failed_items = ?, skipped_items = ?, cancelled_items = ?,
             progress = case when total_items = 0 then 1.0 else ? / total_items end,
-            updated_at = ?, error = coalesce(?, error),
+            updated_at = ?, error = nullif(coalesce(?, error), ''),
             started_at = case when ? > 0 then coalesce(started_at, ?) else started_at end,
             completed_at = case when ? then coalesce(completed_at, ?) else completed_at end
         where batch_id = ?

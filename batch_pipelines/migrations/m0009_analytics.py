@@ -22,10 +22,12 @@ ID = "0009_analytics"
 # items groups together: quoted strings, paths, batch ids, uuids, long hex ids and numbers
 # become placeholders, and runs of whitespace one space.
 _FINGERPRINT = r"""
-create or replace macro error_fingerprint(message) as left(trim(
+create or replace macro error_fingerprint(message) as
+case when trim(coalesce(message, '')) = '' then '(no message)' else left(trim(
     regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
-    regexp_replace(regexp_replace(coalesce(message, ''),
+    regexp_replace(regexp_replace(regexp_replace(message,
         '''[^'']*''|"[^"]*"', '<str>', 'g'),
+        '(?i)\b[a-z][a-z0-9+.-]*://[^\s''"]+', '<url>', 'g'),
         '(^|[\s(=:,\[])(?:~|\.{1,2})?(?:[A-Za-z0-9_.-]*(?:/[A-Za-z0-9_.~-]+){2,}/?|/[A-Za-z0-9_.~-]+/?)',
         '\1<path>', 'g'),
         '[a-z]{2,10}-\d{8}-\d{6}-[0-9a-f]{6}', '<batch>', 'g'),
@@ -33,7 +35,7 @@ create or replace macro error_fingerprint(message) as left(trim(
         '(?i)\b(?:0x)?[0-9a-f]{8,}\b', '<hex>', 'g'),
         '\d+(?:\.\d+)?', '<n>', 'g'),
         '\s+', ' ', 'g')
-), 300)
+), 300) end
 """
 
 _BATCH_METRICS = """
@@ -49,6 +51,8 @@ with item_stats as (
         count(*) filter (where status = 'skipped') as skipped,
         count(*) filter (where status = 'cancelled') as cancelled,
         count(*) filter (where status in ('succeeded', 'failed', 'skipped')) as finished,
+        sum(attempts) as attempts,
+        count(*) filter (where attempts > 1) as retried,
         quantile_cont(duration_ms, [0.5, 0.95, 0.99])
             filter (where status in ('succeeded', 'failed', 'skipped')) as duration_quantiles,
         avg(duration_ms)
@@ -81,6 +85,8 @@ figures as (
         coalesce(s.skipped, 0) as skipped,
         coalesce(s.cancelled, 0) as cancelled,
         coalesce(s.finished, 0) as finished,
+        coalesce(s.attempts, 0) as attempts,
+        coalesce(s.retried, 0) as retried_items,
         s.succeeded / nullif(s.finished, 0) as success_rate,
         s.duration_quantiles[1] as p50_duration_ms,
         s.duration_quantiles[2] as p95_duration_ms,
@@ -119,12 +125,6 @@ with fingerprints as (
     from batch_items
     where status = 'failed'
     group by all
-),
-failed as (
-    select batch_id, count(*) as failed
-    from batch_items
-    where status = 'failed'
-    group by batch_id
 )
 select
     f.batch_id,
@@ -132,13 +132,12 @@ select
     f.error_category,
     f.fingerprint,
     f.count,
-    100.0 * f.count / t.failed as percentage,
+    100.0 * f.count / sum(f.count) over (partition by f.batch_id) as percentage,
     f.example_error,
     f.example_item_id,
     f.first_seen_at,
     f.last_seen_at
 from fingerprints f
-join failed t on t.batch_id = f.batch_id
 join batches b on b.batch_id = f.batch_id
 """
 
@@ -167,22 +166,23 @@ scored as (
     where quality_score is not null
     group by all
 ),
-totals as (
-    select batch_id, sum(count) as scored from scored group by batch_id
+counted as (
+    select
+        b.batch_id,
+        b.operation,
+        k.bucket,
+        k.label,
+        k.lower_bound,
+        k.upper_bound,
+        coalesce(s.count, 0) as count
+    from batches b
+    cross join buckets k
+    left join scored s on s.batch_id = b.batch_id and s.bucket = k.bucket
 )
 select
-    b.batch_id,
-    b.operation,
-    k.bucket,
-    k.label,
-    k.lower_bound,
-    k.upper_bound,
-    coalesce(s.count, 0) as count,
-    100.0 * coalesce(s.count, 0) / t.scored as percentage
-from batches b
-cross join buckets k
-left join scored s on s.batch_id = b.batch_id and s.bucket = k.bucket
-left join totals t on t.batch_id = b.batch_id
+    *,
+    100.0 * count / nullif(sum(count) over (partition by batch_id), 0) as percentage
+from counted
 """
 
 _BATCH_TIMELINE = """
@@ -228,6 +228,8 @@ with per_batch as (
         count(*) filter (where status = 'cancelled') as cancelled,
         sum(duration_ms)
             filter (where status in ('succeeded', 'failed', 'skipped')) as duration_ms,
+        count(duration_ms)
+            filter (where status in ('succeeded', 'failed', 'skipped')) as timed,
         sum(quality_score) as quality_sum,
         count(quality_score) as scored
     from batch_items
@@ -261,8 +263,7 @@ select
     coalesce(sum(p.succeeded + p.failed + p.skipped), 0)::bigint as items_finished,
     sum(p.succeeded) / nullif(sum(p.succeeded + p.failed + p.skipped), 0) as item_success_rate,
     sum(p.duration_ms) as total_duration_ms,
-    sum(p.duration_ms) / nullif(sum(p.succeeded + p.failed + p.skipped), 0)
-        as avg_duration_ms,
+    sum(p.duration_ms) / nullif(sum(p.timed), 0) as avg_duration_ms,
     sum(p.quality_sum) / nullif(sum(p.scored), 0) as mean_quality,
     min(b.created_at) as first_created_at,
     max(b.created_at) as last_created_at
