@@ -582,5 +582,14 @@ main.add_command(report)
 main.add_command(stats)
 
 
+from batch_pipelines.cli_control import cancel, pause, resume, retry  # noqa: E402
+
+for _command in (cancel, pause, resume, retry):
+    main.add_command(_command)
+
+from batch_pipelines.cli_cleanup import cleanup  # noqa: E402
+
+main.add_command(cleanup)
+
 if __name__ == "__main__":
     main()

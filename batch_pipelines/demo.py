@@ -23,6 +23,83 @@ def demo_manifests() -> list[dict[str, Any]]:
             "settings": {"chunk_size": 10, "max_retries": 1},
             "items_from": {"glob": "data/samples/penguins_*"},
         },
+        {
+            "operation": "validate",
+            "name": "demo: validate penguins (table and a sample file)",
+            "options": {
+                "rules": [
+                    {"type": "row_count", "min": 50},
+                    {"type": "not_null", "column": "species"},
+                    {"type": "unique", "columns": ["id"]},
+                    {
+                        "type": "accepted_values",
+                        "column": "species",
+                        "values": ["Adelie", "Chinstrap", "Gentoo"],
+                    },
+                ]
+            },
+            "items": [
+                {
+                    "id": "demo_penguins",
+                    "table": "demo_penguins",
+                    "rules": [
+                        {"type": "regex", "column": "sex", "pattern": "^(male|female)$"},
+                        {
+                            "type": "range",
+                            "column": "body_mass_g",
+                            "min": 2500,
+                            "max": 6000,
+                            "severity": "warn",
+                        },
+                        {"type": "sql_predicate", "predicate": "bill_length_mm > bill_depth_mm"},
+                    ],
+                },
+                {
+                    "id": "penguins_2009_file",
+                    "path": "data/samples/penguins_2009.json",
+                    "rules": [{"type": "column_types", "columns": {"id": "BIGINT"}}],
+                },
+            ],
+        },
+        {
+            "operation": "transform",
+            "name": "demo: clean, deduplicate and summarise penguins",
+            "items": [
+                {
+                    "source": "demo_penguins",
+                    "target": "demo_penguins_clean",
+                    "transform": "normalize_columns",
+                    "transform_options": {"casts": {"year": "integer"}},
+                },
+                {
+                    "source": "demo_penguins",
+                    "target": "demo_penguins_latest",
+                    "transform": "dedupe_latest",
+                    "transform_options": {"key_columns": ["species", "island"], "order_by": "id"},
+                },
+                {
+                    "source": "demo_penguins",
+                    "target": "demo_species_stats",
+                    "sql": "select species, island, count(*) as penguins, "
+                    "round(avg(body_mass_g)) as avg_body_mass_g from source group by all "
+                    "order by all",
+                },
+            ],
+        },
+        {
+            "operation": "export",
+            "name": "demo: export cleaned penguins and species stats",
+            "items": [
+                {"id": "penguins_clean", "table": "demo_penguins_clean", "format": "parquet"},
+                {"id": "species_stats", "table": "demo_species_stats", "format": "csv"},
+                {
+                    "id": "heavy_gentoos",
+                    "query": "select id, island, body_mass_g from demo_penguins_clean "
+                    "where species = 'Gentoo' and body_mass_g > 5500 order by id",
+                    "format": "ndjson",
+                },
+            ],
+        },
     ]
 
 

@@ -48,6 +48,53 @@ class RunState:
 
 
 @dataclass(frozen=True)
+class ReapDecision:
+    """Items left ``running`` by a run that has ended: run them again, or give up."""
+
+    batch_id: str
+    chunk_no: int
+    run_id: str
+    action: str  # "requeue" | "fail"
+    reason: str
+
+
+def plan_reaping(
+    running: Iterable[tuple[str, int, str]],
+    run_status: Mapping[str, str | None],
+    runs: Iterable[RunState],
+) -> list[ReapDecision]:
+    """For (batch, chunk, run_id) groups of items still ``running`` in the ledger, decide what
+    to do when their run is over (crashed, killed or cancelled) and no other run of the
+    chunk is active: put them back to ``pending`` so the chunk is launched again, or fail
+    them once the chunk has failed ``MAX_LAUNCHES_PER_CHUNK`` times. A run missing from
+    Dagster's storage (deleted, or an in-process run of a process that died) counts as over."""
+    active_chunks = {(r.batch_id, r.chunk_no) for r in runs if r.status in ACTIVE_RUN_STATUSES}
+    failures: dict[tuple[str, int], int] = {}
+    for r in runs:
+        if not r.is_retry and r.status == "FAILURE":
+            failures[(r.batch_id, r.chunk_no)] = failures.get((r.batch_id, r.chunk_no), 0) + 1
+    out = []
+    for batch_id, chunk_no, run_id in running:
+        status = run_status.get(run_id)
+        if status in ACTIVE_RUN_STATUSES or (batch_id, chunk_no) in active_chunks:
+            continue
+        reason = f"run {run_id} is {status.lower() if status else 'gone'}"
+        if failures.get((batch_id, chunk_no), 0) >= MAX_LAUNCHES_PER_CHUNK:
+            out.append(
+                ReapDecision(
+                    batch_id,
+                    chunk_no,
+                    run_id,
+                    "fail",
+                    f"{reason}; chunk failed {MAX_LAUNCHES_PER_CHUNK} times",
+                )
+            )
+        else:
+            out.append(ReapDecision(batch_id, chunk_no, run_id, "requeue", reason))
+    return out
+
+
+@dataclass(frozen=True)
 class Launch:
     batch_id: str
     chunk_no: int
@@ -82,17 +129,21 @@ def plan_launches(
     max_launches: int = 200,
 ) -> list[Launch]:
     """Chunks with pending items and no active run, in priority order, within each batch's
-    ``max_concurrency``; a chunk is launched at most ``MAX_LAUNCHES_PER_CHUNK`` times."""
+    ``max_concurrency``. A chunk whose runs failed ``MAX_LAUNCHES_PER_CHUNK`` times without
+    finishing its items is not launched again (runs cancelled by a pause do not count)."""
     active: dict[str, int] = {}
     chunk_active: set[tuple[str, int]] = set()
     launches_so_far: dict[tuple[str, int], int] = {}
+    failures: dict[tuple[str, int], int] = {}
     for r in runs:
+        key = (r.batch_id, r.chunk_no)
         if r.status in ACTIVE_RUN_STATUSES:
             active[r.batch_id] = active.get(r.batch_id, 0) + 1
-            chunk_active.add((r.batch_id, r.chunk_no))
+            chunk_active.add(key)
         if not r.is_retry:
-            key = (r.batch_id, r.chunk_no)
             launches_so_far[key] = launches_so_far.get(key, 0) + 1
+            if r.status == "FAILURE":
+                failures[key] = failures.get(key, 0) + 1
     ordered = sorted(chunks, key=lambda c: (-PRIORITIES[c.priority], c.batch_id, c.chunk_no))
     out: list[Launch] = []
     for c in ordered:
@@ -103,7 +154,7 @@ def plan_launches(
         if c.max_concurrency is not None and active.get(c.batch_id, 0) >= c.max_concurrency:
             continue
         n = launches_so_far.get((c.batch_id, c.chunk_no), 0)
-        if n >= MAX_LAUNCHES_PER_CHUNK:
+        if failures.get((c.batch_id, c.chunk_no), 0) >= MAX_LAUNCHES_PER_CHUNK:
             continue
         tags = chunk_tags(c.batch_id, c.operation, c.priority, c.chunk_no, c.first_key, c.last_key)
         if c.item_timeout_s and c.chunk_items:

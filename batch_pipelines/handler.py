@@ -73,13 +73,17 @@ class ItemContext:
     run_id: str | None
     paths: config.Paths
     deadline: float | None = None
+    timeout_s: float | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    batch_stop: threading.Event = field(default_factory=threading.Event)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("batch_pipelines"))
     resources: dict[str, Any] = field(default_factory=dict)
     _connections: list[duckdb.DuckDBPyConnection] = field(default_factory=list)
 
     def check(self) -> None:
         """Raise if this attempt timed out or the batch was cancelled; call it in loops."""
+        if self.batch_stop.is_set():
+            raise ItemCancelledError("batch cancelled or stopped while the item ran")
         if self.cancel_event.is_set():
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise ItemTimeoutError("item timed out")

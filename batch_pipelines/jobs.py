@@ -63,3 +63,60 @@ def register_batch(context: OpExecutionContext, config: SubmitBatchConfig) -> st
 )
 def submit_batch_job() -> None:
     register_batch()
+
+
+class BatchControlConfig(Config):
+    """A control on one batch, from the launchpad."""
+
+    batch_id: str = Field(description="The batch to act on")
+    action: str = Field(description="cancel, pause, resume or retry")
+    categories: list[str] = Field(
+        default_factory=list, description="retry: only failed items of these error categories"
+    )
+    items: list[str] = Field(default_factory=list, description="retry: only these item ids")
+
+
+@op(description="Cancel, pause, resume or retry a batch; the result is logged and audited.")
+def control_batch(context: OpExecutionContext, config: BatchControlConfig) -> dict:
+    from dagster import Failure
+
+    from batch_pipelines import control
+
+    actor = f"launchpad:{context.run.tags.get('dagster/user', 'ui')}"
+    try:
+        if config.action == "cancel":
+            result = control.cancel_batch(config.batch_id, instance=context.instance, actor=actor)
+        elif config.action == "pause":
+            result = control.pause_batch(config.batch_id, instance=context.instance, actor=actor)
+        elif config.action == "resume":
+            result = control.resume_batch(config.batch_id, actor=actor)
+        elif config.action == "retry":
+            result = control.retry_batch(
+                config.batch_id,
+                categories=config.categories,
+                item_ids=config.items,
+                instance=context.instance,
+                actor=actor,
+                source="launchpad",
+            )
+        else:
+            raise control.ControlError(
+                f"action {config.action!r} is not one of cancel, pause, resume, retry"
+            )
+    except control.ControlError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    context.log.info(result.message)
+    context.add_output_metadata({"result": result.message})
+    return result.to_dict()
+
+
+@job(
+    name="batch_control",
+    description=(
+        "Control a batch from the launchpad: config {batch_id, action: cancel | pause | resume "
+        "| retry, categories?, items?}. Each control is recorded in batch_events."
+    ),
+    tags={"batch/entry_point": "launchpad"},
+)
+def batch_control_job() -> None:
+    control_batch()

@@ -507,3 +507,47 @@ def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
             """
         )
     )
+
+
+def running_groups(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, str]]:
+    """(batch_id, chunk_no, run_id) of items marked running, for the reaper."""
+    return [
+        (r[0], int(r[1]), r[2])
+        for r in con.execute(
+            "select batch_id, chunk_no, coalesce(run_id, '') from batch_items "
+            "where status = 'running' group by all order by all"
+        ).fetchall()
+    ]
+
+
+def reap_items(
+    con: duckdb.DuckDBPyConnection,
+    batch_id: str,
+    chunk_no: int,
+    run_id: str,
+    action: str,
+    reason: str,
+) -> int:
+    """Put items a dead run left ``running`` back to ``pending`` (or fail them)."""
+    if action == "requeue":
+        n = con.execute(
+            "update batch_items set status = 'pending', run_id = null where batch_id = ? and "
+            "chunk_no = ? and coalesce(run_id, '') = ? and status = 'running'",
+            [batch_id, chunk_no, run_id],
+        ).fetchone()[0]
+    else:
+        n = con.execute(
+            "update batch_items set status = 'failed', error = ?, error_category = 'crashed', "
+            "severity = 'critical', finished_at = ? where batch_id = ? and chunk_no = ? and "
+            "coalesce(run_id, '') = ? and status = 'running'",
+            [f"run crashed: {reason}", utcnow(), batch_id, chunk_no, run_id],
+        ).fetchone()[0]
+    if n:
+        add_event(
+            con,
+            batch_id,
+            f"items_{'requeued' if action == 'requeue' else 'failed'}",
+            actor="reaper",
+            detail={"chunk": chunk_no, "run_id": run_id, "items": int(n), "reason": reason},
+        )
+    return int(n)

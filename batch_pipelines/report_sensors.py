@@ -67,16 +67,17 @@ def decide_for_run(
 
 
 def decide_for_schedule(
-    last_completion: datetime | None, last_report_start: datetime | None, scheduled_at: str
+    last_completion: datetime | None, last_report_start: datetime | None
 ) -> RunRequest | SkipReason:
-    """Refresh the reports if a batch finished after the last report run started."""
+    """Refresh the reports if a batch finished after the last report run started; the run key
+    names that completion, so one completion is reported at most once by the schedule."""
     if last_completion is None:
         return SkipReason("no batch has finished yet")
     if last_report_start is not None and last_completion <= last_report_start:
         return SkipReason(
             f"no batch finished since the last report run ({last_report_start:%Y-%m-%d %H:%M} UTC)"
         )
-    return RunRequest(run_key=f"analytics-schedule:{scheduled_at}", run_config={})
+    return RunRequest(run_key=f"analytics-schedule:{last_completion.isoformat()}", run_config={})
 
 
 def _batch_state(batch_id: str | None) -> BatchState | None:
@@ -171,9 +172,7 @@ def analytics_reports_schedule(context: ScheduleEvaluationContext) -> RunRequest
             completed = analytics.last_completion(con)
     except (warehouse.WarehouseBusyError, OSError) as exc:
         return SkipReason(f"warehouse not readable: {exc}")
-    scheduled = context.scheduled_execution_time
-    stamp = scheduled.isoformat() if scheduled else ledger.utcnow().isoformat()
-    return decide_for_schedule(completed, _last_report_start(context.instance), stamp)
+    return decide_for_schedule(completed, _last_report_start(context.instance))
 
 
 REPORT_SENSORS = [analytics_on_batch_success, analytics_on_batch_failure]

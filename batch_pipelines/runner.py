@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from batch_pipelines import config, ledger, warehouse
 from batch_pipelines.errors import (
     CANCELLED,
+    ItemCancelledError,
     ItemTimeoutError,
     classify,
 )
@@ -86,8 +87,10 @@ class ChunkSummary:
 
 
 def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemResult:
-    if ctx.deadline is None:
-        return fn()
+    """Run the handler in a worker thread, so that a timeout or a cancelled batch can end the
+    attempt: the context's events are set (``ctx.check()`` raises) and its DuckDB
+    connections are interrupted; a handler that ignores both is abandoned, and its commit
+    is never run."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -98,14 +101,21 @@ def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemRe
 
     worker = threading.Thread(target=target, name=f"item-{ctx.item_id}", daemon=True)
     worker.start()
-    worker.join(max(0.0, ctx.deadline - time.monotonic()))
-    if worker.is_alive():
-        ctx.cancel_event.set()
-        ctx.interrupt()
-        worker.join(2.0)
-        raise ItemTimeoutError(
-            f"item exceeded item_timeout_s ({ctx.deadline - ctx._started:.1f}s)"  # type: ignore[attr-defined]
-        )
+    while worker.is_alive():
+        wait = 0.5
+        if ctx.deadline is not None:
+            wait = min(wait, max(0.0, ctx.deadline - time.monotonic()))
+        worker.join(wait)
+        if not worker.is_alive():
+            break
+        timed_out = ctx.deadline is not None and time.monotonic() >= ctx.deadline
+        if timed_out or ctx.batch_stop.is_set():
+            ctx.cancel_event.set()
+            ctx.interrupt()
+            worker.join(2.0)
+            if timed_out:
+                raise ItemTimeoutError(f"item exceeded item_timeout_s ({ctx.timeout_s:g}s)")
+            raise ItemCancelledError("batch cancelled or stopped while the item ran")
     if "error" in box:
         raise box["error"]
     return box["result"]
@@ -120,7 +130,7 @@ def run_item(
     run_id: str | None,
     paths: config.Paths,
     resources: dict[str, Any] | None = None,
-    cancelled: Callable[[], bool] = lambda: False,
+    batch_stop: threading.Event | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
 ) -> _Pending:
@@ -162,10 +172,12 @@ def run_item(
             paths=paths,
             resources=resources or {},
         )
+        if batch_stop is not None:
+            ctx.batch_stop = batch_stop
         started = time.monotonic()
-        ctx._started = started  # type: ignore[attr-defined]
         if settings.item_timeout_s:
             ctx.deadline = started + settings.item_timeout_s
+            ctx.timeout_s = settings.item_timeout_s
         started_at = ledger.utcnow()
         try:
             result = _call_with_timeout(lambda ctx=ctx: spec.handler(ctx), ctx)
@@ -194,7 +206,12 @@ def run_item(
                 c.severity,
             )
             outcome.finished_at = finished_at
-            if not c.retryable or retry == settings.max_retries or cancelled():
+            stopping = batch_stop is not None and batch_stop.is_set()
+            if c.category == CANCELLED:
+                outcome.status = "cancelled"
+                outcome.attempts[-1].outcome = "cancelled"
+                return _Pending(outcome, None)
+            if not c.retryable or retry == settings.max_retries or stopping:
                 return _Pending(outcome, None)
             delay = backoff_delay(settings, retry + 1, rng)
             log.info(
@@ -204,7 +221,14 @@ def run_item(
                 c.category,
                 delay,
             )
-            sleep(delay)
+            if batch_stop is not None:
+                # Wake early if the batch is cancelled while waiting to retry.
+                if sleep is time.sleep:
+                    batch_stop.wait(delay)
+                else:
+                    sleep(delay)
+            else:
+                sleep(delay)
             continue
         finished_at = ledger.utcnow()
         outcome.attempts.append(
@@ -281,6 +305,49 @@ def flush(
     return states
 
 
+class _BatchWatcher:
+    """Polls the batch's status in the background while a chunk runs, so a cancel (or a
+    batch stopped by another chunk's failures) stops this chunk within about a second, even
+    in the middle of a long item."""
+
+    def __init__(self, batch_id: str, paths: config.Paths, interval_s: float):
+        self.batch_id = batch_id
+        self.paths = paths
+        self.interval_s = interval_s
+        self.stop = threading.Event()
+        self.reason: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"watch-{batch_id}", daemon=True)
+
+    def __enter__(self) -> _BatchWatcher:
+        if self.interval_s > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def trip(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.stop.set()
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                with warehouse.connect(self.paths.warehouse, read_only=True, timeout_s=5) as con:
+                    row = con.execute(
+                        "select status from batches where batch_id = ?", [self.batch_id]
+                    ).fetchone()
+            except Exception:  # noqa: BLE001 - a busy warehouse just delays the next look
+                continue
+            if row and row[0] in ("cancelled", "failed"):
+                self.trip(f"batch is {row[0]}")
+                return
+
+
 def run_chunk(
     spec: OperationSpec,
     work_items: Sequence[WorkItem],
@@ -293,6 +360,7 @@ def run_chunk(
     on_progress: Callable[[ledger.ItemOutcome], None] | None = None,
     on_flushed: Callable[[list[ledger.ItemOutcome]], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    watch_interval_s: float = 1.0,
 ) -> ChunkSummary:
     """Run a chunk of items (all of one batch) and keep the ledger true as it goes."""
     paths = paths or config.get_paths()
@@ -307,61 +375,62 @@ def run_chunk(
         ledger.mark_running(con, batch_id, [w.item_id for w in work_items], run_id)
         con.execute("commit")
 
-    stop_reason: str | None = None
     buffer: list[_Pending] = []
     last_flush = time.monotonic()
+    with _BatchWatcher(batch_id, paths, watch_interval_s) as watcher:
 
-    def do_flush() -> None:
-        nonlocal buffer, last_flush, stop_reason
-        states = flush(buffer, {batch_id}, run_id, paths)
-        if on_flushed:
-            on_flushed([p.outcome for p in buffer])
-        buffer = []
-        last_flush = time.monotonic()
-        status, _paused = states[batch_id]
-        summary.batch_status = status
-        if status in ("failed", "cancelled") and stop_reason is None:
-            stop_reason = f"batch is {status}"
+        def do_flush() -> None:
+            nonlocal buffer, last_flush
+            states = flush(buffer, {batch_id}, run_id, paths)
+            if on_flushed:
+                on_flushed([p.outcome for p in buffer])
+            buffer = []
+            last_flush = time.monotonic()
+            status, _paused = states[batch_id]
+            summary.batch_status = status
+            if status in ("failed", "cancelled"):
+                watcher.trip(f"batch is {status}")
 
-    for index, work in enumerate(work_items):
-        if stop_reason is not None:
-            now = ledger.utcnow()
-            remaining = work_items[index:]
-            for w in remaining:
-                o = ledger.ItemOutcome(
-                    batch_id=w.batch_id,
-                    item_id=w.item_id,
-                    status="cancelled",
-                    error=f"not run: {stop_reason}",
-                    error_category=CANCELLED,
-                    severity="info",
-                    finished_at=now,
-                )
-                buffer.append(_Pending(o, None))
-                summary.outcomes.append(o)
-            break
-        pending = run_item(
-            spec,
-            work,
-            options,
-            settings,
-            run_id=run_id,
-            paths=paths,
-            resources=resources,
-            cancelled=lambda: stop_reason is not None,  # noqa: B023 - reads the current value
-            sleep=sleep,
-        )
-        buffer.append(pending)
-        summary.outcomes.append(pending.outcome)
-        if on_progress:
-            on_progress(pending.outcome)
-        if pending.outcome.status == "failed" and not settings.continue_on_error:
+        for index, work in enumerate(work_items):
+            if watcher.stop.is_set():
+                now = ledger.utcnow()
+                for w in work_items[index:]:
+                    o = ledger.ItemOutcome(
+                        batch_id=w.batch_id,
+                        item_id=w.item_id,
+                        status="cancelled",
+                        error=f"not run: {watcher.reason}",
+                        error_category=CANCELLED,
+                        severity="info",
+                        finished_at=now,
+                    )
+                    buffer.append(_Pending(o, None))
+                    summary.outcomes.append(o)
+                break
+            pending = run_item(
+                spec,
+                work,
+                options,
+                settings,
+                run_id=run_id,
+                paths=paths,
+                resources=resources,
+                batch_stop=watcher.stop,
+                sleep=sleep,
+            )
+            if pending.outcome.status == "cancelled" and pending.outcome.error:
+                pending.outcome.error = f"{pending.outcome.error} ({watcher.reason})"
+            buffer.append(pending)
+            summary.outcomes.append(pending.outcome)
+            if on_progress:
+                on_progress(pending.outcome)
+            if pending.outcome.status == "failed" and not settings.continue_on_error:
+                do_flush()
+                watcher.trip("stopped on first error")
+                continue
+            if time.monotonic() - last_flush >= settings.flush_interval_s:
+                do_flush()
+        if buffer:
             do_flush()
-            stop_reason = stop_reason or "stopped on first error"
-            continue
-        if time.monotonic() - last_flush >= settings.flush_interval_s:
-            do_flush()
-    if buffer:
-        do_flush()
-    summary.stopped = stop_reason
+    summary.stopped = watcher.reason
     return summary

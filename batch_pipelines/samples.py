@@ -99,6 +99,77 @@ def write_samples(folder: Path) -> list[Path]:
     rng = random.Random(15)
     (bad / "garbage.bin").write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
     out += sorted(bad.iterdir())
+    out += write_texts(folder / "texts")
+    return out
+
+
+# Short texts in several languages and formats for the annotate operation.
+TEXTS = {
+    "en_markets.txt": (
+        "Central bank holds interest rates as inflation cools\n\n"
+        "The central bank kept its interest rate unchanged on Thursday. Inflation fell for the "
+        "third month in a row, and stock markets rose after the decision. Investors expect the "
+        "first cut early next year, while banks warn that mortgage prices will stay high. "
+        "The budget deficit remains the largest risk for the market, analysts said.\n"
+    ),
+    "de_rechenzentrum.md": (
+        "# Neues Rechenzentrum in Frankfurt\n\n"
+        "Ein Anbieter von **Cloud**-Diensten hat am Montag ein neues Rechenzentrum eröffnet. "
+        "Die Daten der Kunden werden dort auf eigenen Servern gespeichert, und die Software "
+        "wird von einem Team in Berlin entwickelt.\n\n"
+        "## Technologie\n\n"
+        "- Die [Technologie](https://example.org) soll den Energieverbrauch senken.\n"
+        "- Die Daten bleiben in der EU.\n\n"
+        "```\nsudo restart-all --force\n```\n\n"
+        "Experten sagen, dass die Nachfrage nach digitalen Diensten weiter wächst.\n"
+    ),
+    "fr_football.html": (
+        '<!DOCTYPE html>\n<html lang="fr"><head><title>Football</title>'
+        "<style>p { color: red; }</style><script>var x = 'ne pas lire';</script></head>\n"
+        "<body><h1>Victoire de Lyon en fin de match</h1>\n"
+        "<p>L&#39;&eacute;quipe de Lyon a gagn&eacute; le match de samedi gr&acirc;ce &agrave; "
+        "un but dans les derni&egrave;res minutes.</p>\n"
+        "<p>Le joueur le plus remarqu&eacute; de la saison a marqu&eacute; deux fois, et "
+        "l&#39;entra&icirc;neur est tr&egrave;s content de son &eacute;quipe.</p>\n"
+        "<ul><li>Prochain match : mercredi</li><li>Championnat : 3e place</li></ul>\n"
+        "</body></html>\n"
+    ),
+    "es_salud.txt": (
+        "El hospital de la ciudad abre una nueva unidad para pacientes con enfermedades del "
+        "corazón. Los médicos dicen que el tratamiento será más rápido y que la salud de los "
+        "pacientes mejorará. La unidad tiene veinte camas y un equipo de enfermeras "
+        "especializadas.\n"
+    ),
+    "it_viaggio.md": (
+        "# Un viaggio in Sicilia\n\n"
+        "Il turismo in Sicilia cresce ogni anno. Gli hotel della costa sono pieni da maggio "
+        "a settembre, e molti turisti arrivano con il traghetto da Napoli.\n\n"
+        "Il museo di Palermo ha avuto un numero record di visitatori, e la spiaggia di "
+        "Cefalù è una delle più belle d'Italia.\n"
+    ),
+    "nl_klimaat.html": (
+        "<html><body><article><h2>Onderzoek naar pinguïns en het klimaat</h2>"
+        "<p>Onderzoekers van de universiteit hebben een nieuw onderzoek gepubliceerd over "
+        "pinguïns op Antarctica. Het klimaat verandert snel en dat heeft grote gevolgen voor "
+        "de dieren.</p><p>De wetenschap kan volgens de onderzoekers helpen om de kolonies te "
+        "beschermen.</p></article></body></html>\n"
+    ),
+    "pt_governo.txt": (
+        "O governo anunciou novas regras para a eleição do próximo ano. O presidente disse "
+        "que a lei vai melhorar a transparência, mas a oposição quer mais tempo para debater "
+        "a proposta no parlamento.\n"
+    ),
+}
+
+
+def write_texts(folder: Path) -> list[Path]:
+    """Write the annotate samples (text, Markdown and HTML in seven languages)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, text in TEXTS.items():
+        p = folder / name
+        p.write_text(text, encoding="utf-8")
+        out.append(p)
     return out
 
 

@@ -4,17 +4,19 @@ import time
 
 from dagster import (
     DefaultSensorStatus,
+    RunFailureSensorContext,
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    run_failure_sensor,
     sensor,
 )
 from dagster._core.storage.tags import RETRY_NUMBER_TAG
 
 from batch_pipelines import config, ledger, warehouse
-from batch_pipelines.dispatch import RunState, chunk_states, plan_launches
+from batch_pipelines.dispatch import RunState, chunk_states, plan_launches, plan_reaping
 from batch_pipelines.inbox import list_inbox, pick_manifests, take
 from batch_pipelines.service import submit_batch
 
@@ -77,6 +79,34 @@ def run_states(instance, batch_ids) -> list[RunState]:  # noqa: ANN001
     return states
 
 
+def reap_dead_runs(instance, paths: config.Paths) -> list[str]:  # noqa: ANN001
+    """Items a crashed or killed run left ``running`` go back to ``pending`` (the chunk is
+    launched again) or fail after repeated crashes; nothing stays ``running`` forever."""
+    with warehouse.connect(paths.warehouse, read_only=True, timeout_s=20) as con:
+        groups = ledger.running_groups(con)
+    if not groups:
+        return []
+    statuses: dict[str, str | None] = {}
+    for _batch, _chunk, run_id in groups:
+        if run_id and run_id not in statuses:
+            run = instance.get_run_by_id(run_id)
+            statuses[run_id] = run.status.value if run else None
+    decisions = plan_reaping(groups, statuses, run_states(instance, {g[0] for g in groups}))
+    done = []
+    if decisions:
+        with warehouse.connect(paths.warehouse, timeout_s=20) as con:
+            for d in decisions:
+                con.execute("begin")
+                n = ledger.reap_items(con, d.batch_id, d.chunk_no, d.run_id, d.action, d.reason)
+                ledger.refresh_batch(con, d.batch_id)
+                con.execute("commit")
+                if n:
+                    done.append(
+                        f"{d.action} {n} item(s) of {d.batch_id} chunk {d.chunk_no}: {d.reason}"
+                    )
+    return done
+
+
 @sensor(
     name="batch_dispatcher",
     minimum_interval_seconds=3,
@@ -91,6 +121,9 @@ def run_states(instance, batch_ids) -> list[RunState]:  # noqa: ANN001
 def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipReason:
     paths = config.get_paths()
     try:
+        reaped = reap_dead_runs(context.instance, paths)
+        if reaped:
+            context.log.warning(f"reaper: {reaped}")
         with warehouse.connect(paths.warehouse, read_only=True, timeout_s=20) as con:
             rows = ledger.launchable_chunks(con)
     except (warehouse.WarehouseBusyError, OSError) as exc:
@@ -108,3 +141,33 @@ def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipRea
             for launch in launches
         ]
     )
+
+
+@run_failure_sensor(
+    name="run_failure_recorder",
+    monitored_jobs=_jobs(),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description=(
+        "Records every failed chunk run in the ledger (batch_events: run_failed, with the "
+        "error) and posts it as JSON to the webhook in BATCH_PIPELINES_WEBHOOK_URL, if set."
+    ),
+)
+def run_failure_recorder(context: RunFailureSensorContext) -> None:
+    from batch_pipelines.notify import failure_payload, post_webhook
+
+    run = context.dagster_run
+    message = context.failure_event.message or "run failed"
+    payload = failure_payload(run.run_id, run.job_name, run.tags, message)
+    delivered, detail = post_webhook(payload)
+    batch_id = run.tags.get("batch/id")
+    if batch_id:
+        with warehouse.connect(config.get_paths().warehouse, timeout_s=60) as con:
+            ledger.add_event(
+                con,
+                batch_id,
+                "run_failed",
+                actor="run_failure_recorder",
+                detail={**payload, "webhook_delivered": delivered, "webhook_detail": detail},
+            )
+    context.log.info(f"run {run.run_id} failed (batch {batch_id}); webhook: {detail}")

@@ -33,6 +33,27 @@ def quote_ident(name: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
+def validate_column_name(name: str, what: str = "column") -> str:
+    """A column name as tables and files really have them (``Bill Length (mm)`` included):
+    any text of 1 to 255 characters without control characters."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 255
+        or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+    ):
+        raise ValueError(
+            f"{what} {name!r} is not a valid column name: 1 to 255 characters, "
+            "no control characters"
+        )
+    return name
+
+
+def quote_column(name: str) -> str:
+    """Quote a validated column name as one identifier (dots and quotes included)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def quote_literal(value: str) -> str:
     """Quote a string literal for the few DuckDB statements that cannot take parameters
     (``COPY ... TO``, ``ATTACH``, table functions in DDL)."""

@@ -67,6 +67,26 @@ def ensure_read_only_select(query: str) -> str:
         con.close()
 
 
+def ensure_predicate(predicate: str) -> str:
+    """Raise ``ValueError`` unless ``predicate`` is one read-only SQL expression (a per-row
+    condition such as ``bill_length_mm > 0 and species is not null``), not a statement.
+
+    Returns it ready to be wrapped in parentheses (``where not (<predicate>)``)."""
+    if not isinstance(predicate, str) or not predicate.strip():
+        raise ValueError("predicate must be a non-empty SQL expression")
+    try:
+        duckdb.SQLExpression(predicate)
+    except duckdb.Error as exc:
+        raise ValueError(
+            f"predicate is not one SQL expression: {str(exc).splitlines()[0]}"
+        ) from None
+    try:
+        ensure_read_only_select(f"select count(*) from t where not (\n{predicate}\n)")
+    except ValueError as exc:
+        raise ValueError(f"predicate: {exc}") from None
+    return predicate.strip() + "\n"
+
+
 def _without_terminator(query: str) -> str:
     """The query without a trailing ``;`` (and any comment after it), so that it can be
     wrapped in parentheses; a comment that ends the query is kept but ends with a newline."""

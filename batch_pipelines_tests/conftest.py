@@ -77,3 +77,12 @@ def instance(env: Env):  # noqa: ANN201
     inst = DagsterInstance.get()
     yield inst
     inst.dispose()
+
+
+@pytest.fixture
+def dev_server(env: Env):  # noqa: ANN201 - Iterator[dev_server.DevServer]
+    """A real ``dagster dev`` (UI + daemon) on this test's env; mark such tests ``e2e``."""
+    from .dev_server import dagster_dev
+
+    with dagster_dev(env) as server:
+        yield server

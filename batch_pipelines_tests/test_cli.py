@@ -113,3 +113,65 @@ def test_submit_without_wait_queues(samples: Path, env) -> None:  # noqa: ANN001
     assert p.returncode == 0, p.stderr
     assert "submitted" in p.stdout and "no Dagster daemon is running" in p.stdout
     assert env.sql("select status from batches") == [("queued",)]
+
+
+def test_control_verbs(samples: Path, env) -> None:  # noqa: ANN001
+    p = cli(
+        env,
+        "submit",
+        "import",
+        "--items",
+        "data/samples/penguins_*",
+        "--option",
+        "target_table=t",
+        "--chunk-size",
+        "2",
+        "--json",
+    )
+    batch_id = json.loads(p.stdout)["batch_id"]
+    p = cli(env, "pause", batch_id, "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["status"] == "paused"
+    p = cli(env, "pause", "import-20990101-000000-abcdef")
+    assert p.returncode == 1 and "no batch" in p.stderr
+    p = cli(env, "resume", batch_id)
+    assert p.returncode == 0 and "6 item(s) left" in p.stdout
+    p = cli(env, "resume", batch_id)
+    assert p.returncode == 2 and "not paused" in p.stderr
+    p = cli(env, "cancel", batch_id, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["items_cancelled"] == 6
+    p = cli(env, "cancel", batch_id)
+    assert p.returncode == 2 and "already cancelled" in p.stderr
+    p = cli(env, "status", batch_id, "--json")
+    assert json.loads(p.stdout)["status"] == "cancelled"
+
+    p = cli(
+        env,
+        "submit",
+        "import",
+        "--items",
+        "data/samples/bad/*",
+        "--option",
+        "target_table=t",
+        "--max-retries",
+        "0",
+        "--wait",
+        "--json",
+    )
+    failed_id = json.loads(p.stdout)["batch_id"]
+    p = cli(env, "retry", failed_id, "--category", "transient")
+    assert p.returncode == 2 and "no failed items in categories" in p.stderr
+    p = cli(env, "retry", failed_id, "--category", "validation", "--wait", "--json")
+    child = json.loads(p.stdout)
+    assert p.returncode == 1 and child["parent_batch_id"] == failed_id
+    assert child["total_items"] == 4 and child["failed_items"] == 4
+    events = [
+        e
+        for (e,) in env.sql(
+            "select event from batch_events where batch_id = ? order by event_id", [batch_id]
+        )
+    ]
+    assert "batch_pause_requested" in events and "batch_resumed" in events
+    assert env.sql("select actor from batch_events where event = 'batch_resumed'")[0][0].startswith(
+        "cli:"
+    )

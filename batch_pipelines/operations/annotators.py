@@ -162,6 +162,7 @@ DEFAULT_TAXONOMY: dict[str, list[str]] = {
 
 _TOKEN = re.compile(r"[^\W\d_](?:[\w'’-]*[^\W_])?", re.UNICODE)
 _PHRASE_BREAK = re.compile(r"[.,;:!?()\[\]{}\"“”«»„\n\r\t|/\\–—]+")
+_TERMINAL = ".!?…:;"
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?…])[\"'”»)]*\s+|\n{2,}")
 
 
@@ -345,7 +346,7 @@ def summarize(
     for _, index, sentence in scored:
         if len(chosen) >= max_sentences:
             break
-        extra = len(sentence) + (1 if chosen else 0)
+        extra = len(sentence) + (1 if chosen else 0) + (sentence[-1] not in _TERMINAL)
         if used + extra > max_chars:
             continue
         chosen.append((index, sentence))
@@ -356,7 +357,8 @@ def summarize(
         if " " in cut[max_chars // 2 :]:
             cut = cut.rsplit(" ", 1)[0]
         return cut.rstrip(" ,;:") + "…"
-    return " ".join(s for _, s in sorted(chosen))
+    # A heading chosen next to a sentence gets a full stop, so the summary reads as prose.
+    return " ".join(s if s[-1] in _TERMINAL else s + "." for _, s in sorted(chosen))
 
 
 def _word_scores(phrase_scores: Mapping[str, float]) -> dict[str, float]:

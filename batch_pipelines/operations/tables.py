@@ -41,9 +41,31 @@ def describe_table(
     return [(r[0], r[1]) for r in rows]
 
 
+def relation_kind(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
+    """``"table"``, ``"view"`` or None; asks the catalog (no failing statement), so it is safe
+    inside a transaction, where any error would abort the transaction."""
+    parts = name.split(".")
+    table = parts[-1]
+    schema = parts[-2] if len(parts) > 1 else None
+    database = parts[-3] if len(parts) > 2 else None
+    row = con.execute(
+        """
+        select kind from (
+            select 'table' as kind, database_name, schema_name, table_name as name
+            from duckdb_tables()
+            union all
+            select 'view', database_name, schema_name, view_name from duckdb_views()
+            where not internal
+        )
+        where lower(name) = lower($name)
+          and lower(schema_name) = lower(coalesce($schema, current_schema()))
+          and lower(database_name) = lower(coalesce($database, current_database()))
+        limit 1
+        """,
+        {"name": table, "schema": schema, "database": database},
+    ).fetchone()
+    return row[0] if row else None
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    try:
-        con.execute(f"describe {quote_ident(name)}")
-    except duckdb.CatalogException:
-        return False
-    return True
+    return relation_kind(con, name) is not None

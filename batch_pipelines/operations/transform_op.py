@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from batch_pipelines.errors import ValidationItemError
 from batch_pipelines.handler import CommitContext, ItemContext, ItemResult, OperationSpec
 from batch_pipelines.keys import slugify
-from batch_pipelines.operations.tables import describe_table, table_exists
+from batch_pipelines.operations.tables import describe_table, relation_kind
 from batch_pipelines.sql import quote_ident, quote_literal, validate_table_name
 from batch_pipelines.sqlcheck import ensure_read_only_select
 from batch_pipelines.transforms import RegisteredTransform, get_transform
@@ -266,7 +266,9 @@ def handle_transform(ctx: ItemContext) -> ItemResult:
                 item.target,
                 kind,
                 name,
-                json.dumps(item.transform_options) if item.transform else None,
+                json.dumps(transform_options.model_dump(mode="json"))
+                if transform_options
+                else None,
                 mode,
                 rows_in,
                 rows_out,
@@ -296,14 +298,10 @@ def _swap_in(con: duckdb.DuckDBPyConnection, target: str, staged: str) -> None:
     if schema:
         con.execute(f"create schema if not exists {quote_ident(schema)}")
     con.execute(f"create table {quote_ident(tmp)} as select * from {staged}")
-    if table_exists(con, target):
-        kind = con.execute(
-            "select table_type from information_schema.tables where table_name = ? "
-            "and table_schema = coalesce(?, current_schema())",
-            [base, schema],
-        ).fetchone()
-        if kind and kind[0] == "VIEW":
-            raise ValidationItemError(f"target: {target!r} is a view, not a table")
+    kind = relation_kind(con, target)
+    if kind == "view":
+        raise ValidationItemError(f"target: {target!r} is a view, not a table")
+    if kind == "table":
         con.execute(f"drop table {quote_ident(target)}")
     con.execute(f"alter table {quote_ident(tmp)} rename to {quote_ident(base)}")
 
@@ -322,7 +320,10 @@ def _append(
     )
     table = quote_ident(target)
     schema = _schema_of(target)
-    if not table_exists(con, target):
+    kind = relation_kind(con, target)
+    if kind == "view":
+        raise ValidationItemError(f"target: {target!r} is a view, not a table")
+    if kind is None:
         if schema:
             con.execute(f"create schema if not exists {quote_ident(schema)}")
         con.execute(f"create table {table} as {select}")
