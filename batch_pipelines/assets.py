@@ -9,6 +9,8 @@ that worked keep their materializations. Item-level retries happen inside the ru
 such as the warehouse staying locked.
 """
 
+import os
+import socket
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from dagster import (
     RetryPolicy,
     asset,
     define_asset_job,
+    in_process_executor,
 )
 
 from batch_pipelines import ledger, warehouse
@@ -105,6 +108,12 @@ def execute_partitions(
     """Run the items behind ``context.partition_keys``, batch by batch."""
     paths = warehouse_resource.paths()
     keys = list(context.partition_keys)
+    if not context.instance.is_ephemeral:
+        # Lets the dispatcher's reaper tell a killed worker from a slow one.
+        context.instance.add_run_tags(
+            context.run_id,
+            {"batch/worker_pid": str(os.getpid()), "batch/worker_host": socket.gethostname()},
+        )
     with warehouse.connect(paths.warehouse, read_only=True) as con:
         rows = ledger.items_for_keys(con, keys)
     known = {r["partition_key"] for r in rows}
@@ -244,8 +253,10 @@ def build_operation_asset(spec: OperationSpec) -> AssetsDefinition:
 
 
 def build_operation_job(spec: OperationSpec, asset_def: AssetsDefinition):  # noqa: ANN201
+    # One step per run: the in-process executor saves a process spawn per chunk.
     return define_asset_job(
         name=f"{spec.name}_job",
+        executor_def=in_process_executor,
         selection=[asset_def],
         partitions_def=PARTITIONS[spec.name],
         tags={"batch/operation": spec.name},

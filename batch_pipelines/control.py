@@ -44,7 +44,7 @@ def _batch_or_error(con, batch_id: str) -> dict[str, Any]:  # noqa: ANN001
 def _active_runs(instance, batch_id: str) -> list:  # noqa: ANN001
     from dagster import DagsterRunStatus, RunsFilter
 
-    statuses = [DagsterRunStatus(s) for s in sorted(ACTIVE_RUN_STATUSES)]
+    statuses = [DagsterRunStatus(s) for s in sorted(ACTIVE_RUN_STATUSES - {"RETRY_PENDING"})]
     return list(
         instance.get_runs(filters=RunsFilter(tags={"batch/id": batch_id}, statuses=statuses))
     )

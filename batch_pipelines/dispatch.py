@@ -21,7 +21,10 @@ from batch_pipelines.manifest import PRIORITIES
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
-ACTIVE_RUN_STATUSES = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"})
+# RETRY_PENDING: a failed run that Dagster's run retry daemon is about to re-launch.
+ACTIVE_RUN_STATUSES = frozenset(
+    {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "RETRY_PENDING"}
+)
 MAX_LAUNCHES_PER_CHUNK = 3
 
 

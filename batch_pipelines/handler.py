@@ -52,6 +52,7 @@ class ItemResult:
     status: str = "succeeded"
     commit: CommitFn | None = None
     cleanup: Callable[[], None] | None = None
+    flush_now: bool = False  # commit before the next item runs (e.g. it creates a table)
 
     def __post_init__(self) -> None:
         if self.quality_score is not None and not 0.0 <= self.quality_score <= 1.0:

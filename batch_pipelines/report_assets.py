@@ -137,6 +137,7 @@ def timeline_chart(timeline: Sequence[dict[str, Any]], batch_id: str) -> bytes:
             minutes,
             [t["succeeded"] for t in timeline],
             width=_MINUTE_WIDTH,
+            align="edge",
             color="#5b9a68",
             label="succeeded",
         )
@@ -145,6 +146,7 @@ def timeline_chart(timeline: Sequence[dict[str, Any]], batch_id: str) -> bytes:
             [t["failed"] for t in timeline],
             bottom=[t["succeeded"] for t in timeline],
             width=_MINUTE_WIDTH,
+            align="edge",
             color="#c0392b",
             label="failed",
         )

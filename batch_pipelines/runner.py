@@ -428,7 +428,8 @@ def run_chunk(
                 do_flush()
                 watcher.trip("stopped on first error")
                 continue
-            if time.monotonic() - last_flush >= settings.flush_interval_s:
+            flush_now = pending.result is not None and pending.result.flush_now
+            if flush_now or time.monotonic() - last_flush >= settings.flush_interval_s:
                 do_flush()
         if buffer:
             do_flush()

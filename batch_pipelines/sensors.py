@@ -13,7 +13,7 @@ from dagster import (
     run_failure_sensor,
     sensor,
 )
-from dagster._core.storage.tags import RETRY_NUMBER_TAG
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, RETRY_NUMBER_TAG, WILL_RETRY_TAG
 
 from batch_pipelines import config, ledger, warehouse
 from batch_pipelines.dispatch import RunState, chunk_states, plan_launches, plan_reaping
@@ -73,10 +73,39 @@ def run_states(instance, batch_ids) -> list[RunState]:  # noqa: ANN001
                 chunk_no = int(run.tags.get("batch/chunk", "-1"))
             except ValueError:
                 continue
-            states.append(
-                RunState(batch_id, chunk_no, run.status.value, RETRY_NUMBER_TAG in run.tags)
-            )
+            status = run.status.value
+            if (
+                status == "FAILURE"
+                and run.tags.get(WILL_RETRY_TAG) == "true"
+                and AUTO_RETRY_RUN_ID_TAG not in run.tags
+            ):
+                # Dagster's run retry daemon is about to re-launch it: treat it as active.
+                status = "RETRY_PENDING"
+            states.append(RunState(batch_id, chunk_no, status, RETRY_NUMBER_TAG in run.tags))
     return states
+
+
+WORKER_PID_TAG = "batch/worker_pid"
+WORKER_HOST_TAG = "batch/worker_host"
+
+
+def worker_is_gone(tags: dict) -> bool:
+    """True if the run's worker process (recorded in its tags when the chunk started) ran on
+    this machine and no longer exists. Workers on other machines are left to Dagster."""
+    import socket
+
+    import psutil
+
+    pid, host = tags.get(WORKER_PID_TAG), tags.get(WORKER_HOST_TAG)
+    if not pid or host != socket.gethostname():
+        return False
+    try:
+        proc = psutil.Process(int(pid))
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, ValueError):
+        return True
+    except psutil.Error:
+        return False
 
 
 def reap_dead_runs(instance, paths: config.Paths) -> list[str]:  # noqa: ANN001
@@ -90,7 +119,15 @@ def reap_dead_runs(instance, paths: config.Paths) -> list[str]:  # noqa: ANN001
     for _batch, _chunk, run_id in groups:
         if run_id and run_id not in statuses:
             run = instance.get_run_by_id(run_id)
-            statuses[run_id] = run.status.value if run else None
+            if run is not None and run.status.value == "STARTED" and worker_is_gone(run.tags):
+                instance.report_run_failed(
+                    run, message=f"run worker (pid {run.tags.get(WORKER_PID_TAG)}) is gone"
+                )
+                run = instance.get_run_by_id(run_id)
+            status = run.status.value if run else None
+            if status == "FAILURE" and run.tags.get(WILL_RETRY_TAG) == "true":
+                status = "RETRY_PENDING"
+            statuses[run_id] = status
     decisions = plan_reaping(groups, statuses, run_states(instance, {g[0] for g in groups}))
     done = []
     if decisions:

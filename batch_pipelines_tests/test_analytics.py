@@ -867,3 +867,18 @@ def test_cli_report_stats_and_list_output(ledger: Path, monkeypatch: pytest.Monk
         result = cli_in_process("list", *bad)
         assert result.exit_code == 2, (bad, result.output)
         assert bad[0] in result.output
+
+
+def test_cli_list_defaults_to_50_newest_first(env) -> None:  # noqa: ANN001
+    with warehouse.connect(env.warehouse) as con:
+        con.executemany(
+            "insert into batches (batch_id, operation, name, status, priority, total_items, "
+            "created_at) values (?, 'import', 'b', 'completed', 'normal', 0, ?)",
+            [[f"import-20260101-{n:06d}-abcdef", T0 + timedelta(seconds=n)] for n in range(55)],
+        )
+    result = cli_in_process("list", "--json")
+    assert result.exit_code == 0, result.output
+    ids = [b["batch_id"] for b in json.loads(result.output)]
+    assert len(ids) == 50 and ids[0] == "import-20260101-000054-abcdef"
+    result = cli_in_process("list", "--json", "--offset", "50")
+    assert len(json.loads(result.output)) == 5

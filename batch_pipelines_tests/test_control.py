@@ -222,6 +222,10 @@ def test_reaper_against_the_ledger(samples: Path, env, instance) -> None:  # noq
     assert reap_dead_runs(instance, env.paths) == []
     run = instance.get_run_by_id(run_id)
     instance.report_run_failed(run)
+    # run_retries will re-launch it: the retry run picks the items up, not the reaper.
+    assert instance.get_run_by_id(run_id).tags["dagster/will_retry"] == "true"
+    assert reap_dead_runs(instance, env.paths) == []
+    instance.add_run_tags(run_id, {"dagster/will_retry": "false"})
     reaped = reap_dead_runs(instance, env.paths)
     assert len(reaped) == 1 and "requeue 2 item(s)" in reaped[0]
     assert env.sql("select status, count(*) from batch_items group by 1") == [("pending", 6)]

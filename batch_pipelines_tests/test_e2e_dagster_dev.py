@@ -372,8 +372,18 @@ def ran(dev: DevServer, dev_env: Env) -> Ran:
             f"{op}={(get_batch(b) or {}).get('status')}" for op, b in sorted(batches.items())
         )
 
+    def runs_done() -> bool:
+        # The ledger says "finished" when the last item is recorded; the chunk run itself
+        # ends a moment later.
+        return all(
+            run["status"] in RUN_DONE
+            for batch_id in batches.values()
+            for run in _runs(dev, batch_id)
+        )
+
     try:
         dev.wait_for(all_finished, BATCHES_TIMEOUT_S, "every batch to finish", interval=2)
+        dev.wait_for(runs_done, 60, "the chunk runs to end")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nbatches: {progress()}") from None
     return Ran(batches, time.monotonic() - started)
@@ -427,6 +437,14 @@ query Stats($key: AssetKeyInput!) {
 """
 
 
+RUN_DONE = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+def _runs(dev: DevServer, batch_id: str) -> list[dict[str, Any]]:
+    data = dev.graphql(RUNS_QUERY, {"filter": {"tags": [{"key": "batch/id", "value": batch_id}]}})
+    return data["runsOrError"]["results"]
+
+
 def test_one_batch_of_every_operation_through_inbox_cli_and_daemon(
     dev: DevServer, dev_env: Env, ran: Ran
 ) -> None:
@@ -471,9 +489,7 @@ def test_one_batch_of_every_operation_through_inbox_cli_and_daemon(
             assert stats["numPartitions"] >= len(items) and stats["numFailed"] == 0
 
             # Chunk runs were launched by the dispatcher sensor through the daemon's queue.
-            runs = dev.graphql(
-                RUNS_QUERY, {"filter": {"tags": [{"key": "batch/id", "value": batch_id}]}}
-            )["runsOrError"]["results"]
+            runs = _runs(dev, batch_id)
             assert runs, op
             for run in runs:
                 tags = {t["key"]: t["value"] for t in run["tags"]}

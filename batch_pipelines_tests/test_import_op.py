@@ -42,7 +42,7 @@ def test_every_format_loads_into_one_table(samples: Path, env, instance) -> None
         {
             "operation": "import",
             "options": {"target_table": "penguins"},
-            "settings": {"chunk_size": 4},
+            "settings": {"chunk_size": 10},
             "items_from": {"glob": "data/samples/penguins_*"},
         },
         instance,

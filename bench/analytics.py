@@ -154,7 +154,7 @@ class Timing:
     median_ms: float
     min_ms: float
     max_ms: float
-    rows: int
+    rows: int | None  # None: not a single query
 
     @property
     def target_ms(self) -> float:
@@ -200,11 +200,13 @@ def time_api(repeat: int = 5) -> list[Timing]:
     out = []
     times, _ = _time(lambda: len(analytics.get_batch_metrics(next(pick))), repeat)
     out.append(
-        Timing("get_batch_metrics() API", True, statistics.median(times), min(times), max(times), 1)
+        Timing(
+            "get_batch_metrics() API", True, statistics.median(times), min(times), max(times), None
+        )
     )
     times, _ = _time(lambda: len(analytics.get_stats()), repeat)
     out.append(
-        Timing("get_stats() API", False, statistics.median(times), min(times), max(times), 1)
+        Timing("get_stats() API", False, statistics.median(times), min(times), max(times), None)
     )
     return out
 
@@ -260,7 +262,8 @@ def markdown(result: dict[str, Any]) -> str:
     for t in result["timings"]:
         lines.append(
             f"| {t.name} | {'one batch' if t.per_batch else 'global'} | {t.median_ms:.1f} | "
-            f"{t.min_ms:.1f} | {t.max_ms:.1f} | {t.rows:,} | {t.target_ms:.0f} | "
+            f"{t.min_ms:.1f} | {t.max_ms:.1f} | {'-' if t.rows is None else f'{t.rows:,}'} | "
+            f"{t.target_ms:.0f} | "
             f"{'yes' if t.ok else 'NO'} |"
         )
     return "\n".join(lines)

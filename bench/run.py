@@ -110,6 +110,13 @@ def _ram_gb() -> float | None:
         return None
 
 
+def _load() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def _version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -124,7 +131,7 @@ def machine_markdown() -> str:
     return (
         f"- machine: {os.cpu_count()} cores, "
         f"{f'{ram:.1f} GiB RAM' if ram else 'RAM unknown'}, {_cpu_model()}; "
-        f"{platform.system()} {platform.release()}\n"
+        f"{platform.system()} {platform.release()}; load average {_load()} at start\n"
         f"- versions: Python {platform.python_version()}, Dagster {_version('dagster')}, "
         f"DuckDB {_version('duckdb')}, pandas {_version('pandas')}"
     )

@@ -384,7 +384,14 @@ def handle_import(ctx: ItemContext) -> ItemResult:
             stage.unlink(missing_ok=True)
 
     quality = rows / (rows + rejected) if rows + rejected else 1.0
-    return ItemResult(metrics=metrics, quality_score=quality, commit=commit, cleanup=cleanup)
+    # A table this item creates must exist before the next item is parsed with its types.
+    return ItemResult(
+        metrics=metrics,
+        quality_score=quality,
+        commit=commit,
+        cleanup=cleanup,
+        flush_now=options.mode != "replace" and not types,
+    )
 
 
 def _load(
