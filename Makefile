@@ -8,14 +8,14 @@ export DAGSTER_HOME ?= $(DATA)/dagster_home
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install run test lint format demo bench clean-state
+.PHONY: install run test lint format demo bench clean-state system-deps fresh-clone
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,postgres]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,9 +24,10 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
+# DAGSTER_STORAGE=batch_pipelines/deploy/dagster.postgres.yaml appends that storage block.
 run: install $(DAGSTER_HOME)/dagster.yaml
 	mkdir -p $(DATA)/inbox
-	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	cat dagster.yaml $(DAGSTER_STORAGE) > $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
 lint: install
@@ -37,7 +38,7 @@ format: install
 	$(BIN)/ruff check --fix batch_pipelines batch_pipelines_tests bench
 	$(BIN)/ruff format batch_pipelines batch_pipelines_tests bench
 
-test: install lint
+test: install lint system-deps
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
@@ -49,3 +50,28 @@ bench: install
 
 clean-state:
 	rm -rf $(DATA)/dagster_home $(DATA)/warehouse.duckdb* $(DATA)/staging $(DATA)/exports $(DATA)/reports
+
+# Debian packages the end-to-end tests use: Chromium for the web UI test, PostgreSQL for the
+# Postgres storage test. Installed only where missing (needs root: CI runs as root).
+DEBIAN_TEST_PACKAGES := chromium chromium-driver postgresql
+system-deps:
+	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	    echo "missing Debian packages:$$missing (install them as root: sudo make system-deps)" >&2; exit 1; \
+	  fi; \
+	  echo "installing Debian packages:$$missing"; \
+	  log=$$(mktemp); \
+	  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } >$$log 2>&1; then \
+	    tail -30 $$log >&2; rm -f $$log; exit 1; \
+	  fi; \
+	  rm -f $$log; \
+	fi
+
+# Clone the committed repository into a temporary directory and run the README's two commands
+# there (`make test`, then `make run` until the UI answers): see .ci/fresh_clone.
+fresh-clone:
+	bash .ci/fresh_clone

@@ -147,6 +147,10 @@ def execute_partitions(
         if dispatched and first["batch_status"] in ("cancelled", "failed"):
             context.log.info(f"batch {batch_id} is {first['batch_status']}: nothing to run")
             continue
+        if dispatched and first["paused"]:
+            # Launched just before a pause: leave the chunk for resume.
+            context.log.info(f"batch {batch_id} is paused: its items stay pending")
+            continue
         settings = ExecutionSettings.model_validate(first["settings"])
         options = spec.options_model.model_validate(first["options"])
         todo, done = [], []

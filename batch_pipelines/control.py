@@ -50,10 +50,12 @@ def _active_runs(instance, batch_id: str) -> list:  # noqa: ANN001
     )
 
 
-def _stop_runs(instance, batch_id: str, queued_only: bool, result: ControlResult) -> None:  # noqa: ANN001
+def _stop_runs(  # noqa: ANN001
+    instance, batch_id: str, queued_only: bool, result: ControlResult, only: list | None = None
+) -> None:
     """Dequeue the batch's queued runs and (unless ``queued_only``) terminate its running
     ones through Dagster's run coordinator and launcher."""
-    for run in _active_runs(instance, batch_id):
+    for run in only if only is not None else _active_runs(instance, batch_id):
         if run.status.value in ("QUEUED", "NOT_STARTED"):
             instance.report_run_canceling(run, message=f"batch {result.action}")
             instance.report_run_canceled(run, message=f"batch {batch_id}: {result.action}")
@@ -73,10 +75,12 @@ def cancel_batch(
     instance=None,  # noqa: ANN001
     actor: str = "python",
     wait_s: float = 30.0,
+    settle_s: float = 4.0,
 ) -> ControlResult:
     """Cancel a batch: no new chunk is launched, queued runs are dequeued, running ones
     terminated; unfinished items become ``cancelled``, finished ones keep their results.
-    Returns once nothing of the batch is queued or running (or after ``wait_s``)."""
+    Returns once nothing of the batch has been queued or running for ``settle_s`` (or after
+    ``wait_s``)."""
     from batch_pipelines.instance import get_instance
 
     instance = instance or get_instance()
@@ -94,12 +98,28 @@ def cancel_batch(
         ledger.refresh_batch(con, batch_id)
         con.execute("commit")
     result = ControlResult(batch_id, "cancel", "cancelled", items_cancelled=n)
-    _stop_runs(instance, batch_id, queued_only=False, result=result)
+    # A dispatcher tick that read the ledger just before the cancel may still enqueue a run,
+    # and the queue may be starting one as we cancel it: sweep until nothing of the batch has
+    # been queued or running for a whole dispatcher interval (or until wait_s).
+    handled: set[str] = set()
     deadline = time.monotonic() + wait_s
-    active = _active_runs(instance, batch_id)
-    while active and time.monotonic() < deadline:
-        time.sleep(0.5)
+    quiet_since: float | None = None
+    while True:
         active = _active_runs(instance, batch_id)
+        fresh = [r for r in active if r.run_id not in handled]
+        if fresh:
+            _stop_runs(instance, batch_id, queued_only=False, result=result, only=fresh)
+            handled.update(r.run_id for r in fresh)
+        now = time.monotonic()
+        if active:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= settle_s:
+            break
+        if now >= deadline:
+            break
+        time.sleep(0.5)
     result.still_active_runs = [r.run_id for r in active]
     with warehouse.connect(paths.warehouse) as con:
         con.execute("begin")
@@ -127,7 +147,9 @@ def cancel_batch(
     return result
 
 
-def pause_batch(batch_id: str, *, instance=None, actor: str = "python") -> ControlResult:  # noqa: ANN001
+def pause_batch(  # noqa: ANN001
+    batch_id: str, *, instance=None, actor: str = "python", settle_s: float = 4.0
+) -> ControlResult:
     """Stop launching the batch's chunks; queued runs are taken off the queue (their items
     stay pending), running ones finish. The batch shows ``paused`` once drained."""
     from batch_pipelines.instance import get_instance
@@ -146,7 +168,20 @@ def pause_batch(batch_id: str, *, instance=None, actor: str = "python") -> Contr
         ledger.add_event(con, batch_id, "batch_pause_requested", actor=actor)
         con.execute("commit")
     result = ControlResult(batch_id, "pause", "pausing")
-    _stop_runs(instance, batch_id, queued_only=True, result=result)
+    # As for cancel, sweep the queue for a dispatcher interval: a run enqueued by a tick that
+    # read the ledger just before the pause is taken off too (and would do nothing anyway).
+    deadline = time.monotonic() + settle_s
+    while True:
+        queued = [
+            r
+            for r in _active_runs(instance, batch_id)
+            if r.status.value in ("QUEUED", "NOT_STARTED")
+        ]
+        if queued:
+            _stop_runs(instance, batch_id, queued_only=True, result=result, only=queued)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
     with warehouse.connect(paths.warehouse) as con:
         con.execute("begin")
         status = ledger.refresh_batch(con, batch_id)

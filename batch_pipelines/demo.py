@@ -87,6 +87,12 @@ def demo_manifests() -> list[dict[str, Any]]:
             ],
         },
         {
+            "operation": "annotate",
+            "name": "demo: annotate sample texts in seven languages",
+            "options": {"max_keywords": 5, "summary_max_chars": 200},
+            "items_from": {"glob": "data/samples/texts/*"},
+        },
+        {
             "operation": "export",
             "name": "demo: export cleaned penguins and species stats",
             "items": [
@@ -98,6 +104,30 @@ def demo_manifests() -> list[dict[str, Any]]:
                     "where species = 'Gentoo' and body_mass_g > 5500 order by id",
                     "format": "ndjson",
                 },
+            ],
+        },
+        {
+            "operation": "report",
+            "name": "demo: reports on the import batch, the clean table and all imports",
+            "items_from": {
+                "sql": "select 'batch' as kind, batch_id, null as \"table\", null as operation "
+                "from (select batch_id from batches where operation = 'import' "
+                "order by created_at desc limit 1) "
+                "union all select 'table_profile', null, 'demo_penguins_clean', null "
+                "union all select 'operation_window', null, null, 'import'"
+            },
+        },
+        {
+            "operation": "cleanup",
+            "name": "demo: cleanup dry run (lists what would go)",
+            "options": {"dry_run": True},
+            "items": [
+                {"kind": "old_batches", "older_than_days": 30},
+                {"kind": "old_files", "root": "exports", "older_than_days": 30},
+                {"kind": "old_files", "root": "reports", "older_than_days": 30},
+                {"kind": "orphan_files", "root": "exports"},
+                {"kind": "temp_tables"},
+                {"kind": "staging", "older_than_days": 1},
             ],
         },
     ]

@@ -484,7 +484,11 @@ REPORT_ASSETS: list[AssetsDefinition] = [
     timeline_report,
     operation_stats_report,
 ]
-REPORT_ASSETS_WITH_CONFIG = [a.key.to_user_string() for a in REPORT_ASSETS[:-1]]
+# The assets that take ReportConfig (operation_stats_report covers all batches only).
+FOCUSED_REPORTS = [
+    a.key.to_user_string()
+    for a in (batch_metrics_report, error_report, quality_report, timeline_report)
+]
 
 analytics_reports_job = define_asset_job(
     name="analytics_reports_job",
@@ -501,4 +505,4 @@ def report_run_config(batch_id: str | None) -> dict[str, Any]:
     """Run config of ``analytics_reports_job`` focusing its reports on ``batch_id``."""
     if batch_id is None:
         return {}
-    return {"ops": {name: {"config": {"batch_id": batch_id}} for name in REPORT_ASSETS_WITH_CONFIG}}
+    return {"ops": {name: {"config": {"batch_id": batch_id}} for name in FOCUSED_REPORTS}}

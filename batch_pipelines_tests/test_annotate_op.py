@@ -564,7 +564,9 @@ def test_asset_batch_with_bad_items(env, samples: Path, instance) -> None:  # no
     batch = run_batch_in_process(batch_id, instance)
     assert batch["status"] == "completed_with_errors"
     assert (batch["succeeded_items"], batch["failed_items"]) == (4, 1)
-    failed = env.sql("select item_id, error_category, error from batch_items where status = 'failed'")
+    failed = env.sql(
+        "select item_id, error_category, error from batch_items where status = 'failed'"
+    )
     assert failed == [("missing:a1", "validation", "table 'missing' does not exist")]
     rows = env.sql(
         "select a.language, a.category, i.quality_score = a.confidence from annotations a "

@@ -137,11 +137,14 @@ def test_old_files_never_leave_the_root(env, tmp_path: Path) -> None:  # noqa: A
     new = write(exports / "b1" / "new.csv", "new")
     (exports / "b1" / "link.csv").symlink_to(outside)
     (exports / "linkdir").symlink_to(outside.parent, target_is_directory=True)
+    t = time.time() - 90 * 86400
+    for link in (exports / "b1" / "link.csv", exports / "linkdir"):
+        os.utime(link, (t, t), follow_symlinks=False)
     sample = write(env.data / "samples" / "keep.csv", "sample", age_days=90)
 
     dry = run_cleanup(env, {"kind": "old_files", "root": "exports", "older_than_days": 30})
     assert dry["files"] == 1 and dry["dry_run"] and old.exists()
-    assert dry["refused"] == 1 and "symlink to" in dry["refused_objects"][0]
+    assert dry["refused"] == 2 and all("symlink to" in r for r in dry["refused_objects"])
 
     real = run_cleanup(
         env, {"kind": "old_files", "root": "exports", "older_than_days": 30}, dry_run=False
@@ -171,9 +174,11 @@ def test_old_files_never_leave_the_root(env, tmp_path: Path) -> None:  # noqa: A
                 {"kind": "orphan_files", "root": "exports", "path": "data/../../elsewhere"},
             )
         )
-    with pytest.raises(ValidationItemError, match="outside the exports root"):
+    with pytest.raises(ValidationItemError, match="linkdir.*outside the allowed roots"):
         C.handle_cleanup(
-            make_ctx(env, {"kind": "orphan_files", "root": "exports", "path": "data/exports/linkdir"})
+            make_ctx(
+                env, {"kind": "orphan_files", "root": "exports", "path": "data/exports/linkdir"}
+            )
         )
     assert outside.read_text() == "keep" and sample.exists()
 
@@ -218,7 +223,14 @@ def test_old_batches_dry_run_then_real(env, samples: Path, instance, tmp_path: P
 
     real = run_cleanup(env, {"kind": "old_batches", "older_than_days": 30}, instance, dry_run=False)
     assert real["partition_delete"] == "sql" and real["refused"] == 1
-    for table in ("batches", "batch_items", "item_attempts", "batch_events", "import_files", "reports"):
+    for table in (
+        "batches",
+        "batch_items",
+        "item_attempts",
+        "batch_events",
+        "import_files",
+        "reports",
+    ):
         assert env.sql(f"select count(*) from {table} where batch_id = ?", [old_id]) == [(0,)]
     assert env.sql("select count(*) from batch_items where batch_id = ?", [new_id]) == [(2,)]
     assert env.sql("select count(*) from penguins_old") == [(210,)]  # imported data stays
@@ -230,7 +242,9 @@ def test_old_batches_dry_run_then_real(env, samples: Path, instance, tmp_path: P
     deleted = env.sql("select object_type, count(*) from cleanup_log where not dry_run group by 1")
     assert dict(deleted)["file"] == 3 and dict(deleted)["batch"] == 1
     # a re-run finds nothing and keeps the audit of what was deleted
-    again = run_cleanup(env, {"kind": "old_batches", "older_than_days": 30}, instance, dry_run=False)
+    again = run_cleanup(
+        env, {"kind": "old_batches", "older_than_days": 30}, instance, dry_run=False
+    )
     assert again["deleted"] == 0
     assert env.sql("select count(*) from cleanup_log where not dry_run")[0][0] == sum(
         n for _, n in deleted
@@ -279,7 +293,8 @@ def test_temp_tables(env) -> None:  # noqa: ANN001
     real = run_cleanup(env, {"kind": "temp_tables"}, dry_run=False)
     assert real["deleted"] == 2
     tables = {
-        r[0] for r in env.sql("select table_schema || '.' || table_name from information_schema.tables")
+        r[0]
+        for r in env.sql("select table_schema || '.' || table_name from information_schema.tables")
     }
     assert "main.sales" in tables and "main.sales_tmp" in tables
     assert "main.sales__tmp_1a2b3c4d" not in tables and "staging.half_done" not in tables
@@ -294,8 +309,12 @@ def test_staging(env, samples: Path, instance) -> None:  # noqa: ANN001
             "'running', 'normal', 1, now()::timestamp)"
         )
     finished = write(env.data / "staging" / done / "x.parquet", age_days=3)
-    unknown = write(env.data / "staging" / "import-20200101-000000-cccccc" / "y.parquet", age_days=3)
-    running = write(env.data / "staging" / "import-20260101-000000-bbbbbb" / "z.parquet", age_days=3)
+    unknown = write(
+        env.data / "staging" / "import-20200101-000000-cccccc" / "y.parquet", age_days=3
+    )
+    running = write(
+        env.data / "staging" / "import-20260101-000000-bbbbbb" / "z.parquet", age_days=3
+    )
     spill = write(env.data / "staging" / "_spill" / "tmp.block", age_days=3)
     fresh_only = run_cleanup(env, {"kind": "staging", "older_than_days": 7})
     assert fresh_only["files"] == 0
@@ -305,22 +324,25 @@ def test_staging(env, samples: Path, instance) -> None:  # noqa: ANN001
 
 
 def test_partition_delete_paths(instance) -> None:  # noqa: ANN001
-    """Both ways of deleting dynamic partitions work; the bulk path is measured against the
-    per-key public API on 5,000 keys (printed, not asserted)."""
+    """Both ways of deleting dynamic partitions work. The bulk path is measured on 5,000 keys
+    against the per-key public API (one SQLite transaction per key: measured on a sample of
+    300 keys and scaled, to keep this test short); printed, not asserted."""
     name = "cleanup_items"
     keys = [f"cleanup-20260101-000000-abcdef~k{i}~{i:08x}" for i in range(5000)]
-    timings = {}
-    for label, fn in (("sql", C.delete_partitions_fast), ("per_key", C.delete_partitions_per_key)):
-        instance.add_dynamic_partitions(name, keys)
-        instance.add_dynamic_partitions(name, ["keep-me"])
-        started = time.perf_counter()
-        fn(instance, name, keys)
-        timings[label] = time.perf_counter() - started
-        assert instance.get_dynamic_partitions(name) == ["keep-me"]
-        instance.delete_dynamic_partition(name, "keep-me")
+    instance.add_dynamic_partitions(name, [*keys, "keep-me"])
+    started = time.perf_counter()
+    assert C.delete_partitions_fast(instance, name, keys) == 5000
+    bulk = time.perf_counter() - started
+    assert instance.get_dynamic_partitions(name) == ["keep-me"]
+    sample = keys[:300]
+    instance.add_dynamic_partitions(name, sample)
+    started = time.perf_counter()
+    C.delete_partitions_per_key(instance, name, sample)
+    per_key = (time.perf_counter() - started) / len(sample) * len(keys)
+    assert instance.get_dynamic_partitions(name) == ["keep-me"]
     print(
-        f"\ndelete 5,000 dynamic partitions: bulk SQL {timings['sql']:.3f}s, "
-        f"per key {timings['per_key']:.3f}s ({timings['per_key'] / timings['sql']:.0f}x)"
+        f"\ndelete 5,000 dynamic partitions: bulk SQL {bulk:.3f}s, one call per key "
+        f"~{per_key:.1f}s (scaled from 300 keys): {per_key / bulk:.0f}x"
     )
 
     class NotSql:
@@ -352,7 +374,12 @@ def test_asset_batch_with_a_bad_target(env, samples: Path, instance) -> None:  #
             "items": [
                 {"kind": "old_batches", "older_than_days": 5},
                 {"kind": "old_files", "root": "exports", "older_than_days": 5},
-                {"kind": "old_files", "root": "exports", "older_than_days": 0, "path": "data/samples"},
+                {
+                    "kind": "old_files",
+                    "root": "exports",
+                    "older_than_days": 0,
+                    "path": "data/samples",
+                },
                 {"kind": "temp_tables"},
             ],
         },
@@ -390,13 +417,13 @@ def test_cli_cleanup_command(env, samples: Path, instance) -> None:  # noqa: ANN
     out = json.loads(dry.stdout)
     assert out["dry_run"] is True and out["batch"]["status"] == "completed"
     assert {o["object"] for o in out["objects"] if o["object_type"] == "batch"} == {old}
-    assert stale.exists() and env.sql("select count(*) from batches where batch_id = ?", [old]) == [(1,)]
+    assert stale.exists() and env.sql("select count(*) from batches where batch_id = ?", [old]) == [
+        (1,)
+    ]
 
-    human = cli("cleanup", "--older-than-days", "30")
-    assert human.returncode == 0 and "dry run: nothing was deleted" in human.stdout
-
-    real = cli("cleanup", "--older-than-days", "30", "--no-dry-run", "--json")
+    real = cli("cleanup", "--older-than-days", "30", "--no-dry-run")
     assert real.returncode == 0, real.stderr[-3000:]
+    assert "cleanup: deleted" in real.stdout and f"deleted batch {old}" in real.stdout
     assert not stale.exists()
     assert env.sql("select count(*) from batches where batch_id = ?", [old]) == [(0,)]
     assert cli("cleanup", "--older-than-days", "-1").returncode == 2

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -497,3 +498,138 @@ def test_one_batch_of_every_operation_through_inbox_cli_and_daemon(
                 assert tags.get("dagster/sensor_name") == "batch_dispatcher", tags
     finally:
         instance.dispose()
+
+
+# ------------------------------------------------------------------------ the web UI
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+REPORT_GROUPS = ("analytics", "reports")
+
+ASSET_NODES_QUERY = "{ assetNodes { assetKey { path } groupName } }"
+LATEST_METADATA_QUERY = """
+query Latest($key: AssetKeyInput!) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset {
+      assetMaterializations(limit: 1) {
+        metadataEntries { label __typename ... on MarkdownMetadataEntry { mdStr } }
+      }
+    }
+  }
+}
+"""
+
+
+def _report_with_chart(dev: DevServer) -> tuple[str, str] | None:
+    """(asset name, metadata label) of a report asset whose latest materialization has a
+    Markdown entry with an embedded PNG chart, if one exists yet."""
+    nodes = dev.graphql(ASSET_NODES_QUERY)["assetNodes"]
+    for node in nodes:
+        if node["groupName"] not in REPORT_GROUPS:
+            continue
+        data = dev.graphql(LATEST_METADATA_QUERY, {"key": {"path": node["assetKey"]["path"]}})
+        for mat in data["assetOrError"].get("assetMaterializations") or []:
+            for entry in mat["metadataEntries"]:
+                if "data:image/png" in (entry.get("mdStr") or ""):
+                    return "/".join(node["assetKey"]["path"]), entry["label"]
+    return None
+
+
+def _has_report_assets(dev: DevServer) -> bool:
+    return any(
+        n["groupName"] in REPORT_GROUPS for n in dev.graphql(ASSET_NODES_QUERY)["assetNodes"]
+    )
+
+
+def test_web_ui_shows_assets_partitions_and_report_chart(
+    dev: DevServer, dev_env: Env, ran: Ran, tmp_path: Path
+) -> None:
+    from dagster import DagsterInstance
+    from playwright.sync_api import expect, sync_playwright
+
+    assert CHROMIUM.exists(), "Debian chromium is missing: run `make browser-deps` (as root)"
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    report = None
+    if _has_report_assets(dev):
+        # The analytics sensors refresh the report assets once the batches have finished.
+        report = dev.wait_for(
+            lambda: _report_with_chart(dev), 120, "a report asset with a chart", interval=3
+        )
+    instance = DagsterInstance.get()
+    try:
+        keys = instance.get_dynamic_partitions("import_items")
+    finally:
+        instance.dispose()
+    key = next(k for k in keys if "~penguins_2007~" in k)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1600, "height": 1600},
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            # The UI greets a new browser with a "Join the Dagster community" dialog.
+            skip = page.get_by_role("button", name="Skip")
+            page.add_locator_handler(skip, lambda loc: loc.click())
+
+            def shot(name: str) -> None:
+                if skip.is_visible():
+                    skip.click()
+                page.screenshot(path=str(shots / f"{name}.png"))
+
+            # 1. The asset graph of the operations group: one node per operation asset,
+            #    each with its partitions filled.
+            page.goto(f"{dev.url}/locations/batch_pipelines/asset-groups/operations")
+            for op in REGISTRY:
+                expect(page.get_by_text(f"{op}_items", exact=True).first).to_be_visible()
+            expect(page.get_by_text("100% filled").first).to_be_visible()
+            assert page.get_by_text("100% filled").count() >= len(REGISTRY)
+            shot("1_asset_graph")
+
+            # 2. The partitioned import asset: its per-item partitions, and one item's
+            #    materialization metadata.
+            page.goto(f"{dev.url}/assets/import_items?view=partitions")
+            expect(page.get_by_text("Materialized (2)")).to_be_visible()
+            expect(page.get_by_text("Failed (0)")).to_be_visible()
+            shot("2_import_items_partitions")
+            page.goto(
+                f"{dev.url}/assets/import_items?view=partitions&partition={urllib.parse.quote(key)}"
+            )
+            expect(page.get_by_text("sha256", exact=True)).to_be_visible()
+            expect(page.get_by_text("penguins_2007", exact=True)).to_be_visible()
+            expect(page.get_by_text("target_table", exact=True)).to_be_visible()
+            expect(page.get_by_text("110", exact=True)).to_be_visible()  # rows of the file
+            shot("3_import_item_metadata")
+
+            # 3. A report asset's metadata with its chart (rendered from Markdown).
+            if report is not None:
+                asset, label = report
+                page.goto(f"{dev.url}/assets/{asset}")
+                expect(page.get_by_text(label, exact=True).first).to_be_visible()
+                page.get_by_text("[Show Markdown]").first.click()
+                chart = page.locator("img[src^='data:image/png']").first
+                expect(chart).to_be_visible()
+                width, height = chart.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+                assert width > 100 and height > 100
+                text = page.locator("body").inner_text()
+                assert any(batch_id in text for batch_id in ran.batches.values()), text[-2000:]
+                shot("4_report_chart")
+        finally:
+            browser.close()
+    print(f"\nscreenshots: {shots}")

@@ -90,7 +90,9 @@ def test_item_model() -> None:
     with pytest.raises(ValueError, match="operation 'nope' is not one of"):
         ReportItem(kind="operation_window", operation="nope")
     with pytest.raises(ValueError, match="since must be earlier than until"):
-        ReportItem(kind="operation_window", operation="import", since="2026-02-01", until="2026-01-01")
+        ReportItem(
+            kind="operation_window", operation="import", since="2026-02-01", until="2026-01-01"
+        )
     with pytest.raises(ValueError):
         ReportItem(kind="chart")
 
@@ -109,9 +111,7 @@ def test_batch_report(env, samples: Path, instance) -> None:  # noqa: ANN001
     folder = Path(metrics["html_path"]).parent
     assert folder == env.data / "reports" / REPORT_BATCH
     assert not list(folder.glob(".*.tmp"))
-    (row,) = env.sql(
-        "select kind, subject, bytes, charts, rows, summary->>'$.status' from reports"
-    )
+    (row,) = env.sql("select kind, subject, bytes, charts, rows, summary->>'$.status' from reports")
     size = sum(Path(metrics[k]).stat().st_size for k in ("html_path", "markdown_path", "csv_path"))
     assert row == ("batch", batch_id, size, metrics["charts"], 5, "completed")
     p50, p95 = env.sql(

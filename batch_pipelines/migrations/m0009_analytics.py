@@ -2,8 +2,10 @@
 
 Views, not tables: they are always current, cost nothing to maintain, and DuckDB pushes a
 ``where batch_id = ?`` filter through their ``group by batch_id`` down to the scan of
-``batch_items`` (checked in ``bench/analytics.py``), so one batch's figures stay fast at
-millions of item rows. Definitions used throughout:
+``batch_items`` (checked by ``test_batch_filter_reaches_the_item_scan``; timed by
+``bench/analytics.py``), so one batch's figures stay fast at millions of item rows. No extra
+index: one on ``batch_items (batch_id)`` took one batch's ``batch_metrics`` from 16 to 11 ms at
+1,000,000 rows, not worth its cost on every ledger write. Definitions used throughout:
 
 - *finished* items are those that ran to an outcome: ``succeeded``, ``failed`` or
   ``skipped``. Cancelled items never ran; pending and running ones have not finished.

@@ -205,6 +205,21 @@ def remove_empty_dirs(folder: Path, root: Path) -> list[Path]:
     return removed
 
 
+def prune_parents(path: Path, root: Path) -> list[Path]:
+    """Remove the now-empty folders above a deleted file, up to (not including) ``root``."""
+    removed: list[Path] = []
+    root = root.resolve()
+    parent = path.parent
+    while parent != root and parent.is_relative_to(root) and not parent.is_symlink():
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        removed.append(parent)
+        parent = parent.parent
+    return removed
+
+
 # --- Dagster partitions ----------------------------------------------------------------------
 
 
@@ -479,7 +494,6 @@ def plan_old_files(ctx: ItemContext, item: CleanupItem) -> Plan:
             ctx.check()
         if st.st_mtime < cutoff:
             _add_file(plan, p, str(item.root), rts, seen)
-    plan.dirs.append((folder, str(item.root)))
     return plan
 
 
@@ -504,7 +518,6 @@ def plan_orphan_files(ctx: ItemContext, item: CleanupItem) -> Plan:
         if Path(os.path.realpath(p)) in recorded:
             continue
         _add_file(plan, p, str(item.root), rts, seen)
-    plan.dirs.append((folder, str(item.root)))
     return plan
 
 
@@ -571,7 +584,7 @@ def plan_staging(ctx: ItemContext, item: CleanupItem) -> Plan:
         if st is not None and st not in ledger.TERMINAL_BATCH_STATUSES:
             continue
         files = list(walk_files(d, root))
-        newest = max([s.st_mtime for _, s in files] + [d.stat().st_mtime])
+        newest = max(s.st_mtime for _, s in files) if files else d.stat().st_mtime
         if item.older_than_days is not None and newest >= cutoff:
             continue
         for p, _ in files:
@@ -659,10 +672,13 @@ def execute_plan(
             continue
     files_left = {str(p) for p, _ in plan.files if os.path.lexists(p)}
     deleted += [o for o in by_type["file"] if o.object not in files_left]
+    removed: set[Path] = set()
     for folder, root_name in plan.dirs:
-        for d in remove_empty_dirs(folder, rts[root_name]):
-            if d != rts[root_name]:
-                deleted.append(Planned("directory", str(d)))
+        removed.update(remove_empty_dirs(folder, rts[root_name]))
+    # Folders emptied by this run go too; other empty folders may be about to be written to.
+    for path, root_name in plan.files:
+        removed.update(prune_parents(path, rts[root_name]))
+    deleted += [Planned("directory", str(d)) for d in sorted(removed)]
     methods: dict[str, str] = {}
     doomed_keys = {
         name: [k for k in keys if k.split("~", 1)[0] in gone]

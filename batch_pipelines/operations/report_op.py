@@ -386,7 +386,11 @@ def table_profile_report(
             )
             if len(charts) < options.max_charts:
                 edges, counts = _histogram(con, table, name, options.histogram_bins)
-                charts.append(Chart(f"{name}", "hist", edges, counts, xlabel=name, ylabel="rows"))
+                charts.append(
+                    Chart(
+                        f"Distribution of {name}", "hist", edges, counts, xlabel=name, ylabel="rows"
+                    )
+                )
         else:
             row += [None] * (4 + len(QUANTILES))
             if options.top_values and non_null and base in ("VARCHAR", "BOOLEAN", "DATE", "ENUM"):
