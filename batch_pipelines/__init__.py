@@ -1,18 +1,35 @@
-"""batch_pipelines: bulk operations as Dagster asset jobs with a DuckDB ledger."""
+"""batch_pipelines: bulk operations as Dagster asset jobs with a DuckDB ledger.
+
+The Python API::
+
+    from batch_pipelines import submit_batch, get_batch, cancel_batch, retry_batch
+"""
 
 from batch_pipelines.analytics import get_batch_metrics, get_stats
+from batch_pipelines.control import (
+    ControlError,
+    cancel_batch,
+    pause_batch,
+    resume_batch,
+    retry_batch,
+)
 from batch_pipelines.manifest import Manifest, ManifestError, load_manifest
 from batch_pipelines.service import get_batch, get_items, list_batches, prepare_batch, submit_batch
 
 __all__ = [
+    "ControlError",
     "Manifest",
     "ManifestError",
+    "cancel_batch",
     "get_batch",
     "get_batch_metrics",
     "get_items",
     "get_stats",
     "list_batches",
     "load_manifest",
+    "pause_batch",
     "prepare_batch",
+    "resume_batch",
+    "retry_batch",
     "submit_batch",
 ]

@@ -2,6 +2,7 @@
 
 from dagster import Definitions
 
+from batch_pipelines.housekeeping import nightly_cleanup
 from batch_pipelines.jobs import (
     OPERATION_ASSETS,
     OPERATION_JOBS,
@@ -18,6 +19,6 @@ defs = Definitions(
     assets=[*OPERATION_ASSETS.values(), *REPORT_ASSETS],
     jobs=[*OPERATION_JOBS.values(), submit_batch_job, batch_control_job, analytics_reports_job],
     sensors=[inbox_sensor, batch_dispatcher, run_failure_recorder, *REPORT_SENSORS],
-    schedules=REPORT_SCHEDULES,
+    schedules=[*REPORT_SCHEDULES, nightly_cleanup],
     resources={"warehouse": WarehouseResource(), "annotator": AnnotatorResource()},
 )

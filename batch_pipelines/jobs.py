@@ -37,7 +37,7 @@ def register_batch(context: OpExecutionContext, config: SubmitBatchConfig) -> st
         batch_id = submit_batch_service(
             manifest,
             instance=context.instance,
-            source="launchpad",
+            source=context.run.tags.get("batch/entry_point", "launchpad"),
             submitted_by=context.run.tags.get("dagster/user"),
         )
     except ManifestError as exc:

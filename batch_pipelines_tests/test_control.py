@@ -290,3 +290,36 @@ def test_failed_runs_reach_the_ledger_and_the_webhook(
     assert _Hook.received[-1]["event"] == "run_failed"
     detail = json.loads(env.sql("select detail from batch_events where event = 'run_failed'")[0][0])
     assert detail["webhook_delivered"] is True and detail["run_id"] == run.run_id
+
+
+def test_nightly_cleanup_schedule_submits_a_cleanup_batch(
+    samples: Path,
+    env,
+    instance,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    from datetime import UTC, datetime
+
+    from dagster import build_schedule_context
+
+    from batch_pipelines.housekeeping import nightly_cleanup
+
+    when = datetime(2026, 11, 26, 2, 30, tzinfo=UTC)
+    monkeypatch.setenv("BATCH_PIPELINES_RETENTION_DAYS", "7")
+    request = nightly_cleanup(
+        build_schedule_context(instance=instance, scheduled_execution_time=when)
+    )
+    assert request.run_key == "nightly-cleanup:2026-11-26"
+    config = request.run_config["ops"]["register_batch"]["config"]
+    assert config["options"] == {"dry_run": False}
+    assert {"kind": "old_batches", "older_than_days": 7} in config["items"]
+    result = defs.resolve_job_def("submit_batch").execute_in_process(
+        run_config=request.run_config, instance=instance, tags=request.tags
+    )
+    assert result.success
+    assert env.sql("select operation, source, total_items, priority from batches") == [
+        ("cleanup", "schedule", 5, "low")
+    ]
+    monkeypatch.setenv("BATCH_PIPELINES_RETENTION_DAYS", "soon")
+    skip = nightly_cleanup(build_schedule_context(instance=instance, scheduled_execution_time=when))
+    assert "not cleaning up" in skip.skip_message
