@@ -38,7 +38,7 @@ format: install
 	$(BIN)/ruff check --fix batch_pipelines batch_pipelines_tests bench
 	$(BIN)/ruff format batch_pipelines batch_pipelines_tests bench
 
-test: install lint system-deps
+test: install lint system-deps $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 

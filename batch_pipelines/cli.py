@@ -591,5 +591,9 @@ from batch_pipelines.cli_cleanup import cleanup  # noqa: E402
 
 main.add_command(cleanup)
 
+from batch_pipelines.cli_sql import sql  # noqa: E402
+
+main.add_command(sql)
+
 if __name__ == "__main__":
     main()

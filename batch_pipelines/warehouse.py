@@ -93,14 +93,19 @@ def connect(
     timeout_s = config.lock_timeout_s() if timeout_s is None else timeout_s
     key = str(path)
     with _process_lock:
-        if read_only and (key not in _migrated or not path.exists()):
-            read_only = False
+        if key not in _migrated or not path.exists():
+            # First use in this process (or a new file): bring the schema up to date with a
+            # short read-write connection, whatever the caller asked for.
+            with _file_lock(path, exclusive=True, timeout_s=timeout_s):
+                con = _open(path, False, timeout_s)
+                try:
+                    migrate(con)
+                finally:
+                    con.close()
+            _migrated.add(key)
         with _file_lock(path, exclusive=not read_only, timeout_s=timeout_s):
             con = _open(path, read_only, timeout_s)
             try:
-                if not read_only and key not in _migrated:
-                    migrate(con)
-                    _migrated.add(key)
                 yield con
             finally:
                 con.close()

@@ -175,3 +175,24 @@ def test_control_verbs(samples: Path, env) -> None:  # noqa: ANN001
     assert env.sql("select actor from batch_events where event = 'batch_resumed'")[0][0].startswith(
         "cli:"
     )
+
+
+def test_sql_is_read_only(samples: Path, env) -> None:  # noqa: ANN001
+    p = cli(
+        env,
+        "submit",
+        "import",
+        "--items",
+        "data/samples/penguins_2007.csv",
+        "--option",
+        "target_table=t",
+        "--wait",
+    )
+    assert p.returncode == 0, p.stderr
+    p = cli(env, "sql", "select count(*) as n from t", "--format", "json")
+    assert p.returncode == 0 and json.loads(p.stdout) == [{"n": 110}]
+    p = cli(env, "sql", "delete from t")
+    assert p.returncode == 2 and "read-only" in p.stderr
+    p = cli(env, "sql", "select * from nowhere")
+    assert p.returncode == 2 and "nowhere" in p.stderr
+    assert env.sql("select count(*) from t") == [(110,)]
