@@ -23,6 +23,8 @@ from .dev_server import DevServer, dagster_dev, env_in_process, make_env
 
 pytestmark = pytest.mark.e2e
 
+SMALL_ROWS = 200_000
+BIG_ROWS = 1_500_000
 ONE_SLOT = {"concurrency": {"runs": {"max_concurrent_runs": 1}}}
 FINISHED = ("completed", "completed_with_errors", "failed", "cancelled")
 
@@ -34,10 +36,16 @@ def qenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         folder.mkdir()
         con = duckdb.connect()
         for n in range(12):
-            # ~1.5M rows: a second or two of real import work per item.
+            # Small files for the queue tests; three big ones (a second or two of real
+            # import work each) so a chunk run is surely in flight when its worker is killed.
             con.execute(
                 f"copy (select i as id, i % 97 as k, md5(i::varchar) as h from range({n}, "
-                f"1500000 + {n}) t(i)) to '{folder / f'part{n:02d}.csv'}' (header)"
+                f"{SMALL_ROWS} + {n}) t(i)) to '{folder / f'part{n:02d}.csv'}' (header)"
+            )
+        for n in range(3):
+            con.execute(
+                f"copy (select i as id, i % 97 as k, md5(i::varchar) as h from range({n}, "
+                f"{BIG_ROWS} + {n}) t(i)) to '{folder / f'big{n:02d}.csv'}' (header)"
             )
         con.close()
         yield env
@@ -147,7 +155,7 @@ def test_cancel_leaves_nothing_queued_or_running(dev: DevServer, qenv: Env) -> N
 
 
 def test_killed_worker_is_detected_and_its_chunk_rerun(dev: DevServer, qenv: Env) -> None:
-    batch_id = submit(qenv, ["part00.csv", "part01.csv", "part02.csv"], "crash_t")
+    batch_id = submit(qenv, ["big00.csv", "big01.csv", "big02.csv"], "crash_t")
 
     def running_with_pid() -> tuple[str, int] | None:
         for r in runs_of(batch_id):
@@ -173,7 +181,7 @@ def test_killed_worker_is_detected_and_its_chunk_rerun(dev: DevServer, qenv: Env
     try:
         assert con.execute(
             "select count(*), count(distinct (_item_id, id)) from crash_t"
-        ).fetchone() == (4_500_000, 4_500_000)
+        ).fetchone() == (3 * BIG_ROWS, 3 * BIG_ROWS)
     finally:
         con.close()
 
