@@ -24,11 +24,16 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# DAGSTER_STORAGE=batch_pipelines/deploy/dagster.postgres.yaml appends that storage block.
+# The instance storage block appended to dagster.yaml: SQLite writing event batches in one
+# transaction (see batch_pipelines/dagster_storage.py), or another one, e.g.
+# DAGSTER_STORAGE=batch_pipelines/deploy/dagster.postgres.yaml. DAGSTER_EVENT_BATCH_SIZE lets
+# Dagster hand asset events to the storage in batches (0: one by one).
+DAGSTER_STORAGE ?= batch_pipelines/deploy/dagster.sqlite.yaml
+DAGSTER_EVENT_BATCH_SIZE ?= 1000
 run: install $(DAGSTER_HOME)/dagster.yaml
 	mkdir -p $(DATA)/inbox
 	cat dagster.yaml $(DAGSTER_STORAGE) > $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	DAGSTER_EVENT_BATCH_SIZE=$(DAGSTER_EVENT_BATCH_SIZE) $(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
 lint: install
 	$(BIN)/ruff check batch_pipelines batch_pipelines_tests bench

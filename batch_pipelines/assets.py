@@ -38,6 +38,7 @@ from dagster import (
 )
 
 from batch_pipelines import ledger, warehouse
+from batch_pipelines.dispatch import HANDED_OVER_TAG
 from batch_pipelines.handler import ItemCheck, OperationSpec
 from batch_pipelines.partitions import PARTITIONS
 from batch_pipelines.resources import WarehouseResource
@@ -77,6 +78,44 @@ def _materialization(
     return AssetMaterialization(
         asset_key=context.asset_key, partition=row["partition_key"], metadata=metadata
     )
+
+
+def log_materializations(
+    context: AssetExecutionContext, materializations: list[AssetMaterialization]
+) -> None:
+    """Log the materializations of one flush, each of its own partition.
+
+    With Dagster's event batching on (``DAGSTER_EVENT_BATCH_SIZE`` > 0) they are logged as one
+    batch of events, which the instance hands to ``EventLogStorage.store_event_batch`` (one
+    transaction with :mod:`batch_pipelines.dagster_storage` or Postgres) instead of one
+    storage write per partition; otherwise, and if Dagster's internals differ from what this
+    expects, through ``context.log_event`` one by one. Either way every partition gets the
+    same event with the same metadata.
+    """
+    if not materializations:
+        return
+    op_context = context.op_execution_context
+    step_context = getattr(op_context, "_step_execution_context", None)
+    buffer = getattr(op_context, "_events", None)
+    if len(materializations) == 1 or step_context is None or not isinstance(buffer, list):
+        for m in materializations:
+            context.log_event(m)
+        return
+    from dagster._core.events import (
+        DagsterEvent,
+        DagsterEventBatchMetadata,
+        generate_event_batch_id,
+    )
+
+    batch_id = generate_event_batch_id()
+    last = len(materializations) - 1
+    for i, m in enumerate(materializations):
+        # What context.log_event does, plus the batch metadata.
+        buffer.append(
+            DagsterEvent.asset_materialization(
+                step_context, m, DagsterEventBatchMetadata(batch_id, i == last)
+            )
+        )
 
 
 def _check_evaluation(
@@ -126,6 +165,9 @@ def execute_partitions(
     # finished by an earlier attempt are not run again. A run launched by hand (UI
     # materialize, `dagster asset materialize --partition`) re-runs the items it names.
     dispatched = "batch/id" in context.run.tags
+    # Only runs of the run queue hand unstarted items over to a next run (the dispatcher
+    # launches it); an in-process run (`submit --wait`) runs its whole chunk.
+    sliced = dispatched and context.run.tags.get("batch/launched_by") != "in_process"
     # Partitioned asset checks (SPEC.asset_checks): a range run cannot target one partition
     # with AssetCheckResult, so each item's result is logged as an AssetCheckEvaluation of
     # its own partition, and the check's output is yielded once at the end.
@@ -159,15 +201,27 @@ def execute_partitions(
                 done.append(r)
             else:
                 todo.append(r)
-        for r in done:
-            if r["status"] in ("succeeded", "skipped"):
-                yield _materialization(context, r, None)
+        log_materializations(
+            context,
+            [
+                _materialization(context, r, None)
+                for r in done
+                if r["status"] in ("succeeded", "skipped")
+            ],
+        )
         by_item = {r["item_id"]: r for r in todo}
 
         def on_flushed(outcomes: list[ledger.ItemOutcome], by_item=by_item) -> None:
+            log_materializations(
+                context,
+                [
+                    _materialization(context, by_item[o.item_id], o)
+                    for o in outcomes
+                    if o.status in ("succeeded", "skipped")
+                ],
+            )
             for o in outcomes:
                 if o.status in ("succeeded", "skipped"):
-                    context.log_event(_materialization(context, by_item[o.item_id], o))
                     for check in checks:
                         evaluation = _check_evaluation(
                             context, check, by_item[o.item_id]["partition_key"], o.result or {}
@@ -194,6 +248,7 @@ def execute_partitions(
             paths=paths,
             resources=resources,
             on_flushed=on_flushed,
+            time_slice_s=settings.chunk_time_slice_s if sliced else None,
         )
         n_failed = summary.count("failed")
         context.log.info(
@@ -201,6 +256,15 @@ def execute_partitions(
             f"{summary.count('skipped')} skipped, {summary.count('cancelled')} cancelled "
             f"(batch is {summary.batch_status})"
         )
+        if summary.handed_over:
+            context.log.info(
+                f"time slice of {settings.chunk_time_slice_s:g}s used: "
+                f"{len(summary.handed_over)} item(s) left pending for the next run of the chunk"
+            )
+            if not context.instance.is_ephemeral:
+                context.instance.add_run_tags(
+                    context.run_id, {HANDED_OVER_TAG: str(len(summary.handed_over))}
+                )
         failed += [f"{o.item_id}: {o.error}" for o in summary.outcomes if o.status == "failed"]
     for check in checks:
         key = AssetCheckKey(context.asset_key, check.name)

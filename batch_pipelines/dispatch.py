@@ -42,12 +42,22 @@ class ChunkState:
     chunk_items: int = 0
 
 
+HANDED_OVER_TAG = "batch/handed_over"  # items a run left pending at the end of its time slice
+
+
 @dataclass(frozen=True)
 class RunState:
     batch_id: str
     chunk_no: int
     status: str  # DagsterRunStatus name
     is_retry: bool = False
+    # The run used its time slice and left items for the next run: it made progress, so its
+    # failure (some item failed) does not count against the chunk's launches.
+    handed_over: bool = False
+
+    @property
+    def failed_without_progress(self) -> bool:
+        return not self.is_retry and self.status == "FAILURE" and not self.handed_over
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,7 @@ def plan_reaping(
     active_chunks = {(r.batch_id, r.chunk_no) for r in runs if r.status in ACTIVE_RUN_STATUSES}
     failures: dict[tuple[str, int], int] = {}
     for r in runs:
-        if not r.is_retry and r.status == "FAILURE":
+        if r.failed_without_progress:
             failures[(r.batch_id, r.chunk_no)] = failures.get((r.batch_id, r.chunk_no), 0) + 1
     out = []
     for batch_id, chunk_no, run_id in running:
@@ -145,7 +155,7 @@ def plan_launches(
             chunk_active.add(key)
         if not r.is_retry:
             launches_so_far[key] = launches_so_far.get(key, 0) + 1
-            if r.status == "FAILURE":
+            if r.failed_without_progress:
                 failures[key] = failures.get(key, 0) + 1
     ordered = sorted(chunks, key=lambda c: (-PRIORITIES[c.priority], c.batch_id, c.chunk_no))
     out: list[Launch] = []

@@ -191,3 +191,8 @@ class OperationSpec:
     detail_tables: tuple[str, ...] = ()
     resources: tuple[str, ...] = ()
     asset_checks: tuple[ItemCheck, ...] = ()
+    # True when ItemResult.commit only writes the warehouse (no file renamed or deleted): the
+    # runner may then commit the items of one flush in a single transaction, and commits them
+    # one by one again if any of them fails. Leave False when a commit has side effects
+    # outside DuckDB that a rollback cannot undo.
+    group_commits: bool = False

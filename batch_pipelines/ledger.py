@@ -193,6 +193,24 @@ def mark_running(
     )
 
 
+def release_items(
+    con: duckdb.DuckDBPyConnection, batch_id: str, item_ids: Sequence[str], run_id: str | None
+) -> int:
+    """Put items a run marked ``running`` but did not start back to ``pending``, for the next
+    run of their chunk; returns how many."""
+    con.register("_ids", pa.table({"item_id": pa.array(list(item_ids), pa.string())}))
+    try:
+        n = con.execute(
+            "update batch_items set status = 'pending', run_id = null where batch_id = ? and "
+            "status = 'running' and run_id is not distinct from ? and "
+            "item_id in (select item_id from _ids)",
+            [batch_id, run_id],
+        ).fetchone()[0]
+    finally:
+        con.unregister("_ids")
+    return int(n)
+
+
 def record_outcome(
     con: duckdb.DuckDBPyConnection, outcome: ItemOutcome, run_id: str | None
 ) -> None:
@@ -250,6 +268,125 @@ def record_outcome(
             actor=f"run:{run_id}" if run_id else "runner",
             detail={"error": outcome.error, "category": outcome.error_category},
         )
+
+
+_OUTCOME_SCHEMA = pa.schema(
+    [
+        ("batch_id", pa.string()),
+        ("item_id", pa.string()),
+        ("status", pa.string()),
+        ("n_attempts", pa.int32()),
+        ("duration_ms", pa.float64()),
+        ("quality_score", pa.float64()),
+        ("result", pa.string()),
+        ("error", pa.string()),
+        ("error_category", pa.string()),
+        ("severity", pa.string()),
+        ("started_at", pa.timestamp("us")),
+        ("finished_at", pa.timestamp("us")),
+    ]
+)
+_ATTEMPT_SCHEMA = pa.schema(
+    [
+        ("batch_id", pa.string()),
+        ("item_id", pa.string()),
+        ("attempt", pa.int32()),
+        ("started_at", pa.timestamp("us")),
+        ("finished_at", pa.timestamp("us")),
+        ("duration_ms", pa.float64()),
+        ("outcome", pa.string()),
+        ("error", pa.string()),
+        ("error_category", pa.string()),
+        ("severity", pa.string()),
+    ]
+)
+
+
+def record_outcomes(
+    con: duckdb.DuckDBPyConnection, outcomes: Sequence[ItemOutcome], run_id: str | None
+) -> None:
+    """:func:`record_outcome` for many items at once: one UPDATE of ``batch_items`` and one
+    INSERT into ``item_attempts`` from Arrow tables (same rows; caller holds the transaction)."""
+    if not outcomes:
+        return
+    items = pa.Table.from_pylist(
+        [
+            {
+                "batch_id": o.batch_id,
+                "item_id": o.item_id,
+                "status": o.status,
+                "n_attempts": len(o.attempts),
+                "duration_ms": o.duration_ms,
+                "quality_score": o.quality_score,
+                "result": _json(o.result),
+                "error": o.error,
+                "error_category": o.error_category,
+                "severity": o.severity,
+                "started_at": o.started_at,
+                "finished_at": o.finished_at,
+            }
+            for o in outcomes
+        ],
+        schema=_OUTCOME_SCHEMA,
+    )
+    attempts = pa.Table.from_pylist(
+        [
+            {
+                "batch_id": o.batch_id,
+                "item_id": o.item_id,
+                "attempt": a.attempt,
+                "started_at": a.started_at,
+                "finished_at": a.finished_at,
+                "duration_ms": a.duration_ms,
+                "outcome": a.outcome,
+                "error": a.error,
+                "error_category": a.error_category,
+                "severity": a.severity,
+            }
+            for o in outcomes
+            for a in o.attempts
+        ],
+        schema=_ATTEMPT_SCHEMA,
+    )
+    con.register("_outcomes", items)
+    con.register("_attempts", attempts)
+    try:
+        con.execute(
+            """
+            update batch_items set status = o.status,
+                attempts = batch_items.attempts + o.n_attempts, duration_ms = o.duration_ms,
+                quality_score = o.quality_score, result = o.result::json, error = o.error,
+                error_category = o.error_category, severity = o.severity,
+                started_at = coalesce(o.started_at, batch_items.started_at),
+                finished_at = o.finished_at, run_id = ?
+            from _outcomes o
+            where batch_items.batch_id = o.batch_id and batch_items.item_id = o.item_id
+            """,
+            [run_id],
+        )
+        if attempts.num_rows:
+            con.execute(
+                """
+                insert or replace into item_attempts (batch_id, item_id, attempt, started_at,
+                    finished_at, duration_ms, outcome, error, error_category, severity, run_id)
+                select batch_id, item_id, attempt, started_at, finished_at, duration_ms,
+                    outcome, error, error_category, severity, ? from _attempts
+                """,
+                [run_id],
+            )
+    finally:
+        con.unregister("_outcomes")
+        con.unregister("_attempts")
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            add_event(
+                con,
+                outcome.batch_id,
+                "item_failed",
+                item_id=outcome.item_id,
+                actor=f"run:{run_id}" if run_id else "runner",
+                detail={"error": outcome.error, "category": outcome.error_category},
+            )
 
 
 def cancel_pending(
@@ -486,13 +623,18 @@ def chunk_plan(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, 
 
 
 def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Chunks with pending items of batches that may run now (queued or running, not paused)."""
+    """Chunks with pending items of batches that may run now (queued or running, not paused).
+
+    ``first_key``..``last_key`` spans the chunk's pending items: a chunk resumed after a
+    pause, a crash or a time slice is run over what is left of it, not over what is done."""
     return _rows(
         con.execute(
             """
             select i.batch_id, b.operation, b.priority, i.chunk_no,
-                   arg_min(i.partition_key, i.seq) as first_key,
-                   arg_max(i.partition_key, i.seq) as last_key,
+                   arg_min(i.partition_key, i.seq) filter (where i.status = 'pending')
+                       as first_key,
+                   arg_max(i.partition_key, i.seq) filter (where i.status = 'pending')
+                       as last_key,
                    count(*) as items,
                    count(*) filter (where i.status = 'pending') as pending,
                    try_cast(json_extract(b.settings, '$.max_concurrency') as integer)

@@ -44,9 +44,39 @@ class ExecutionSettings(BaseModel, extra="forbid"):
     item_timeout_s: float | None = Field(300.0, gt=0, le=86400)
     continue_on_error: bool = True
     max_failure_ratio: float | None = Field(None, ge=0, le=1)
-    chunk_size: int = Field(100, ge=1, le=10000, description="Items per Dagster run")
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="Items per Dagster run; unset: auto_chunk_size(items), fixed at submit",
+    )
     max_concurrency: int | None = Field(None, ge=1, le=100, description="Chunk runs at once")
+    chunk_time_slice_s: float | None = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description=(
+            "A chunk run launched by the dispatcher hands the items it has not started to a "
+            "new run of its chunk after this long, so a big chunk of slow items does not hold "
+            "a run slot (priorities, pause) for long; None: run the whole chunk"
+        ),
+    )
     flush_interval_s: float = Field(2.0, ge=0, le=600)
+
+
+# Unset chunk_size: each chunk run costs 2-3 s to launch (a new worker process) whatever its
+# size, so 100 items per run caps a batch of light items at ~35 items/s. A batch is cut into
+# AUTO_CHUNK_RUNS chunks (two run slots busy twice), of AUTO_CHUNK_MIN to AUTO_CHUNK_MAX
+# items; chunk_time_slice_s keeps a big chunk of slow items from holding a run slot for long.
+# Measured in BENCHMARKS.md (bench/fanout.py).
+AUTO_CHUNK_MIN = 100
+AUTO_CHUNK_MAX = 1000
+AUTO_CHUNK_RUNS = 4
+
+
+def auto_chunk_size(n_items: int) -> int:
+    """The chunk size of a batch of ``n_items`` whose manifest does not set one."""
+    return max(AUTO_CHUNK_MIN, min(AUTO_CHUNK_MAX, -(-n_items // AUTO_CHUNK_RUNS)))
 
 
 def backoff_delay(
@@ -81,6 +111,7 @@ class ChunkSummary:
     outcomes: list[ledger.ItemOutcome] = field(default_factory=list)
     batch_status: str | None = None
     stopped: str | None = None
+    handed_over: list[str] = field(default_factory=list)  # back to pending: time slice over
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -278,15 +309,56 @@ def _commit_one(con: duckdb.DuckDBPyConnection, pending: _Pending, run_id: str |
         con.execute("commit")
 
 
+def _commit_together(
+    con: duckdb.DuckDBPyConnection, pending: Sequence[_Pending], run_id: str | None
+) -> bool:
+    """Commit every item and its ledger rows in one transaction (one WAL write instead of one
+    per item). If any commit fails, nothing is written and False is returned, so the caller
+    commits them one by one and only the failing item fails."""
+    before = [
+        (p.outcome.status, p.outcome.attempts[-1].outcome if p.outcome.attempts else None)
+        for p in pending
+    ]
+    con.execute("begin")
+    try:
+        for p in pending:
+            outcome, result = p.outcome, p.result
+            if result is not None and result.commit is not None:
+                cc = CommitContext(outcome.batch_id, outcome.item_id, run_id)
+                if result.commit(con, cc) == "skipped":
+                    outcome.status = "skipped"
+                    outcome.attempts[-1].outcome = "skipped"
+        ledger.record_outcomes(con, [p.outcome for p in pending], run_id)
+        con.execute("commit")
+        return True
+    except Exception as exc:  # noqa: BLE001 - retried item by item, where it is classified
+        con.execute("rollback")
+        for p, (status, last) in zip(pending, before, strict=True):
+            p.outcome.status = status
+            if p.outcome.attempts:
+                p.outcome.attempts[-1].outcome = last
+        log.info("grouped commit of %d items failed (%s); committing one by one", len(pending), exc)
+        return False
+
+
 def flush(
-    pending: Sequence[_Pending], batch_ids: set[str], run_id: str | None, paths: config.Paths
+    pending: Sequence[_Pending],
+    batch_ids: set[str],
+    run_id: str | None,
+    paths: config.Paths,
+    *,
+    group_commits: bool = False,
 ) -> dict[str, tuple[str, bool]]:
-    """Commit buffered items and refresh their batches; returns {batch_id: (status, paused)}."""
+    """Commit buffered items and refresh their batches; returns {batch_id: (status, paused)}.
+
+    Each item is committed in its own transaction, or, with ``group_commits`` (see
+    ``OperationSpec.group_commits``), all of them in one unless one fails."""
     states: dict[str, tuple[str, bool]] = {}
     try:
         with warehouse.connect(paths.warehouse) as con:
-            for p in pending:
-                _commit_one(con, p, run_id)
+            if not (group_commits and len(pending) > 1 and _commit_together(con, pending, run_id)):
+                for p in pending:
+                    _commit_one(con, p, run_id)
             for batch_id in sorted(batch_ids):
                 con.execute("begin")
                 status = ledger.refresh_batch(con, batch_id)
@@ -361,8 +433,12 @@ def run_chunk(
     on_flushed: Callable[[list[ledger.ItemOutcome]], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     watch_interval_s: float = 1.0,
+    time_slice_s: float | None = None,
 ) -> ChunkSummary:
-    """Run a chunk of items (all of one batch) and keep the ledger true as it goes."""
+    """Run a chunk of items (all of one batch) and keep the ledger true as it goes.
+
+    With ``time_slice_s``, items not started once that much time has passed go back to
+    ``pending`` (``summary.handed_over``) for the next run of the chunk."""
     paths = paths or config.get_paths()
     summary = ChunkSummary()
     if not work_items:
@@ -376,12 +452,12 @@ def run_chunk(
         con.execute("commit")
 
     buffer: list[_Pending] = []
-    last_flush = time.monotonic()
+    started = last_flush = time.monotonic()
     with _BatchWatcher(batch_id, paths, watch_interval_s) as watcher:
 
         def do_flush() -> None:
             nonlocal buffer, last_flush
-            states = flush(buffer, {batch_id}, run_id, paths)
+            states = flush(buffer, {batch_id}, run_id, paths, group_commits=spec.group_commits)
             if on_flushed:
                 on_flushed([p.outcome for p in buffer])
             buffer = []
@@ -406,6 +482,9 @@ def run_chunk(
                     )
                     buffer.append(_Pending(o, None))
                     summary.outcomes.append(o)
+                break
+            if time_slice_s is not None and index and time.monotonic() - started >= time_slice_s:
+                summary.handed_over = [w.item_id for w in work_items[index:]]
                 break
             pending = run_item(
                 spec,
@@ -433,5 +512,11 @@ def run_chunk(
                 do_flush()
         if buffer:
             do_flush()
+    if summary.handed_over:
+        with warehouse.connect(paths.warehouse) as con:
+            con.execute("begin")
+            ledger.release_items(con, batch_id, summary.handed_over, run_id)
+            summary.batch_status = ledger.refresh_batch(con, batch_id)
+            con.execute("commit")
     summary.stopped = watcher.reason
     return summary

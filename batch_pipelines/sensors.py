@@ -16,7 +16,13 @@ from dagster import (
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, RETRY_NUMBER_TAG, WILL_RETRY_TAG
 
 from batch_pipelines import config, ledger, warehouse
-from batch_pipelines.dispatch import RunState, chunk_states, plan_launches, plan_reaping
+from batch_pipelines.dispatch import (
+    HANDED_OVER_TAG,
+    RunState,
+    chunk_states,
+    plan_launches,
+    plan_reaping,
+)
 from batch_pipelines.inbox import list_inbox, pick_manifests, take
 from batch_pipelines.service import submit_batch
 
@@ -81,7 +87,15 @@ def run_states(instance, batch_ids) -> list[RunState]:  # noqa: ANN001
             ):
                 # Dagster's run retry daemon is about to re-launch it: treat it as active.
                 status = "RETRY_PENDING"
-            states.append(RunState(batch_id, chunk_no, status, RETRY_NUMBER_TAG in run.tags))
+            states.append(
+                RunState(
+                    batch_id,
+                    chunk_no,
+                    status,
+                    RETRY_NUMBER_TAG in run.tags,
+                    handed_over=HANDED_OVER_TAG in run.tags,
+                )
+            )
     return states
 
 

@@ -26,6 +26,7 @@ from batch_pipelines.manifest import (
 )
 from batch_pipelines.operations import get_operation
 from batch_pipelines.partitions import register_keys, unregister_keys
+from batch_pipelines.runner import auto_chunk_size
 
 LIST_LIMIT_MAX = 100
 
@@ -107,6 +108,14 @@ def prepare_batch(
     if problems or options is None:
         raise ManifestError(problems)
     batch_id = new_batch_id(m.operation)
+    if m.settings.chunk_size is None:
+        m = m.model_copy(
+            update={
+                "settings": m.settings.model_copy(
+                    update={"chunk_size": auto_chunk_size(len(items))}
+                )
+            }
+        )
     chunk = m.settings.chunk_size
     for seq, item in enumerate(items):
         item["seq"] = seq

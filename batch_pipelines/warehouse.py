@@ -68,7 +68,13 @@ def _open(path: Path, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConne
     delay = 0.05
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            # The memory limit of item work holds here too: committing a big import into a
+            # table otherwise buffers it in DuckDB's default of 80% of RAM (BENCHMARKS.md).
+            return duckdb.connect(
+                str(path),
+                read_only=read_only,
+                config={"memory_limit": config.duckdb_memory_limit()},
+            )
         except duckdb.IOException as exc:
             # Another process outside our lock (a duckdb shell) holds the file.
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:

@@ -218,7 +218,7 @@ def test_pause_drains_survives_restart_and_resume_finishes(qenv: Env, dev: DevSe
         ).fetchone() == (6,)
         assert con.execute("select count(distinct _item_id), count(*) from pause_t").fetchone() == (
             6,
-            9_000_000,
+            6 * SMALL_ROWS,
         )
     finally:
         con.close()

@@ -75,6 +75,116 @@ def _run_analytics(args: argparse.Namespace) -> str:
     )
 
 
+# -------------------------------------------------------------------------------- fan-out
+
+
+def _fanout_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("fanout")
+    group.add_argument(
+        "--items", type=int, nargs="+", default=[1000, 10000], help="batch sizes (fanout)"
+    )
+    group.add_argument(
+        "--naive-items", type=int, default=10, help="items of the one-run-per-item baseline"
+    )
+    group.add_argument(
+        "--chunk-size", type=int, default=None, help="items per run (default: automatic)"
+    )
+    group.add_argument(
+        "--storage",
+        choices=("batched", "stock"),
+        default="batched",
+        help="batched: as `make run`; stock: Dagster's SQLite storage, no event batching",
+    )
+    group.add_argument("--loop-items", type=int, default=2000, help="items of the plain loop")
+    group.add_argument(
+        "--pool-limit", type=int, default=None, help="duckdb_writer pool limit (default: 2)"
+    )
+
+
+_FANOUT_NOTES = """
+| figure | what it measures |
+| --- | --- |
+| batch | `annotate` of short inline texts (local backend, ~0.3 ms of handler work per item), submitted with `submit_batch()` to a real `dagster dev` (daemon, run queue, code server; SQLite storage) on a temporary DAGSTER_HOME and warehouse. "naive" is one run per item (`chunk_size: 1`). |
+| chunk size, runs | items per chunk run (automatic unless `--chunk-size`) and how many chunk runs the batch took. |
+| first item running | submit → the first chunk run marks its items `running` (dispatcher tick, run creation, queue, worker start). |
+| all items in ledger | submit → the batch is terminal in the ledger (`batches.completed_at`). |
+| report materialized | submit → the `analytics_reports_job` run the `analytics_on_batch_*` sensors request for the batch has succeeded (those sensors look every 10 s). This is the end-to-end time. |
+| items/s, ms/item | items / end-to-end time, and its inverse. |
+| overhead ms/item | ms/item minus the plain loop's ms/item: what the fan-out (Dagster runs, events, ledger) adds per item. |
+| × naive | ms/item of the naive launch / ms/item of this batch. |
+| mean launch s, mean run s | per chunk run: created → started (queue wait + worker start), started → ended. |
+| load | `os.getloadavg()[0]` when the batch was submitted and when it was done: the machine is shared, compare runs at similar load. |
+| plain loop | the same items through the annotate handler and its DuckDB commit in one process, no Dagster. |
+
+Reproduce: `make bench BENCH_ARGS="fanout"` or `python bench/run.py fanout --items 1000 10000`
+(`--chunk-size N` to fix the chunk size, `--pool-limit N` for the `duckdb_writer` pool,
+`--storage stock` for Dagster's stock SQLite storage without event batching, `--naive-items 0`
+to skip the baseline).
+"""
+
+
+def _run_fanout(args: argparse.Namespace) -> str:
+    from bench import fanout
+
+    if min(args.items) < 1 or args.naive_items < 0 or args.loop_items < 1:
+        raise SystemExit("--items and --loop-items must be at least 1, --naive-items at least 0")
+    result = fanout.run(
+        args.items,
+        naive_items=args.naive_items,
+        chunk_size=args.chunk_size,
+        loop_items=args.loop_items,
+        storage=args.storage,
+        dagster_yaml=(
+            {"concurrency": {"pools": {"default_limit": args.pool_limit}}}
+            if args.pool_limit
+            else None
+        ),
+    )
+    sizes = " and ".join(f"{n:,}" for n in sorted(args.items))
+    return f"### Fan-out: {sizes} items end to end\n\n{fanout.markdown(result)}\n{_FANOUT_NOTES}"
+
+
+# ------------------------------------------------------------------------------ data plane
+
+
+def _dataplane_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("dataplane")
+    group.add_argument(
+        "--csv-rows", type=int, default=5_000_000, help="rows of the generated CSV (dataplane)"
+    )
+    group.add_argument(
+        "--memory-limit",
+        default="100MB",
+        help="BATCH_PIPELINES_DUCKDB_MEMORY of the limited import (dataplane)",
+    )
+
+
+_DATAPLANE_NOTES = """
+| figure | what it measures |
+| --- | --- |
+| DuckDB `read_csv` | DuckDB alone loading the file into a table of a fresh database file (its defaults: all cores, 80% of RAM). |
+| import batch | a one-item `import` batch run in-process (`run_batch_in_process`, as `submit --wait`): sha256 of the file, DuckDB streaming it into staging Parquet (under `BATCH_PIPELINES_DUCKDB_MEMORY`), the commit into the warehouse table, the ledger, one Dagster run. Seconds from submit to the batch's end; "handler" is the item's own time (without the commit). |
+| DuckDB memory 100MB | the same import with `BATCH_PIPELINES_DUCKDB_MEMORY` far below the file's size: peak RSS shows whether it streamed. |
+| DuckDB `COPY`, export batch | the imported table to Parquet (snappy) or CSV: DuckDB alone vs a one-item `export` batch (COPY from a read-only connection to a temporary file, sha256, rename). |
+| base / peak RSS | the step's process after its imports (Dagster and the project hold ~200 MiB before any work) and at its peak (`ru_maxrss`). |
+
+Reproduce: `make bench BENCH_ARGS="dataplane"` or
+`python bench/run.py dataplane --csv-rows 5000000 --memory-limit 100MB`.
+"""
+
+
+def _run_dataplane(args: argparse.Namespace) -> str:
+    from bench import dataplane
+
+    if args.csv_rows < 1:
+        raise SystemExit("--csv-rows must be at least 1")
+    result = dataplane.run(args.csv_rows, args.memory_limit)
+    return (
+        f"### Data plane: {args.csv_rows:,}-row CSV\n\n"
+        f"{dataplane.markdown(result)}\n{_DATAPLANE_NOTES}"
+    )
+
+
 SECTIONS: dict[str, Section] = {
     s.name: s
     for s in (
@@ -83,6 +193,18 @@ SECTIONS: dict[str, Section] = {
             "analytics views over generated ledger rows (SPEC §8)",
             _analytics_arguments,
             _run_analytics,
+        ),
+        Section(
+            "fanout",
+            "end-to-end items/s of the per-item fan-out through dagster dev (SPEC §8)",
+            _fanout_arguments,
+            _run_fanout,
+        ),
+        Section(
+            "dataplane",
+            "import and export rows/s against DuckDB, peak memory of a big import (SPEC §8)",
+            _dataplane_arguments,
+            _run_dataplane,
         ),
     )
 }

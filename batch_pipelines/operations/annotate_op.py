@@ -340,4 +340,5 @@ SPEC = OperationSpec(
     handler=handle_annotate,
     detail_tables=("annotations",),
     resources=(RESOURCE_KEY,),
+    group_commits=True,  # the commit only writes `annotations`
 )

@@ -652,4 +652,5 @@ SPEC = OperationSpec(
             evaluate=rules_check,
         ),
     ),
+    group_commits=True,  # the commit only writes `validation_results`
 )
