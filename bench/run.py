@@ -104,7 +104,7 @@ def _fanout_arguments(parser: argparse.ArgumentParser) -> None:
 _FANOUT_NOTES = """
 | figure | what it measures |
 | --- | --- |
-| batch | `annotate` of short inline texts (local backend, ~0.3 ms of handler work per item), submitted with `submit_batch()` to a real `dagster dev` (daemon, run queue, code server; SQLite storage) on a temporary DAGSTER_HOME and warehouse. "naive" is one run per item (`chunk_size: 1`). |
+| batch | `annotate` of short inline texts (local backend, ~0.3 ms of handler work per item), submitted with `submit_batch()` to a real `dagster dev` (daemon, run queue, code server; SQLite storage) on a temporary DAGSTER_HOME and warehouse. "naive" is one run per item (`chunk_size: 1`), on a `dagster dev` of its own (the analytics sensors take one finished run per 10 s tick, so its runs would delay the next batch's report). |
 | chunk size, runs | items per chunk run (automatic unless `--chunk-size`) and how many chunk runs the batch took. |
 | first item running | submit → the first chunk run marks its items `running` (dispatcher tick, run creation, queue, worker start). |
 | all items in ledger | submit → the batch is terminal in the ledger (`batches.completed_at`). |
