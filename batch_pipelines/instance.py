@@ -33,10 +33,10 @@ def get_instance():  # noqa: ANN201 - DagsterInstance (import kept lazy for CLI 
     schema; several CLI processes starting at once take turns so they don't race on it."""
     from dagster import DagsterInstance
 
-    from batch_pipelines.warehouse import _file_lock
+    from batch_pipelines.warehouse import file_lock
 
     home = ensure_dagster_home()
-    with _file_lock(home / ".batch_pipelines_init", exclusive=True, timeout_s=120):
+    with file_lock(home / ".batch_pipelines_init", exclusive=True, timeout_s=120):
         return DagsterInstance.get()
 
 

@@ -130,10 +130,10 @@ def prepare_batch(
 def _submit_lock(paths: config.Paths) -> Iterator[None]:
     # Keys of one batch must be registered contiguously (chunk runs select a key range in
     # registration order), so submissions on this machine take turns.
-    from batch_pipelines.warehouse import _file_lock
+    from batch_pipelines.warehouse import file_lock
 
     lock = paths.warehouse.with_name(paths.warehouse.name + ".submit")
-    with _file_lock(lock, exclusive=True, timeout_s=config.lock_timeout_s()):
+    with file_lock(lock, exclusive=True, timeout_s=config.lock_timeout_s()):
         yield
 
 

@@ -39,7 +39,9 @@ def _lock_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path, exclusive: bool, timeout_s: float) -> Iterator[None]:
+def file_lock(path: Path, exclusive: bool, timeout_s: float) -> Iterator[None]:
+    """Hold an flock on ``<path>.lock`` (exclusive or shared) for the block; raises
+    WarehouseBusyError after ``timeout_s``. Also used for the submit and instance-init locks."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -102,14 +104,14 @@ def connect(
         if key not in _migrated or not path.exists():
             # First use in this process (or a new file): bring the schema up to date with a
             # short read-write connection, whatever the caller asked for.
-            with _file_lock(path, exclusive=True, timeout_s=timeout_s):
+            with file_lock(path, exclusive=True, timeout_s=timeout_s):
                 con = _open(path, False, timeout_s)
                 try:
                     migrate(con)
                 finally:
                     con.close()
             _migrated.add(key)
-        with _file_lock(path, exclusive=not read_only, timeout_s=timeout_s):
+        with file_lock(path, exclusive=not read_only, timeout_s=timeout_s):
             con = _open(path, read_only, timeout_s)
             try:
                 yield con
