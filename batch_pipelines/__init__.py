@@ -5,16 +5,22 @@ The Python API::
     from batch_pipelines import submit_batch, get_batch, cancel_batch, retry_batch
 """
 
-from batch_pipelines.analytics import get_batch_metrics, get_stats
-from batch_pipelines.control import (
+from batch_pipelines.app.control import (
     ControlError,
     cancel_batch,
     pause_batch,
     resume_batch,
     retry_batch,
 )
-from batch_pipelines.manifest import Manifest, ManifestError, load_manifest
-from batch_pipelines.service import get_batch, get_items, list_batches, prepare_batch, submit_batch
+from batch_pipelines.app.submit import (
+    get_batch,
+    get_items,
+    list_batches,
+    prepare_batch,
+    submit_batch,
+)
+from batch_pipelines.core.analytics import get_batch_metrics, get_stats
+from batch_pipelines.core.manifest import Manifest, ManifestError, load_manifest
 
 __all__ = [
     "ControlError",

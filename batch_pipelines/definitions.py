@@ -2,18 +2,18 @@
 
 from dagster import Definitions
 
-from batch_pipelines.housekeeping import nightly_cleanup
-from batch_pipelines.jobs import (
+from batch_pipelines.defs.analytics_assets import REPORT_ASSETS, analytics_reports_job
+from batch_pipelines.defs.analytics_sensors import REPORT_SCHEDULES, REPORT_SENSORS
+from batch_pipelines.defs.jobs import (
     OPERATION_ASSETS,
     OPERATION_JOBS,
     batch_control_job,
     submit_batch_job,
 )
-from batch_pipelines.operations.annotators import AnnotatorResource
-from batch_pipelines.report_assets import REPORT_ASSETS, analytics_reports_job
-from batch_pipelines.report_sensors import REPORT_SCHEDULES, REPORT_SENSORS
-from batch_pipelines.resources import WarehouseResource
-from batch_pipelines.sensors import batch_dispatcher, inbox_sensor, run_failure_recorder
+from batch_pipelines.defs.resources import WarehouseResource
+from batch_pipelines.defs.schedules import nightly_cleanup
+from batch_pipelines.defs.sensors import batch_dispatcher, inbox_sensor, run_failure_recorder
+from batch_pipelines.operations.annotate.backends import AnnotatorResource
 
 defs = Definitions(
     assets=[*OPERATION_ASSETS.values(), *REPORT_ASSETS],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_pipelines import config, warehouse
+from batch_pipelines.core import config, warehouse
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data" / "samples"
@@ -82,7 +82,7 @@ def instance(env: Env):  # noqa: ANN201
 @pytest.fixture
 def dev_server(env: Env):  # noqa: ANN201 - Iterator[dev_server.DevServer]
     """A real ``dagster dev`` (UI + daemon) on this test's env; mark such tests ``e2e``."""
-    from .dev_server import dagster_dev
+    from batch_pipelines_tests.e2e.dev_server import dagster_dev
 
     with dagster_dev(env) as server:
         yield server

@@ -192,7 +192,7 @@ def time_queries(con: Any, repeat: int = 5) -> list[Timing]:
 
 def time_api(repeat: int = 5) -> list[Timing]:
     """End to end through the Python API: open the warehouse (lock + connect), query, close."""
-    from batch_pipelines import analytics, warehouse
+    from batch_pipelines.core import analytics, warehouse
 
     with warehouse.connect(read_only=True) as con:
         ids = [r[0] for r in con.execute("select batch_id from batches").fetchall()]
@@ -215,7 +215,7 @@ def run(rows: int = 1_000_000, batches: int = 1000, repeat: int = 5) -> dict[str
     """Generate the ledger in a temporary warehouse and time every query."""
     import os
 
-    from batch_pipelines import warehouse
+    from batch_pipelines.core import warehouse
 
     with tempfile.TemporaryDirectory(prefix="bench-analytics-") as tmp:
         path = Path(tmp) / "warehouse.duckdb"

@@ -94,9 +94,9 @@ def _instance() -> Any:
 
 
 def step_import(csv: str) -> dict[str, Any]:
-    from batch_pipelines import warehouse
-    from batch_pipelines.local import run_batch_in_process
-    from batch_pipelines.service import get_items, submit_batch
+    from batch_pipelines.app.inprocess import run_batch_in_process
+    from batch_pipelines.app.submit import get_items, submit_batch
+    from batch_pipelines.core import warehouse
 
     instance = _instance()
     base = _rss_now_mb()
@@ -140,8 +140,8 @@ def step_duckdb_copy(db: str, out: str, fmt: str) -> dict[str, Any]:
 
 
 def step_export(fmt: str) -> dict[str, Any]:
-    from batch_pipelines.local import run_batch_in_process
-    from batch_pipelines.service import get_items, submit_batch
+    from batch_pipelines.app.inprocess import run_batch_in_process
+    from batch_pipelines.app.submit import get_items, submit_batch
 
     instance = _instance()
     base = _rss_now_mb()

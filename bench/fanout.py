@@ -80,9 +80,9 @@ def _utc(ts: float | datetime | None) -> datetime | None:
 def plain_loop(n: int) -> dict[str, float]:
     """The same item work without Dagster: the annotate handler and its commit, in a loop
     in this process (one DuckDB transaction per item, like the runner)."""
-    from batch_pipelines import config, warehouse
-    from batch_pipelines.handler import CommitContext, ItemContext
-    from batch_pipelines.operations.annotate_op import SPEC
+    from batch_pipelines.core import config, warehouse
+    from batch_pipelines.core.contract import CommitContext, ItemContext
+    from batch_pipelines.operations.annotate.handler import SPEC
 
     paths = config.get_paths()
     options = SPEC.options_model()
@@ -144,7 +144,7 @@ def dagster_dev_env(
 ) -> Iterator[Any]:
     """A temporary data root and DAGSTER_HOME with ``dagster dev`` running on them; this
     process points at the same paths for the block."""
-    from batch_pipelines_tests.dev_server import dagster_dev, env_in_process, make_env
+    from batch_pipelines_tests.e2e.dev_server import dagster_dev, env_in_process, make_env
 
     saved = {k: os.environ.get(k) for k in (extra_env or {})}
     os.environ.update(extra_env or {})
@@ -179,8 +179,8 @@ def run_through_daemon(
     """Submit a batch of ``n`` items and wait until its report run has succeeded."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    from batch_pipelines import warehouse
-    from batch_pipelines.service import get_batch, submit_batch
+    from batch_pipelines.app.submit import get_batch, submit_batch
+    from batch_pipelines.core import warehouse
 
     m = manifest(n, chunk_size, name=f"bench {label}")
     load_start = load()
@@ -266,7 +266,7 @@ def run(
     on another."""
     from dagster import DagsterInstance
 
-    from batch_pipelines_tests.dev_server import deep_merge
+    from batch_pipelines_tests.e2e.dev_server import deep_merge
 
     base_yaml, base_env = make_run_settings(storage)
     dagster_yaml = deep_merge(base_yaml, dagster_yaml or {})

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from batch_pipelines.handler import OperationSpec
-from batch_pipelines.operations import (
-    annotate_op,
-    cleanup_op,
-    export_op,
-    import_op,
-    report_op,
-    transform_op,
-    validate_op,
-)
+from batch_pipelines.core.contract import OperationSpec
+from batch_pipelines.operations.annotate import handler as annotate_op
+from batch_pipelines.operations.cleanup import handler as cleanup_op
+from batch_pipelines.operations.export import handler as export_op
+from batch_pipelines.operations.import_ import handler as import_op
+from batch_pipelines.operations.report import handler as report_op
+from batch_pipelines.operations.transform import handler as transform_op
+from batch_pipelines.operations.validate import handler as validate_op
 
 OPERATION_NAMES = ("annotate", "import", "export", "transform", "report", "validate", "cleanup")
 

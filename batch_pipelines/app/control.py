@@ -1,0 +1,300 @@
+"""Controls on a batch: cancel, pause, resume, retry. Every entry point (CLI, Python API, the
+``batch_control`` launchpad job) calls these, and each writes an audit event to
+``batch_events`` saying who did what, when, and from where."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from batch_pipelines.app.dispatch import ACTIVE_RUN_STATUSES
+from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core.manifest import ManifestError
+
+
+class ControlError(ValueError):
+    """The control cannot apply to this batch (unknown id, wrong state, nothing to retry)."""
+
+
+@dataclass
+class ControlResult:
+    batch_id: str
+    action: str
+    status: str
+    dequeued_runs: list[str] = field(default_factory=list)
+    terminated_runs: list[str] = field(default_factory=list)
+    still_active_runs: list[str] = field(default_factory=list)
+    items_cancelled: int = 0
+    new_batch_id: str | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _batch_or_error(con, batch_id: str) -> dict[str, Any]:  # noqa: ANN001
+    batch = ledger.get_batch(con, batch_id)
+    if batch is None:
+        raise ControlError(f"no batch {batch_id!r}")
+    return batch
+
+
+def _active_runs(instance, batch_id: str) -> list:  # noqa: ANN001
+    from dagster import DagsterRunStatus, RunsFilter
+
+    statuses = [DagsterRunStatus(s) for s in sorted(ACTIVE_RUN_STATUSES - {"RETRY_PENDING"})]
+    return list(
+        instance.get_runs(filters=RunsFilter(tags={"batch/id": batch_id}, statuses=statuses))
+    )
+
+
+def _stop_runs(  # noqa: ANN001
+    instance, batch_id: str, queued_only: bool, result: ControlResult, only: list | None = None
+) -> None:
+    """Dequeue the batch's queued runs and (unless ``queued_only``) terminate its running
+    ones through Dagster's run coordinator and launcher."""
+    for run in only if only is not None else _active_runs(instance, batch_id):
+        if run.status.value in ("QUEUED", "NOT_STARTED"):
+            instance.report_run_canceling(run, message=f"batch {result.action}")
+            instance.report_run_canceled(run, message=f"batch {batch_id}: {result.action}")
+            result.dequeued_runs.append(run.run_id)
+        elif not queued_only:
+            try:
+                ok = instance.run_coordinator.cancel_run(run.run_id)
+            except Exception:  # noqa: BLE001 - the runner's own watcher stops it anyway
+                ok = False
+            if ok:
+                result.terminated_runs.append(run.run_id)
+
+
+def cancel_batch(
+    batch_id: str,
+    *,
+    instance=None,  # noqa: ANN001
+    actor: str = "python",
+    wait_s: float = 30.0,
+    settle_s: float = 4.0,
+) -> ControlResult:
+    """Cancel a batch: no new chunk is launched, queued runs are dequeued, running ones
+    terminated; unfinished items become ``cancelled``, finished ones keep their results.
+    Returns once nothing of the batch has been queued or running for ``settle_s`` (or after
+    ``wait_s``)."""
+    from batch_pipelines.app.instance import get_instance
+
+    instance = instance or get_instance()
+    paths = config.get_paths()
+    with warehouse.connect(paths.warehouse) as con:
+        batch = _batch_or_error(con, batch_id)
+        if batch["status"] in ledger.TERMINAL_BATCH_STATUSES:
+            raise ControlError(f"batch {batch_id} is already {batch['status']}")
+        con.execute("begin")
+        ledger.set_batch_status(con, batch_id, "cancelled", error=f"cancelled by {actor}")
+        n = ledger.cancel_pending(con, batch_id, f"cancelled by {actor}", include_running=True)
+        ledger.add_event(
+            con, batch_id, "batch_cancel_requested", actor=actor, detail={"items_cancelled": n}
+        )
+        ledger.refresh_batch(con, batch_id)
+        con.execute("commit")
+    result = ControlResult(batch_id, "cancel", "cancelled", items_cancelled=n)
+    # A dispatcher tick that read the ledger just before the cancel may still enqueue a run,
+    # and the queue may be starting one as we cancel it: sweep until nothing of the batch has
+    # been queued or running for a whole dispatcher interval (or until wait_s).
+    handled: set[str] = set()
+    deadline = time.monotonic() + wait_s
+    quiet_since: float | None = None
+    while True:
+        active = _active_runs(instance, batch_id)
+        fresh = [r for r in active if r.run_id not in handled]
+        if fresh:
+            _stop_runs(instance, batch_id, queued_only=False, result=result, only=fresh)
+            handled.update(r.run_id for r in fresh)
+        now = time.monotonic()
+        if active:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= settle_s:
+            break
+        if now >= deadline:
+            break
+        time.sleep(0.5)
+    result.still_active_runs = [r.run_id for r in active]
+    with warehouse.connect(paths.warehouse) as con:
+        con.execute("begin")
+        # An item a terminated run was in the middle of stays cancelled, not running.
+        ledger.cancel_pending(con, batch_id, f"cancelled by {actor}", include_running=True)
+        ledger.refresh_batch(con, batch_id)
+        ledger.add_event(
+            con,
+            batch_id,
+            "batch_cancelled",
+            actor=actor,
+            detail={
+                "dequeued_runs": result.dequeued_runs,
+                "terminated_runs": result.terminated_runs,
+                "still_active_runs": result.still_active_runs,
+            },
+        )
+        con.execute("commit")
+        result.status = ledger.get_batch(con, batch_id)["status"]
+    result.message = (
+        f"cancelled {batch_id}: {n} item(s) cancelled, "
+        f"{len(result.dequeued_runs)} queued run(s) dequeued, "
+        f"{len(result.terminated_runs)} running run(s) terminated"
+    )
+    return result
+
+
+def pause_batch(  # noqa: ANN001
+    batch_id: str, *, instance=None, actor: str = "python", settle_s: float = 4.0
+) -> ControlResult:
+    """Stop launching the batch's chunks; queued runs are taken off the queue (their items
+    stay pending), running ones finish. The batch shows ``paused`` once drained."""
+    from batch_pipelines.app.instance import get_instance
+
+    instance = instance or get_instance()
+    paths = config.get_paths()
+    with warehouse.connect(paths.warehouse) as con:
+        batch = _batch_or_error(con, batch_id)
+        if batch["status"] in ledger.TERMINAL_BATCH_STATUSES:
+            raise ControlError(f"batch {batch_id} is {batch['status']}; nothing to pause")
+        con.execute("begin")
+        con.execute(
+            "update batches set paused = true, updated_at = ? where batch_id = ?",
+            [ledger.utcnow(), batch_id],
+        )
+        ledger.add_event(con, batch_id, "batch_pause_requested", actor=actor)
+        con.execute("commit")
+    result = ControlResult(batch_id, "pause", "pausing")
+    # As for cancel, sweep the queue for a dispatcher interval: a run enqueued by a tick that
+    # read the ledger just before the pause is taken off too (and would do nothing anyway).
+    deadline = time.monotonic() + settle_s
+    while True:
+        queued = [
+            r
+            for r in _active_runs(instance, batch_id)
+            if r.status.value in ("QUEUED", "NOT_STARTED")
+        ]
+        if queued:
+            _stop_runs(instance, batch_id, queued_only=True, result=result, only=queued)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    with warehouse.connect(paths.warehouse) as con:
+        con.execute("begin")
+        status = ledger.refresh_batch(con, batch_id)
+        ledger.add_event(
+            con,
+            batch_id,
+            "batch_paused" if status == "paused" else "batch_draining",
+            actor=actor,
+            detail={"dequeued_runs": result.dequeued_runs},
+        )
+        con.execute("commit")
+    result.status = status
+    result.message = (
+        f"paused {batch_id}"
+        if status == "paused"
+        else f"pausing {batch_id}: running chunks finish, then it shows paused"
+    )
+    return result
+
+
+def resume_batch(batch_id: str, *, actor: str = "python") -> ControlResult:
+    """Let the dispatcher launch the batch's unfinished chunks again."""
+    paths = config.get_paths()
+    with warehouse.connect(paths.warehouse) as con:
+        batch = _batch_or_error(con, batch_id)
+        if not batch["paused"]:
+            raise ControlError(f"batch {batch_id} is not paused (it is {batch['status']})")
+        con.execute("begin")
+        con.execute(
+            "update batches set paused = false, updated_at = ?, status = case when status = "
+            "'paused' then (case when processed_items > 0 then 'running' else 'queued' end) "
+            "else status end where batch_id = ?",
+            [ledger.utcnow(), batch_id],
+        )
+        status = ledger.refresh_batch(con, batch_id)
+        pending = con.execute(
+            "select count(*) from batch_items where batch_id = ? and status = 'pending'", [batch_id]
+        ).fetchone()[0]
+        ledger.add_event(
+            con, batch_id, "batch_resumed", actor=actor, detail={"pending_items": pending}
+        )
+        con.execute("commit")
+    return ControlResult(
+        batch_id, "resume", status, message=f"resumed {batch_id}: {pending} item(s) left to run"
+    )
+
+
+def retry_batch(
+    batch_id: str,
+    *,
+    categories: Iterable[str] | None = None,
+    item_ids: Iterable[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    priority: str | None = None,
+    instance=None,  # noqa: ANN001
+    actor: str = "python",
+    source: str = "python",
+) -> ControlResult:
+    """A new batch with only the failed items of ``batch_id`` (optionally only some error
+    categories, or the given item ids — which must have failed or been cancelled), linked by
+    ``parent_batch_id``, with the parent's options and settings unless overridden."""
+    from batch_pipelines.app.submit import submit_batch
+
+    paths = config.get_paths()
+    categories = list(categories or [])
+    wanted = list(item_ids or [])
+    with warehouse.connect(paths.warehouse, read_only=True) as con:
+        parent = _batch_or_error(con, batch_id)
+        rows = ledger.get_items(
+            con, batch_id, status=["failed", "cancelled"] if wanted else ["failed"]
+        )
+    if wanted:
+        by_id = {r["item_id"]: r for r in rows}
+        unknown = [i for i in wanted if i not in by_id]
+        if unknown:
+            raise ControlError(f"items not failed or cancelled in {batch_id}: {unknown[:10]}")
+        rows = [by_id[i] for i in wanted]
+    if categories:
+        rows = [r for r in rows if r["error_category"] in categories]
+    if not rows:
+        what = f" in categories {categories}" if categories else ""
+        raise ControlError(f"batch {batch_id} has no failed items{what} to retry")
+    manifest = {
+        "operation": parent["operation"],
+        "name": f"retry of {parent['name']}"[:200],
+        "priority": priority or parent["priority"],
+        "options": {**parent["options"], **(options or {})},
+        "settings": {**parent["settings"], **(settings or {})},
+        "items": [{**r["payload"], "id": r["item_id"]} for r in rows],
+    }
+    try:
+        new_id = submit_batch(
+            manifest,
+            instance=instance,
+            source=source,
+            parent_batch_id=batch_id,
+            submitted_by=actor.split(":")[-1],
+        )
+    except ManifestError as exc:
+        raise ControlError(f"cannot retry {batch_id}: {exc}") from exc
+    with warehouse.connect(paths.warehouse) as con:
+        ledger.add_event(
+            con,
+            batch_id,
+            "batch_retried",
+            actor=actor,
+            detail={"new_batch_id": new_id, "items": len(rows), "categories": categories},
+        )
+    return ControlResult(
+        batch_id,
+        "retry",
+        parent["status"],
+        new_batch_id=new_id,
+        message=f"retrying {len(rows)} item(s) of {batch_id} as {new_id}",
+    )

@@ -1,0 +1,110 @@
+"""The manifest inbox: which files to take, and what happens to each (pure decisions plus
+the file moves), used by the inbox sensor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from batch_pipelines.core.manifest import ManifestError
+
+MANIFEST_SUFFIXES = (".json", ".yaml", ".yml")
+SETTLE_SECONDS = 1.0  # a file modified more recently may still be being written
+
+
+@dataclass(frozen=True)
+class InboxFile:
+    path: Path
+    mtime: float
+    size: int
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    path: Path
+    moved_to: Path
+    batch_id: str | None = None
+    error: str | None = None
+
+
+def list_inbox(inbox: Path) -> list[InboxFile]:
+    if not inbox.is_dir():
+        return []
+    out = []
+    for entry in os.scandir(inbox):
+        if entry.is_file(follow_symlinks=False):
+            st = entry.stat(follow_symlinks=False)
+            out.append(InboxFile(Path(entry.path), st.st_mtime, st.st_size))
+    return out
+
+
+def pick_manifests(files: Iterable[InboxFile], now: float, limit: int = 20) -> list[InboxFile]:
+    """Manifests ready to take: right suffix, not hidden or temporary, settled; oldest first."""
+    ready = [
+        f
+        for f in files
+        if f.path.suffix.lower() in MANIFEST_SUFFIXES
+        and not f.path.name.startswith((".", "~"))
+        and now - f.mtime >= SETTLE_SECONDS
+    ]
+    return sorted(ready, key=lambda f: (f.mtime, f.path.name))[:limit]
+
+
+def _unique_destination(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / name
+    n = 1
+    while dest.exists():
+        dest = folder / f"{Path(name).stem}.{n}{Path(name).suffix}"
+        n += 1
+    return dest
+
+
+def idempotency_key(f: InboxFile, content: bytes) -> str:
+    return f"inbox:{f.path.name}:{hashlib.sha256(content).hexdigest()[:16]}"
+
+
+def take(
+    f: InboxFile,
+    submit: Callable[[Path, str], str],
+    inbox: Path,
+) -> IntakeResult:
+    """Submit one manifest and move it to processed/ or rejected/ (with ``.error.json``).
+
+    ``submit(path, idempotency_key)`` returns the batch id; a retried tick after a crash
+    between submit and move finds the same batch through the idempotency key.
+    """
+    try:
+        content = f.path.read_bytes()
+    except OSError as exc:
+        return _reject(f, inbox, {"error": f"cannot read manifest: {exc}"})
+    try:
+        batch_id = submit(f.path, idempotency_key(f, content))
+    except ManifestError as exc:
+        return _reject(f, inbox, exc.to_dict())
+    dest = _unique_destination(inbox / "processed", f"{batch_id}__{f.path.name}")
+    os.replace(f.path, dest)
+    return IntakeResult(f.path, dest, batch_id=batch_id)
+
+
+def _reject(f: InboxFile, inbox: Path, error: dict) -> IntakeResult:
+    dest = _unique_destination(inbox / "rejected", f.path.name)
+    error = {
+        **error,
+        "file": f.path.name,
+        "rejected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    err_path = dest.with_name(dest.name + ".error.json")
+    tmp = err_path.with_name("." + err_path.name + ".tmp")
+    tmp.write_text(json.dumps(error, indent=2) + "\n")
+    os.replace(tmp, err_path)
+    os.replace(f.path, dest)
+    message = "; ".join(
+        f"{p['field']}: {p['message']}" for p in error.get("problems", [])
+    ) or error.get("error", "rejected")
+    return IntakeResult(f.path, dest, error=message)

@@ -1,0 +1,303 @@
+"""The batch service: what every entry point (CLI, inbox sensor, launchpad job, Python API)
+calls to submit batches and read them back, so they all give the same result."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from batch_pipelines.app.partitions import register_keys, unregister_keys
+from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core.contract import resolve_under_roots
+from batch_pipelines.core.errors import ItemError
+from batch_pipelines.core.keys import derived_item_id, new_batch_id, partition_key
+from batch_pipelines.core.manifest import (
+    Manifest,
+    ManifestError,
+    load_manifest,
+    problems_from_validation,
+    resolve_items,
+)
+from batch_pipelines.core.runner import auto_chunk_size
+from batch_pipelines.operations import get_operation
+
+LIST_LIMIT_MAX = 100
+
+
+class PreparedBatch(BaseModel):
+    """A validated manifest with its items resolved, ids derived and keys built."""
+
+    batch_id: str
+    manifest: Manifest
+    options: dict[str, Any]
+    items: list[dict[str, Any]]
+
+    @property
+    def keys(self) -> list[str]:
+        return [i["partition_key"] for i in self.items]
+
+
+def prepare_batch(
+    manifest: Manifest | Mapping[str, Any] | str | Path,
+    paths: config.Paths | None = None,
+) -> PreparedBatch:
+    """Validate everything about a batch without registering anything; raises ManifestError
+    naming each bad field."""
+    paths = paths or config.get_paths()
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    try:
+        spec = get_operation(m.operation)
+    except KeyError as exc:
+        raise ManifestError([("operation", str(exc.args[0]))]) from None
+    problems: list[tuple[str, str]] = []
+    options = None
+    try:
+        options = spec.options_model.model_validate(m.options)
+    except ValidationError as exc:
+        problems += problems_from_validation(exc, "options")
+    try:
+        raw_items = resolve_items(m, paths)
+    except ManifestError as exc:
+        raise ManifestError(problems + exc.problems) from None
+    limit = config.max_items()
+    if not raw_items:
+        raise ManifestError([*problems, ("items", "the batch has no items")])
+    if len(raw_items) > limit:
+        message = (
+            f"{len(raw_items)} items is more than the maximum of {limit} per batch "
+            "(BATCH_PIPELINES_MAX_ITEMS)"
+        )
+        raise ManifestError([*problems, ("items", message)])
+    items: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    where = "items" if m.items is not None else "items_from"
+    for seq, payload in enumerate(raw_items):
+        try:
+            model = spec.item_model.model_validate(payload)
+        except ValidationError as exc:
+            problems += problems_from_validation(exc, f"{where}[{seq}]")
+            continue
+        clean = model.model_dump(exclude_none=True)
+        if isinstance(clean.get("path"), str):
+            try:
+                resolved = resolve_under_roots(
+                    clean["path"], paths, field_name=f"{where}[{seq}].path"
+                )
+                if resolved.is_file() and not os.access(resolved, os.R_OK):
+                    raise ItemError(f"{where}[{seq}].path: {clean['path']!r} is not readable")
+            except ItemError as exc:
+                problems.append((f"{where}[{seq}].path", str(exc).split(": ", 1)[-1]))
+                continue
+        item_id = derived_item_id(clean)
+        if item_id in seen:
+            problems.append(
+                (f"{where}[{seq}].id", f"duplicate item id {item_id!r} (also item {seen[item_id]})")
+            )
+            continue
+        seen[item_id] = seq
+        items.append({"item_id": item_id, "payload": clean})
+        if len(problems) > 50:
+            break
+    if problems or options is None:
+        raise ManifestError(problems)
+    batch_id = new_batch_id(m.operation)
+    if m.settings.chunk_size is None:
+        m = m.model_copy(
+            update={
+                "settings": m.settings.model_copy(
+                    update={"chunk_size": auto_chunk_size(len(items))}
+                )
+            }
+        )
+    chunk = m.settings.chunk_size
+    for seq, item in enumerate(items):
+        item["seq"] = seq
+        item["chunk_no"] = seq // chunk
+        item["partition_key"] = partition_key(batch_id, item["item_id"])
+    return PreparedBatch(
+        batch_id=batch_id, manifest=m, options=options.model_dump(mode="json"), items=items
+    )
+
+
+@contextlib.contextmanager
+def _submit_lock(paths: config.Paths) -> Iterator[None]:
+    # Keys of one batch must be registered contiguously (chunk runs select a key range in
+    # registration order), so submissions on this machine take turns.
+    from batch_pipelines.core.warehouse import file_lock
+
+    lock = paths.warehouse.with_name(paths.warehouse.name + ".submit")
+    with file_lock(lock, exclusive=True, timeout_s=config.lock_timeout_s()):
+        yield
+
+
+def _get_instance(instance):  # noqa: ANN001, ANN202
+    if instance is not None:
+        return instance
+    from dagster import DagsterInstance
+
+    return DagsterInstance.get()
+
+
+def submit_batch(
+    manifest: Manifest | Mapping[str, Any] | str | Path,
+    *,
+    instance=None,  # noqa: ANN001 - a DagsterInstance; defaults to DagsterInstance.get()
+    source: str = "python",
+    submitted_by: str | None = None,
+    parent_batch_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> str:
+    """Validate, record and register a batch; returns its id.
+
+    Nothing is left behind when validation fails. The batch is recorded ``pending``, its
+    partition keys are registered, then it becomes ``queued``: the dispatcher sensor launches
+    its chunks through the run queue (or ``run_batch_in_process`` runs them here).
+    """
+    paths = config.get_paths()
+    prepared = prepare_batch(manifest, paths)
+    m = prepared.manifest
+    instance = _get_instance(instance)
+    who = submitted_by or m.submitted_by or _whoami()
+    _check_rate_limit(paths, who)
+    with _submit_lock(paths):
+        if idempotency_key:
+            with warehouse.connect(paths.warehouse, read_only=True) as con:
+                row = con.execute(
+                    "select batch_id from batches where idempotency_key = ?", [idempotency_key]
+                ).fetchone()
+            if row:
+                return row[0]
+        now = ledger.utcnow()
+        batch_row = {
+            "batch_id": prepared.batch_id,
+            "operation": m.operation,
+            "name": m.name or f"{m.operation} of {len(prepared.items)} items",
+            "status": "pending",
+            "priority": m.priority,
+            "total_items": len(prepared.items),
+            "options": prepared.options,
+            "settings": m.settings.model_dump(mode="json"),
+            "submitted_by": who,
+            "source": source,
+            "parent_batch_id": parent_batch_id,
+            "idempotency_key": idempotency_key,
+            "chunk_count": (len(prepared.items) - 1) // m.settings.chunk_size + 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+        with warehouse.connect(paths.warehouse) as con:
+            con.execute("begin")
+            ledger.insert_batch(con, batch_row, prepared.items)
+            ledger.add_event(
+                con,
+                prepared.batch_id,
+                "batch_submitted",
+                actor=f"{source}:{who}",
+                detail={"items": len(prepared.items), "priority": m.priority},
+            )
+            con.execute("commit")
+        try:
+            register_keys(instance, m.operation, prepared.keys)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                unregister_keys(instance, m.operation, prepared.keys)
+            with warehouse.connect(paths.warehouse) as con:
+                con.execute("begin")
+                con.execute("delete from batch_items where batch_id = ?", [prepared.batch_id])
+                con.execute("delete from batches where batch_id = ?", [prepared.batch_id])
+                ledger.add_event(
+                    con, prepared.batch_id, "batch_submit_failed", actor=f"{source}:{who}"
+                )
+                con.execute("commit")
+            raise
+        with warehouse.connect(paths.warehouse) as con:
+            con.execute("begin")
+            ledger.set_batch_status(con, prepared.batch_id, "queued")
+            ledger.add_event(con, prepared.batch_id, "batch_queued", actor=f"{source}:{who}")
+            con.execute("commit")
+    return prepared.batch_id
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user database in some containers
+        return "unknown"
+
+
+def _check_rate_limit(paths: config.Paths, who: str) -> None:
+    limit = config.max_batches_per_hour()
+    if limit <= 0:
+        return
+    with warehouse.connect(paths.warehouse, read_only=True) as con:
+        n = con.execute(
+            "select count(*) from batches where submitted_by = ? and "
+            "created_at > now()::timestamp - interval 1 hour",
+            [who],
+        ).fetchone()[0]
+    if n >= limit:
+        raise ManifestError(
+            [
+                (
+                    "submitted_by",
+                    f"{who} submitted {n} batches in the last hour; the limit is "
+                    f"{limit} (BATCH_PIPELINES_MAX_BATCHES_PER_HOUR)",
+                )
+            ]
+        )
+
+
+def get_batch(batch_id: str) -> dict[str, Any] | None:
+    """A batch's ledger row (counts, progress, status, timestamps), or None."""
+    with warehouse.connect(read_only=True) as con:
+        return ledger.get_batch(con, batch_id)
+
+
+def list_batches(
+    *,
+    status: Iterable[str] | None = None,
+    operation: Iterable[str] | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Batches, newest first, filtered; ``limit`` is 1..100."""
+    if not 1 <= limit <= LIST_LIMIT_MAX:
+        raise ValueError(f"limit must be between 1 and {LIST_LIMIT_MAX}, got {limit}")
+    if offset < 0:
+        raise ValueError(f"offset must be 0 or more, got {offset}")
+    for s in status or ():
+        if s not in ledger.BATCH_STATUSES:
+            raise ValueError(f"status {s!r} is not one of {', '.join(ledger.BATCH_STATUSES)}")
+    with warehouse.connect(read_only=True) as con:
+        return ledger.list_batches(
+            con,
+            status=status,
+            operation=operation,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            offset=offset,
+        )
+
+
+def get_items(
+    batch_id: str,
+    *,
+    status: Iterable[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    for s in status or ():
+        if s not in ledger.ITEM_STATUSES:
+            raise ValueError(f"status {s!r} is not one of {', '.join(ledger.ITEM_STATUSES)}")
+    with warehouse.connect(read_only=True) as con:
+        return ledger.get_items(con, batch_id, status=status, limit=limit, offset=offset)

@@ -1,0 +1,180 @@
+"""Batch analytics read from the warehouse views of migration ``0009_analytics``.
+
+The views (``batch_metrics``, ``error_distribution``, ``quality_distribution``,
+``batch_timeline``, ``operation_stats``) are the contract that SQL users, the report assets
+and the CLI share; this module only reads them. Definitions (finished items, success rate,
+throughput, quality buckets) are in :mod:`batch_pipelines.core.migrations.m0009_analytics`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from batch_pipelines.core import ledger, warehouse
+
+
+class BatchNotFoundError(KeyError):
+    """No batch with that id in the ledger."""
+
+    def __str__(self) -> str:
+        return f"no batch {self.args[0]!r}"
+
+
+def query_rows(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> list[dict]:
+    rel = con.execute(sql, params or [])
+    names = [d[0] for d in rel.description]
+    return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+
+
+def batch_metrics(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, Any]:
+    """One batch's figures, error and quality distributions and timeline, on an open
+    connection; raises :class:`BatchNotFoundError`."""
+    rows = query_rows(con, "select * from batch_metrics where batch_id = ?", [batch_id])
+    if not rows:
+        raise BatchNotFoundError(batch_id)
+    out = rows[0]
+    out["errors"] = query_rows(
+        con,
+        "select error_category, fingerprint, count, percentage, example_error, "
+        "example_item_id, first_seen_at, last_seen_at from error_distribution "
+        "where batch_id = ? order by count desc, error_category, fingerprint",
+        [batch_id],
+    )
+    by_category: dict[str, int] = {}
+    for e in out["errors"]:
+        by_category[e["error_category"]] = by_category.get(e["error_category"], 0) + e["count"]
+    failed = out["failed"]
+    out["error_categories"] = [
+        {"error_category": cat, "count": n, "percentage": 100.0 * n / failed if failed else None}
+        for cat, n in sorted(by_category.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    out["quality"] = query_rows(
+        con,
+        "select bucket, label, lower_bound, upper_bound, count, percentage "
+        "from quality_distribution where batch_id = ? order by bucket",
+        [batch_id],
+    )
+    out["timeline"] = query_rows(
+        con,
+        "select minute, finished, succeeded, failed, skipped, cumulative_finished, "
+        "cumulative_succeeded, cumulative_failed, running_success_rate "
+        "from batch_timeline where batch_id = ? order by minute",
+        [batch_id],
+    )
+    return out
+
+
+def item_durations(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[float]:
+    """The durations (ms) of a batch's finished items, for histograms."""
+    return [
+        r[0]
+        for r in con.execute(
+            "select duration_ms from batch_items where batch_id = ? and duration_ms is not null "
+            "and status in ('succeeded', 'failed', 'skipped')",
+            [batch_id],
+        ).fetchall()
+    ]
+
+
+def stats(con: duckdb.DuckDBPyConnection, top_errors: int = 10) -> dict[str, Any]:
+    """Global figures on an open connection (see :func:`get_stats`)."""
+    by_operation = query_rows(con, "select * from operation_stats order by operation")
+    status_counts = dict(
+        con.execute("select status, count(*) from batches group by status").fetchall()
+    )
+    items = query_rows(
+        con,
+        """
+        select
+            count(*) as total,
+            count(*) filter (where status = 'pending') as pending,
+            count(*) filter (where status = 'running') as running,
+            count(*) filter (where status = 'succeeded') as succeeded,
+            count(*) filter (where status = 'failed') as failed,
+            count(*) filter (where status = 'skipped') as skipped,
+            count(*) filter (where status = 'cancelled') as cancelled,
+            count(*) filter (where status in ('succeeded', 'failed', 'skipped')) as finished,
+            quantile_cont(duration_ms, [0.5, 0.95, 0.99])
+                filter (where status in ('succeeded', 'failed', 'skipped')) as q,
+            avg(duration_ms)
+                filter (where status in ('succeeded', 'failed', 'skipped')) as avg_ms,
+            sum(duration_ms)
+                filter (where status in ('succeeded', 'failed', 'skipped')) as total_ms,
+            avg(quality_score) as mean_quality
+        from batch_items
+        """,
+    )[0]
+    q = items.pop("q") or [None, None, None]
+    durations = {
+        "p50_ms": q[0],
+        "p95_ms": q[1],
+        "p99_ms": q[2],
+        "avg_ms": items.pop("avg_ms"),
+        "total_ms": items.pop("total_ms"),
+    }
+    mean_quality = items.pop("mean_quality")
+    finished_batches = sum(status_counts.get(s, 0) for s in ledger.TERMINAL_BATCH_STATUSES)
+    completed = status_counts.get("completed", 0) + status_counts.get("completed_with_errors", 0)
+    errors = query_rows(
+        con,
+        "select error_category, fingerprint, sum(count)::bigint as count, "
+        "count(distinct batch_id) as batches, min(example_error) as example_error "
+        "from error_distribution group by error_category, fingerprint "
+        "order by count desc, error_category, fingerprint limit ?",
+        [top_errors],
+    )
+    return {
+        "generated_at": ledger.utcnow(),
+        "batches": sum(status_counts.values()),
+        "batches_by_status": {s: int(status_counts.get(s, 0)) for s in ledger.BATCH_STATUSES},
+        "completion_rate": completed / finished_batches if finished_batches else None,
+        "items": items,
+        "item_success_rate": (
+            items["succeeded"] / items["finished"] if items["finished"] else None
+        ),
+        "durations": durations,
+        "mean_quality": mean_quality,
+        "by_operation": by_operation,
+        "top_errors": errors,
+    }
+
+
+def get_batch_metrics(batch_id: str) -> dict[str, Any]:
+    """A batch's analytics: every column of ``batch_metrics`` (counts, success rate,
+    p50/p95/p99/avg/total duration, throughput, wall time, mean quality), plus ``errors``
+    (rows of ``error_distribution``), ``error_categories``, ``quality`` (the five buckets of
+    ``quality_distribution``) and ``timeline`` (``batch_timeline``).
+
+    Raises :class:`BatchNotFoundError` (a ``KeyError``) for an unknown id."""
+    with warehouse.connect(read_only=True) as con:
+        return batch_metrics(con, batch_id)
+
+
+def get_stats(top_errors: int = 10) -> dict[str, Any]:
+    """Global figures: batches by status, completion rate (completed or completed with errors
+    among finished batches), items by status, item success rate, duration percentiles, mean
+    quality, ``by_operation`` (rows of ``operation_stats``) and the most frequent errors."""
+    with warehouse.connect(read_only=True) as con:
+        return stats(con, top_errors)
+
+
+def latest_finished_batch(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The id of the batch that most recently reached a terminal status, if any."""
+    row = con.execute(
+        "select batch_id from batches where status in ("
+        + ", ".join("?" for _ in ledger.TERMINAL_BATCH_STATUSES)
+        + ") order by completed_at desc nulls last, batch_id desc limit 1",
+        list(ledger.TERMINAL_BATCH_STATUSES),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def last_completion(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """When the most recent batch finished (None if none has)."""
+    row = con.execute("select max(completed_at) from batches").fetchone()
+    return row[0] if row else None

@@ -1,0 +1,103 @@
+"""Where things live and the limits that apply, resolved at call time from the environment.
+
+Every path the project reads or writes is resolved against these roots; nothing depends on
+the current directory by accident. Environment variables (all optional):
+
+- ``BATCH_PIPELINES_DATA``: the data root (default: ``<project>/data``).
+- ``BATCH_PIPELINES_WAREHOUSE``: the DuckDB warehouse file (default ``<data>/warehouse.duckdb``).
+- ``BATCH_PIPELINES_ALLOWED_ROOTS``: extra roots (``os.pathsep``-separated) that manifests may
+  read items from; the data root is always allowed.
+- ``BATCH_PIPELINES_MAX_ITEMS``: the most items one batch may hold (default 100000).
+- ``BATCH_PIPELINES_DUCKDB_MEMORY``: DuckDB memory limit for item work (default ``1GB``).
+- ``BATCH_PIPELINES_LOCK_TIMEOUT_S``: how long a process waits for the warehouse (default 300).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_data_root() -> Path:
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT / "data"
+    return Path.cwd() / "data"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Resolved locations of the data root and everything under it."""
+
+    data: Path
+    warehouse: Path
+    allowed_roots: tuple[Path, ...] = field(default_factory=tuple)
+
+    @property
+    def inbox(self) -> Path:
+        return self.data / "inbox"
+
+    @property
+    def exports(self) -> Path:
+        return self.data / "exports"
+
+    @property
+    def reports(self) -> Path:
+        return self.data / "reports"
+
+    @property
+    def staging(self) -> Path:
+        return self.data / "staging"
+
+    @property
+    def samples(self) -> Path:
+        return self.data / "samples"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data / "dagster_home"
+
+
+def get_paths(data_root: str | None = None, warehouse_path: str | None = None) -> Paths:
+    """The paths in force now: explicit arguments, else the environment, else defaults."""
+    data = Path(
+        data_root or os.environ.get("BATCH_PIPELINES_DATA") or _default_data_root()
+    ).resolve()
+    warehouse = Path(
+        warehouse_path or os.environ.get("BATCH_PIPELINES_WAREHOUSE") or data / "warehouse.duckdb"
+    ).resolve()
+    extra = [
+        Path(p).resolve()
+        for p in os.environ.get("BATCH_PIPELINES_ALLOWED_ROOTS", "").split(os.pathsep)
+        if p.strip()
+    ]
+    return Paths(data=data, warehouse=warehouse, allowed_roots=(data, *extra))
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def max_items() -> int:
+    return _int_env("BATCH_PIPELINES_MAX_ITEMS", 100_000)
+
+
+def duckdb_memory_limit() -> str:
+    return os.environ.get("BATCH_PIPELINES_DUCKDB_MEMORY", "1GB")
+
+
+def lock_timeout_s() -> float:
+    return float(_int_env("BATCH_PIPELINES_LOCK_TIMEOUT_S", 300))
+
+
+def max_batches_per_hour() -> int:
+    """Submission rate limit per submitter (0 disables it)."""
+    return _int_env("BATCH_PIPELINES_MAX_BATCHES_PER_HOUR", 0)

@@ -1,0 +1,198 @@
+"""What an operation is: an item handler, its options and item models, its detail tables.
+
+An operation module defines a pydantic options model, a pydantic item model and a plain
+function ``handler(ctx: ItemContext) -> ItemResult``. Heavy work happens in the handler,
+outside the warehouse lock; anything that must be written to the warehouse is returned as
+``ItemResult.commit``, which the runner calls under the writer lock, in one transaction per
+item, together with the item's ledger rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from pydantic import BaseModel
+
+from batch_pipelines.core import config, warehouse
+from batch_pipelines.core.errors import ItemCancelledError, ItemTimeoutError, ValidationItemError
+
+
+class CommitContext:
+    """Passed to ``ItemResult.commit``: who is committing, for writes keyed by item."""
+
+    def __init__(self, batch_id: str, item_id: str, run_id: str | None):
+        self.batch_id = batch_id
+        self.item_id = item_id
+        self.run_id = run_id
+
+
+CommitFn = Callable[[duckdb.DuckDBPyConnection, CommitContext], "str | None"]
+
+
+@dataclass
+class ItemResult:
+    """The outcome of a successful handler call.
+
+    ``commit`` (optional) writes the item's detail rows and data under the writer lock; it
+    may return ``"skipped"`` to mark the item skipped (e.g. a file already imported), and
+    it must delete what an earlier run of the same (batch, item) wrote before writing, so
+    re-running an item replaces its result. ``cleanup`` runs after the commit, success or not.
+    """
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    quality_score: float | None = None
+    status: str = "succeeded"
+    commit: CommitFn | None = None
+    cleanup: Callable[[], None] | None = None
+    flush_now: bool = False  # commit before the next item runs (e.g. it creates a table)
+
+    def __post_init__(self) -> None:
+        if self.quality_score is not None and not 0.0 <= self.quality_score <= 1.0:
+            raise ValueError(f"quality_score must be in [0, 1], got {self.quality_score}")
+        if self.status not in ("succeeded", "skipped"):
+            raise ValueError(f"status must be succeeded or skipped, got {self.status!r}")
+
+
+@dataclass
+class ItemContext:
+    """Everything a handler may use for one attempt at one item."""
+
+    batch_id: str
+    item_id: str
+    partition_key: str
+    item: Any  # the operation's item model instance
+    options: Any  # the operation's options model instance
+    attempt: int
+    run_id: str | None
+    paths: config.Paths
+    deadline: float | None = None
+    timeout_s: float | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    batch_stop: threading.Event = field(default_factory=threading.Event)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("batch_pipelines"))
+    resources: dict[str, Any] = field(default_factory=dict)
+    _connections: list[duckdb.DuckDBPyConnection] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Raise if this attempt timed out or the batch was cancelled; call it in loops."""
+        if self.batch_stop.is_set():
+            raise ItemCancelledError("batch cancelled or stopped while the item ran")
+        if self.cancel_event.is_set():
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise ItemTimeoutError("item timed out")
+            raise ItemCancelledError("item cancelled")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise ItemTimeoutError("item timed out")
+
+    @property
+    def staging_dir(self) -> Path:
+        path = self.paths.staging / self.batch_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def resolve_path(self, raw: str, *, must_exist: bool = True, field_name: str = "path") -> Path:
+        return resolve_under_roots(raw, self.paths, must_exist=must_exist, field_name=field_name)
+
+    @contextlib.contextmanager
+    def local_duckdb(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory DuckDB for item work, with the configured memory limit and a spill
+        directory; interrupted if the item times out."""
+        con = duckdb.connect(
+            ":memory:",
+            config={
+                "memory_limit": config.duckdb_memory_limit(),
+                "temp_directory": str(self.paths.staging / "_spill"),
+                "threads": 2,
+            },
+        )
+        self._connections.append(con)
+        try:
+            yield con
+        finally:
+            self._connections.remove(con)
+            con.close()
+
+    @contextlib.contextmanager
+    def read_warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection to the warehouse, held as briefly as possible."""
+        with warehouse.connect(self.paths.warehouse, read_only=True) as con:
+            self._connections.append(con)
+            try:
+                yield con
+            finally:
+                self._connections.remove(con)
+
+    def interrupt(self) -> None:
+        for con in list(self._connections):
+            with contextlib.suppress(Exception):
+                con.interrupt()
+
+
+def resolve_under_roots(
+    raw: str, paths: config.Paths, *, must_exist: bool = True, field_name: str = "path"
+) -> Path:
+    """Resolve a manifest path (relative paths are taken from the data root's parent, i.e.
+    the project directory, so ``data/samples/x.csv`` works) and refuse anything that, after
+    following symlinks and ``..``, lies outside the allowed roots."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValidationItemError(f"{field_name}: must be a non-empty path")
+    candidate = Path(raw).expanduser()
+    if not candidate.is_absolute():
+        candidate = paths.data.parent / candidate
+    resolved = candidate.resolve()
+    if not any(resolved.is_relative_to(root) for root in paths.allowed_roots):
+        roots = ", ".join(str(r) for r in paths.allowed_roots)
+        raise ValidationItemError(
+            f"{field_name}: {raw!r} resolves to {resolved}, outside the allowed roots ({roots})"
+        )
+    if must_exist and not resolved.exists():
+        raise ValidationItemError(f"{field_name}: {raw!r} does not exist")
+    return resolved
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """The result of an :class:`ItemCheck` for one item (``severity``: ``error`` or ``warn``)."""
+
+    passed: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    description: str | None = None
+    severity: str = "error"
+
+
+@dataclass(frozen=True)
+class ItemCheck:
+    """A partitioned asset check on the operation's asset: one result per item partition,
+    derived from the metrics of each item that succeeded (``None`` = no result)."""
+
+    name: str
+    description: str
+    evaluate: Callable[[dict[str, Any]], CheckOutcome | None]
+    blocking: bool = False
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    """One operation: its name, models, handler and a one-paragraph description for the UI."""
+
+    name: str
+    description: str
+    options_model: type[BaseModel]
+    item_model: type[BaseModel]
+    handler: Callable[[ItemContext], ItemResult]
+    detail_tables: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    asset_checks: tuple[ItemCheck, ...] = ()
+    # True when ItemResult.commit only writes the warehouse (no file renamed or deleted): the
+    # runner may then commit the items of one flush in a single transaction, and commits them
+    # one by one again if any of them fails. Leave False when a commit has side effects
+    # outside DuckDB that a rollback cannot undo.
+    group_commits: bool = False

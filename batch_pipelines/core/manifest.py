@@ -1,0 +1,211 @@
+"""Batch manifests: parsing and validation with pydantic (SPEC §4).
+
+``load_manifest`` turns a file, a YAML/JSON string or a dict into a :class:`Manifest`;
+``ManifestError`` carries every problem as ``field: message`` so the CLI, the inbox sensor
+and the launchpad job can all say exactly what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob as globlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from batch_pipelines.core import config
+from batch_pipelines.core.contract import resolve_under_roots
+from batch_pipelines.core.errors import ItemError
+from batch_pipelines.core.runner import ExecutionSettings
+
+PRIORITIES = {"low": -10, "normal": 0, "high": 10, "critical": 20}
+Priority = Literal["low", "normal", "high", "critical"]
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be accepted; ``problems`` is a list of (field, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{f}: {m}" if f else m for f, m in problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": "invalid manifest",
+            "problems": [{"field": f, "message": m} for f, m in self.problems],
+        }
+
+
+class ItemsFrom(BaseModel):
+    """Where items come from when they are not listed inline (exactly one source)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    glob: str | None = Field(None, description="Files matching a glob under the data roots")
+    csv: str | None = Field(None, description="A CSV file with one item per row (header = fields)")
+    sql: str | None = Field(None, description="A SELECT on the warehouse, one item per row")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ItemsFrom:
+        given = [k for k in ("glob", "csv", "sql") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of glob, csv or sql")
+        return self
+
+
+class Manifest(BaseModel):
+    """A batch: one operation over a set of items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operation: str
+    name: str | None = Field(None, max_length=200)
+    priority: Priority = "normal"
+    options: dict[str, Any] = Field(default_factory=dict)
+    settings: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    items: list[dict[str, Any]] | None = None
+    items_from: ItemsFrom | None = None
+    submitted_by: str | None = Field(None, max_length=200)
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _items_are_objects(cls, value: Any) -> Any:
+        # A bare string item is shorthand for {path: ...}.
+        if isinstance(value, list):
+            return [{"path": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Manifest:
+        if (self.items is None) == (self.items_from is None):
+            raise ValueError("give either items or items_from (exactly one)")
+        return self
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = _loc(tuple(p for p in err["loc"] if p not in ("function-after",)))
+        field = f"{prefix}{'.' if prefix and loc and not loc.startswith('[') else ''}{loc}"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "field required"
+        problems.append((field or prefix or "manifest", msg.removeprefix("Value error, ")))
+    return problems
+
+
+def parse_text(text: str, source: str = "manifest") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError([("", f"{source} is not valid YAML or JSON: {exc}")]) from exc
+    if not isinstance(data, dict):
+        raise ManifestError([("", f"{source} must be a mapping with an 'operation' field")])
+    return data
+
+
+def read_manifest_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError([("", f"cannot read {path}: {exc}")]) from exc
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError([("", f"{path.name} is not valid JSON: {exc}")]) from exc
+        if not isinstance(data, dict):
+            raise ManifestError([("", f"{path.name} must be a JSON object")])
+        return data
+    return parse_text(text, path.name)
+
+
+def load_manifest(source: Mapping[str, Any] | str | Path) -> Manifest:
+    """Parse and validate the shape of a manifest (options and items are checked against the
+    operation later, by :func:`batch_pipelines.app.submit.prepare_batch`)."""
+    if isinstance(source, Path):
+        data = read_manifest_file(source)
+    elif isinstance(source, str):
+        data = parse_text(source)
+    else:
+        data = dict(source)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(problems_from_validation(exc)) from exc
+
+
+def resolve_items(manifest: Manifest, paths: config.Paths | None = None) -> list[dict[str, Any]]:
+    """The manifest's items as payload dicts: inline, or from a glob, a CSV file or SQL."""
+    paths = paths or config.get_paths()
+    if manifest.items is not None:
+        return [dict(i) for i in manifest.items]
+    src = manifest.items_from
+    assert src is not None
+    try:
+        if src.glob:
+            pattern = src.glob
+            if not Path(pattern).is_absolute():
+                pattern = str(paths.data.parent / pattern)
+            matches = sorted(globlib.glob(pattern, recursive=True))
+            items = []
+            for m in matches:
+                if Path(m).is_file():
+                    resolve_under_roots(m, paths, field_name="items_from.glob")
+                    items.append({"path": str(Path(m).resolve())})
+            if not items:
+                raise ManifestError([("items_from.glob", f"no file matches {src.glob!r}")])
+            return items
+        if src.csv:
+            path = resolve_under_roots(src.csv, paths, field_name="items_from.csv")
+            with path.open(newline="", encoding="utf-8") as fh:
+                return [dict(row) for row in csv.DictReader(fh)]
+        if src.sql:
+            return _items_from_sql(src.sql, paths)
+    except ItemError as exc:
+        raise ManifestError([("items_from", str(exc))]) from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError([("items_from.csv", str(exc))]) from exc
+    raise AssertionError("unreachable")
+
+
+def _items_from_sql(query: str, paths: config.Paths) -> list[dict[str, Any]]:
+    import duckdb
+
+    from batch_pipelines.core import warehouse
+    from batch_pipelines.core.sqlcheck import ensure_read_only_select
+
+    try:
+        ensure_read_only_select(query)
+    except ValueError as exc:
+        raise ManifestError([("items_from.sql", str(exc))]) from exc
+    try:
+        with warehouse.connect(paths.warehouse, read_only=True) as con:
+            rel = con.execute(query)
+            names = [d[0] for d in rel.description]
+            rows = rel.fetchmany(config.max_items() + 1)
+    except duckdb.Error as exc:
+        raise ManifestError([("items_from.sql", str(exc).splitlines()[0])]) from exc
+    return [
+        {
+            k: (v if isinstance(v, str | int | float | bool) or v is None else str(v))
+            for k, v in zip(names, row, strict=True)
+        }
+        for row in rows
+    ]

@@ -1,0 +1,57 @@
+"""The warehouse schema (SPEC §6) as an ordered list of named migrations.
+
+Migrations live in :mod:`batch_pipelines.core.migrations`, one module each, applied in name order,
+once per warehouse, each in its own transaction, and recorded in ``schema_migrations`` (the
+schema version table). To change the schema, add a module with the next number; never edit
+one that has shipped. Timestamps are UTC ``TIMESTAMP`` values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import duckdb
+
+from batch_pipelines.core import migrations as _migrations_pkg
+
+
+def all_migrations() -> list[tuple[str, list[str]]]:
+    found = []
+    for info in sorted(pkgutil.iter_modules(_migrations_pkg.__path__), key=lambda i: i.name):
+        if not info.name.startswith("m"):
+            continue
+        module = importlib.import_module(f"{_migrations_pkg.__name__}.{info.name}")
+        found.append((module.ID, list(module.STATEMENTS)))
+    ids = [m[0] for m in found]
+    if len(ids) != len(set(ids)):
+        raise RuntimeError(f"duplicate migration ids: {ids}")
+    return found
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the migrations this warehouse has not seen; returns the ids applied."""
+    con.execute(
+        "create table if not exists schema_migrations "
+        "(id varchar primary key, applied_at timestamp default current_timestamp)"
+    )
+    done = {row[0] for row in con.execute("select id from schema_migrations").fetchall()}
+    applied = []
+    for migration_id, statements in all_migrations():
+        if migration_id in done:
+            continue
+        con.execute("begin")
+        try:
+            for statement in statements:
+                con.execute(statement)
+            con.execute("insert into schema_migrations (id) values (?)", [migration_id])
+            con.execute("commit")
+        except Exception:
+            con.execute("rollback")
+            raise
+        applied.append(migration_id)
+    return applied
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("select id from schema_migrations order by id").fetchall()]

@@ -1,0 +1,124 @@
+"""The DuckDB warehouse: one writer at a time, short connections, schema migrations.
+
+DuckDB lets one process open a file read-write, and while it does no other process may open
+it at all. Every process of this project (run workers, the daemon's sensors, the CLI) opens
+the warehouse only through :func:`connect`, which first takes a cross-process file lock
+beside the database (exclusive for writers, shared for readers), then opens DuckDB, and
+always closes both. Work that takes long (parsing a file, calling a model) happens outside
+the lock; only the short write of its results happens inside. Connections from tools outside
+the project (the ``duckdb`` shell) do not take the lock, so the DuckDB open is retried with
+backoff as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from batch_pipelines.core import config
+from batch_pipelines.core.schema import migrate
+
+_process_lock = threading.RLock()
+_migrated: set[str] = set()
+
+
+class WarehouseBusyError(RuntimeError):
+    """The warehouse stayed locked by another process for longer than the lock timeout."""
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, exclusive: bool, timeout_s: float) -> Iterator[None]:
+    """Hold an flock on ``<path>.lock`` (exclusive or shared) for the block; raises
+    WarehouseBusyError after ``timeout_s``. Also used for the submit and instance-init locks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise WarehouseBusyError(
+                        f"warehouse {path} is locked by another process for more than "
+                        f"{timeout_s:.0f}s (set BATCH_PIPELINES_LOCK_TIMEOUT_S to wait longer)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.1)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _open(path: Path, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            # The memory limit of item work holds here too: committing a big import into a
+            # table otherwise buffers it in DuckDB's default of 80% of RAM (BENCHMARKS.md).
+            return duckdb.connect(
+                str(path),
+                read_only=read_only,
+                config={"memory_limit": config.duckdb_memory_limit()},
+            )
+        except duckdb.IOException as exc:
+            # Another process outside our lock (a duckdb shell) holds the file.
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay + random.random() * delay)
+            delay = min(delay * 2, 2.0)
+
+
+@contextlib.contextmanager
+def connect(
+    path: Path | str | None = None,
+    *,
+    read_only: bool = False,
+    timeout_s: float | None = None,
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse under the project's cross-process lock; always closes it.
+
+    A read-only connection to a warehouse that does not exist yet creates it first, so
+    readers never fail on a fresh checkout.
+    """
+    path = Path(path) if path is not None else config.get_paths().warehouse
+    timeout_s = config.lock_timeout_s() if timeout_s is None else timeout_s
+    key = str(path)
+    with _process_lock:
+        if key not in _migrated or not path.exists():
+            # First use in this process (or a new file): bring the schema up to date with a
+            # short read-write connection, whatever the caller asked for.
+            with file_lock(path, exclusive=True, timeout_s=timeout_s):
+                con = _open(path, False, timeout_s)
+                try:
+                    migrate(con)
+                finally:
+                    con.close()
+            _migrated.add(key)
+        with file_lock(path, exclusive=not read_only, timeout_s=timeout_s):
+            con = _open(path, read_only, timeout_s)
+            try:
+                yield con
+            finally:
+                con.close()
+
+
+def forget_migrations() -> None:
+    """Tests that delete a warehouse file call this so the next connect migrates again."""
+    _migrated.clear()

@@ -1,0 +1,332 @@
+"""The shared factory that turns an operation into a partitioned asset and its job.
+
+Every operation asset has one dynamic partition per item and executes a range of partitions
+per run (``context.partition_keys``). Each item that succeeds (or is skipped) is recorded as
+a materialization of its own partition with its metrics as metadata; if any item fails, the
+step fails at the end so the failed partitions show as failed in the UI, while the items
+that worked keep their materializations. Item-level retries happen inside the run (see
+:mod:`batch_pipelines.core.runner`); the step retry policy only covers errors outside the items,
+such as the warehouse staying locked.
+"""
+
+import os
+import socket
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    AssetsDefinition,
+    BackfillPolicy,
+    Backoff,
+    Failure,
+    Jitter,
+    MetadataValue,
+    Output,
+    RetryPolicy,
+    asset,
+    define_asset_job,
+    in_process_executor,
+)
+
+from batch_pipelines.app.dispatch import HANDED_OVER_TAG
+from batch_pipelines.app.partitions import PARTITIONS
+from batch_pipelines.core import ledger, warehouse
+from batch_pipelines.core.contract import ItemCheck, OperationSpec
+from batch_pipelines.core.runner import ExecutionSettings, WorkItem, run_chunk
+from batch_pipelines.defs.resources import WarehouseResource
+
+WRITER_POOL = "duckdb_writer"
+STEP_RETRY = RetryPolicy(
+    max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+UI_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=100)
+
+
+def _scalar_metadata(result: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (result or {}).items():
+        if isinstance(v, bool | int | float | str) and (not isinstance(v, str) or len(v) < 500):
+            out[k] = v
+    return out
+
+
+def _materialization(
+    context: AssetExecutionContext, row: dict[str, Any], outcome: ledger.ItemOutcome | None
+) -> AssetMaterialization:
+    status = outcome.status if outcome else row["status"]
+    metadata: dict[str, Any] = {
+        "batch_id": row["batch_id"],
+        "item_id": row["item_id"],
+        "status": status,
+    }
+    if outcome is not None:
+        if outcome.duration_ms is not None:
+            metadata["duration_ms"] = round(outcome.duration_ms, 3)
+        metadata["attempts"] = len(outcome.attempts)
+        if outcome.quality_score is not None:
+            metadata["quality_score"] = round(outcome.quality_score, 4)
+        metadata.update(_scalar_metadata(outcome.result))
+    return AssetMaterialization(
+        asset_key=context.asset_key, partition=row["partition_key"], metadata=metadata
+    )
+
+
+def log_materializations(
+    context: AssetExecutionContext, materializations: list[AssetMaterialization]
+) -> None:
+    """Log the materializations of one flush, each of its own partition.
+
+    With Dagster's event batching on (``DAGSTER_EVENT_BATCH_SIZE`` > 0) they are logged as one
+    batch of events, which the instance hands to ``EventLogStorage.store_event_batch`` (one
+    transaction with :mod:`batch_pipelines.defs.sqlite_storage` or Postgres) instead of one
+    storage write per partition; otherwise, and if Dagster's internals differ from what this
+    expects, through ``context.log_event`` one by one. Either way every partition gets the
+    same event with the same metadata.
+    """
+    if not materializations:
+        return
+    op_context = context.op_execution_context
+    step_context = getattr(op_context, "_step_execution_context", None)
+    buffer = getattr(op_context, "_events", None)
+    if len(materializations) == 1 or step_context is None or not isinstance(buffer, list):
+        for m in materializations:
+            context.log_event(m)
+        return
+    from dagster._core.events import (
+        DagsterEvent,
+        DagsterEventBatchMetadata,
+        generate_event_batch_id,
+    )
+
+    batch_id = generate_event_batch_id()
+    last = len(materializations) - 1
+    for i, m in enumerate(materializations):
+        # What context.log_event does, plus the batch metadata.
+        buffer.append(
+            DagsterEvent.asset_materialization(
+                step_context, m, DagsterEventBatchMetadata(batch_id, i == last)
+            )
+        )
+
+
+def _check_evaluation(
+    context: AssetExecutionContext, check: ItemCheck, partition_key: str, metrics: dict[str, Any]
+) -> AssetCheckEvaluation | None:
+    outcome = check.evaluate(metrics)
+    if outcome is None:
+        return None
+    return AssetCheckEvaluation(
+        asset_key=context.asset_key,
+        check_name=check.name,
+        passed=outcome.passed,
+        metadata=outcome.metadata,
+        partition=partition_key,
+        severity=AssetCheckSeverity.WARN
+        if outcome.severity == "warn"
+        else AssetCheckSeverity.ERROR,
+        description=outcome.description,
+        blocking=check.blocking,
+    )
+
+
+def execute_partitions(
+    spec: OperationSpec,
+    context: AssetExecutionContext,
+    warehouse_resource: WarehouseResource,
+    resources: dict[str, Any] | None = None,
+) -> Iterator[Any]:
+    """Run the items behind ``context.partition_keys``, batch by batch."""
+    paths = warehouse_resource.paths()
+    keys = list(context.partition_keys)
+    if not context.instance.is_ephemeral:
+        # Lets the dispatcher's reaper tell a killed worker from a slow one.
+        context.instance.add_run_tags(
+            context.run_id,
+            {"batch/worker_pid": str(os.getpid()), "batch/worker_host": socket.gethostname()},
+        )
+    with warehouse.connect(paths.warehouse, read_only=True) as con:
+        rows = ledger.items_for_keys(con, keys)
+    known = {r["partition_key"] for r in rows}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        context.log.warning(
+            f"{len(unknown)} partition(s) have no ledger row (deleted batch?): {unknown[:5]}"
+        )
+    # A run launched by the dispatcher (tag batch/id) resumes its chunk: items already
+    # finished by an earlier attempt are not run again. A run launched by hand (UI
+    # materialize, `dagster asset materialize --partition`) re-runs the items it names.
+    dispatched = "batch/id" in context.run.tags
+    # Only runs of the run queue hand unstarted items over to a next run (the dispatcher
+    # launches it); an in-process run (`submit --wait`) runs its whole chunk.
+    sliced = dispatched and context.run.tags.get("batch/launched_by") != "in_process"
+    # Partitioned asset checks (SPEC.asset_checks): a range run cannot target one partition
+    # with AssetCheckResult, so each item's result is logged as an AssetCheckEvaluation of
+    # its own partition, and the check's output is yielded once at the end.
+    selected_checks = set(context.selected_asset_check_keys) if spec.asset_checks else set()
+    checks = [
+        c for c in spec.asset_checks if AssetCheckKey(context.asset_key, c.name) in selected_checks
+    ]
+    by_batch: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_batch[r["batch_id"]].append(r)
+    failed: list[str] = []
+    for batch_id, batch_rows in by_batch.items():
+        first = batch_rows[0]
+        if first["operation"] != spec.name:
+            raise Failure(
+                f"partition of batch {batch_id} belongs to {first['operation']}, not {spec.name}",
+                allow_retries=False,
+            )
+        if dispatched and first["batch_status"] in ("cancelled", "failed"):
+            context.log.info(f"batch {batch_id} is {first['batch_status']}: nothing to run")
+            continue
+        if dispatched and first["paused"]:
+            # Launched just before a pause: leave the chunk for resume.
+            context.log.info(f"batch {batch_id} is paused: its items stay pending")
+            continue
+        settings = ExecutionSettings.model_validate(first["settings"])
+        options = spec.options_model.model_validate(first["options"])
+        todo, done = [], []
+        for r in batch_rows:
+            if dispatched and r["status"] in ledger.TERMINAL_ITEM_STATUSES:
+                done.append(r)
+            else:
+                todo.append(r)
+        log_materializations(
+            context,
+            [
+                _materialization(context, r, None)
+                for r in done
+                if r["status"] in ("succeeded", "skipped")
+            ],
+        )
+        by_item = {r["item_id"]: r for r in todo}
+
+        def on_flushed(outcomes: list[ledger.ItemOutcome], by_item=by_item) -> None:
+            log_materializations(
+                context,
+                [
+                    _materialization(context, by_item[o.item_id], o)
+                    for o in outcomes
+                    if o.status in ("succeeded", "skipped")
+                ],
+            )
+            for o in outcomes:
+                if o.status in ("succeeded", "skipped"):
+                    for check in checks:
+                        evaluation = _check_evaluation(
+                            context, check, by_item[o.item_id]["partition_key"], o.result or {}
+                        )
+                        if evaluation is not None:
+                            context.log_event(evaluation)
+
+        work = [
+            WorkItem(
+                r["batch_id"],
+                r["item_id"],
+                r["partition_key"],
+                r["payload"],
+                previous_attempts=int(r["attempts"] or 0),
+            )
+            for r in todo
+        ]
+        summary = run_chunk(
+            spec,
+            work,
+            options,
+            settings,
+            run_id=context.run_id,
+            paths=paths,
+            resources=resources,
+            on_flushed=on_flushed,
+            time_slice_s=settings.chunk_time_slice_s if sliced else None,
+        )
+        n_failed = summary.count("failed")
+        context.log.info(
+            f"batch {batch_id}: {summary.count('succeeded')} succeeded, {n_failed} failed, "
+            f"{summary.count('skipped')} skipped, {summary.count('cancelled')} cancelled "
+            f"(batch is {summary.batch_status})"
+        )
+        if summary.handed_over:
+            context.log.info(
+                f"time slice of {settings.chunk_time_slice_s:g}s used: "
+                f"{len(summary.handed_over)} item(s) left pending for the next run of the chunk"
+            )
+            if not context.instance.is_ephemeral:
+                context.instance.add_run_tags(
+                    context.run_id, {HANDED_OVER_TAG: str(len(summary.handed_over))}
+                )
+        failed += [f"{o.item_id}: {o.error}" for o in summary.outcomes if o.status == "failed"]
+    for check in checks:
+        key = AssetCheckKey(context.asset_key, check.name)
+        yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
+    if failed:
+        raise Failure(
+            description=f"{len(failed)} item(s) failed; the others are materialized",
+            metadata={"failed_items": MetadataValue.md("\n".join(f"- {f}" for f in failed[:50]))},
+            allow_retries=False,
+        )
+
+
+def _check_specs(spec: OperationSpec) -> list[AssetCheckSpec] | None:
+    """One partitioned AssetCheckSpec per ``spec.asset_checks`` (partitioned checks are a
+    Dagster preview feature; its warning is silenced here, where we chose it)."""
+    if not spec.asset_checks:
+        return None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec")
+        return [
+            AssetCheckSpec(
+                c.name,
+                asset=AssetKey(f"{spec.name}_items"),
+                description=c.description,
+                blocking=c.blocking,
+                partitions_def=PARTITIONS[spec.name],
+            )
+            for c in spec.asset_checks
+        ]
+
+
+def build_operation_asset(spec: OperationSpec) -> AssetsDefinition:
+    """The partitioned asset of an operation: ``<operation>_items``."""
+
+    @asset(
+        name=f"{spec.name}_items",
+        partitions_def=PARTITIONS[spec.name],
+        backfill_policy=UI_BACKFILL_POLICY,
+        output_required=False,
+        pool=WRITER_POOL,
+        retry_policy=STEP_RETRY,
+        group_name="operations",
+        kinds={"duckdb", "python"},
+        description=spec.description,
+        tags={"batch/operation": spec.name},
+        required_resource_keys={"warehouse", *spec.resources},
+        check_specs=_check_specs(spec),
+    )
+    def _operation_asset(context: AssetExecutionContext) -> Iterator[Any]:
+        resources = {k: getattr(context.resources, k) for k in spec.resources}
+        yield from execute_partitions(spec, context, context.resources.warehouse, resources)
+
+    return _operation_asset
+
+
+def build_operation_job(spec: OperationSpec, asset_def: AssetsDefinition):  # noqa: ANN201
+    # One step per run: the in-process executor saves a process spawn per chunk.
+    return define_asset_job(
+        name=f"{spec.name}_job",
+        executor_def=in_process_executor,
+        selection=[asset_def],
+        partitions_def=PARTITIONS[spec.name],
+        tags={"batch/operation": spec.name},
+        description=f"Chunk runs of {spec.name} batches. {spec.description}",
+    )

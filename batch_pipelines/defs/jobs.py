@@ -1,0 +1,122 @@
+"""Jobs: one ``<operation>_job`` per operation, and the ``submit_batch`` launchpad job."""
+
+from typing import Any
+
+from dagster import Config, OpExecutionContext, job, op
+from pydantic import Field
+
+from batch_pipelines.app.submit import submit_batch as submit_batch_service
+from batch_pipelines.core.manifest import ManifestError
+from batch_pipelines.defs.assets import build_operation_asset, build_operation_job
+from batch_pipelines.operations import REGISTRY
+
+OPERATION_ASSETS = {name: build_operation_asset(spec) for name, spec in REGISTRY.items()}
+OPERATION_JOBS = {
+    name: build_operation_job(spec, OPERATION_ASSETS[name]) for name, spec in REGISTRY.items()
+}
+
+
+class SubmitBatchConfig(Config):
+    """A batch manifest (SPEC §4), as launchpad config."""
+
+    operation: str = Field(
+        description="One of annotate, import, export, transform, report, validate, cleanup"
+    )
+    name: str | None = None
+    priority: str = Field("normal", description="low, normal, high or critical")
+    options: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    items: list[dict[str, Any]] | None = None
+    items_from: dict[str, Any] | None = None
+
+
+@op(description="Validate the manifest and register the batch; the dispatcher runs it.")
+def register_batch(context: OpExecutionContext, config: SubmitBatchConfig) -> str:
+    manifest = {k: v for k, v in config.model_dump().items() if v is not None}
+    try:
+        batch_id = submit_batch_service(
+            manifest,
+            instance=context.instance,
+            source=context.run.tags.get("batch/entry_point", "launchpad"),
+            submitted_by=context.run.tags.get("dagster/user"),
+        )
+    except ManifestError as exc:
+        from dagster import Failure, MetadataValue
+
+        raise Failure(
+            description=f"invalid manifest: {exc}",
+            metadata={"problems": MetadataValue.json(exc.to_dict())},
+            allow_retries=False,
+        ) from None
+    context.add_output_metadata({"batch_id": batch_id})
+    context.log.info(f"registered batch {batch_id}")
+    return batch_id
+
+
+@job(
+    name="submit_batch",
+    description=(
+        "Submit a batch from the launchpad: the run config is the manifest (operation, name, "
+        "priority, options, settings, items or items_from)."
+    ),
+    tags={"batch/entry_point": "launchpad"},
+)
+def submit_batch_job() -> None:
+    register_batch()
+
+
+class BatchControlConfig(Config):
+    """A control on one batch, from the launchpad."""
+
+    batch_id: str = Field(description="The batch to act on")
+    action: str = Field(description="cancel, pause, resume or retry")
+    categories: list[str] = Field(
+        default_factory=list, description="retry: only failed items of these error categories"
+    )
+    items: list[str] = Field(default_factory=list, description="retry: only these item ids")
+
+
+@op(description="Cancel, pause, resume or retry a batch; the result is logged and audited.")
+def control_batch(context: OpExecutionContext, config: BatchControlConfig) -> dict:
+    from dagster import Failure
+
+    from batch_pipelines.app import control
+
+    actor = f"launchpad:{context.run.tags.get('dagster/user', 'ui')}"
+    try:
+        if config.action == "cancel":
+            result = control.cancel_batch(config.batch_id, instance=context.instance, actor=actor)
+        elif config.action == "pause":
+            result = control.pause_batch(config.batch_id, instance=context.instance, actor=actor)
+        elif config.action == "resume":
+            result = control.resume_batch(config.batch_id, actor=actor)
+        elif config.action == "retry":
+            result = control.retry_batch(
+                config.batch_id,
+                categories=config.categories,
+                item_ids=config.items,
+                instance=context.instance,
+                actor=actor,
+                source="launchpad",
+            )
+        else:
+            raise control.ControlError(
+                f"action {config.action!r} is not one of cancel, pause, resume, retry"
+            )
+    except control.ControlError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    context.log.info(result.message)
+    context.add_output_metadata({"result": result.message})
+    return result.to_dict()
+
+
+@job(
+    name="batch_control",
+    description=(
+        "Control a batch from the launchpad: config {batch_id, action: cancel | pause | resume "
+        "| retry, categories?, items?}. Each control is recorded in batch_events."
+    ),
+    tags={"batch/entry_point": "launchpad"},
+)
+def batch_control_job() -> None:
+    control_batch()

@@ -1,0 +1,77 @@
+"""Nightly housekeeping: a schedule that submits a cleanup batch (real deletion, never outside
+the data roots) for everything past the retention period."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+
+from batch_pipelines.defs.jobs import submit_batch_job
+
+RETENTION_ENV = "BATCH_PIPELINES_RETENTION_DAYS"
+DEFAULT_RETENTION_DAYS = 30
+CLEANUP_CRON = "30 2 * * *"
+
+
+def retention_days() -> int:
+    raw = os.environ.get(RETENTION_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETENTION_DAYS
+    days = int(raw)  # ValueError names the value
+    if days < 1:
+        raise ValueError(f"{RETENTION_ENV} must be at least 1, got {days}")
+    return days
+
+
+def nightly_cleanup_manifest(days: int) -> dict[str, Any]:
+    """Finished batches (ledger rows, partitions, files), export and report files, and staging
+    leftovers older than ``days``; temporary tables left by interrupted transforms."""
+    return {
+        "operation": "cleanup",
+        "name": f"nightly cleanup (retention {days} days)",
+        "priority": "low",
+        "options": {"dry_run": False},
+        "settings": {"max_retries": 1, "chunk_size": 10},
+        "items": [
+            {"kind": "old_batches", "older_than_days": days},
+            {"kind": "old_files", "root": "exports", "older_than_days": days},
+            {"kind": "old_files", "root": "reports", "older_than_days": days},
+            {"kind": "staging", "older_than_days": 1},
+            {"kind": "temp_tables"},
+        ],
+    }
+
+
+@schedule(
+    name="nightly_cleanup",
+    cron_schedule=CLEANUP_CRON,
+    job=submit_batch_job,
+    default_status=DefaultScheduleStatus.RUNNING,
+    execution_timezone="UTC",
+    description=(
+        "Every night at 02:30 UTC, submits a cleanup batch deleting finished batches, export and "
+        "report files older than BATCH_PIPELINES_RETENTION_DAYS (default 30), staging "
+        "leftovers and interrupted transforms' temporary tables. Every deletion is recorded "
+        "in cleanup_log. Stop the schedule in the UI to keep everything."
+    ),
+)
+def nightly_cleanup(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+    try:
+        days = retention_days()
+    except ValueError as exc:
+        return SkipReason(f"not cleaning up: {exc}")
+    when = context.scheduled_execution_time
+    key = f"nightly-cleanup:{when:%Y-%m-%d}" if when else "nightly-cleanup"
+    return RunRequest(
+        run_key=key,
+        run_config={"ops": {"register_batch": {"config": nightly_cleanup_manifest(days)}}},
+        tags={"batch/entry_point": "schedule"},
+    )

@@ -1,0 +1,451 @@
+"""import: load a file (CSV, TSV, JSON, NDJSON, Parquet) into a warehouse table.
+
+The file streams through DuckDB into a staging Parquet file outside the writer lock (rows
+DuckDB cannot parse go to ``import_rejects`` with the reason); the commit then loads the
+staged rows into the target table under the lock, in the item's transaction. A file whose
+sha256 was already imported into the same table by another item is ``skipped``. With
+``lineage_columns`` (default) every row carries ``_batch_id`` and ``_item_id``, so re-running
+an item replaces exactly its own rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult, OperationSpec
+from batch_pipelines.core.errors import ValidationItemError
+from batch_pipelines.core.keys import slugify
+from batch_pipelines.core.sql import (
+    quote_ident,
+    quote_literal,
+    validate_identifier,
+    validate_table_name,
+)
+
+Format = Literal["auto", "csv", "tsv", "json", "ndjson", "parquet"]
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".json": "json",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+MAX_STORED_REJECTS = 1000
+_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+class ImportOptions(BaseModel, extra="forbid"):
+    """Options of an import batch."""
+
+    target_table: str = Field(
+        description="Table to load into; may contain {item_id} for one table per item"
+    )
+    mode: Literal["append", "replace", "upsert"] = "append"
+    key_columns: list[str] = Field(default_factory=list, description="Keys for mode upsert")
+    format: Format = "auto"
+    delimiter: str | None = Field(None, min_length=1, max_length=1)
+    header: bool | None = None
+    skip_identical: bool = True
+    lineage_columns: bool = True
+    max_reject_ratio: float | None = Field(
+        None, ge=0, le=1, description="Fail the item if more than this share of rows is rejected"
+    )
+
+    @field_validator("target_table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        validate_table_name(value.replace("{item_id}", "x"), "target_table")
+        return value
+
+    @field_validator("key_columns")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        return [validate_identifier(v, "key column") for v in value]
+
+    @model_validator(mode="after")
+    def _upsert_needs_keys(self) -> ImportOptions:
+        if self.mode == "upsert" and not self.key_columns:
+            raise ValueError("key_columns is required when mode is upsert")
+        return self
+
+
+class ImportItem(BaseModel, extra="forbid"):
+    """One file to import."""
+
+    id: str | None = None
+    path: str = Field(min_length=1)
+    format: Format | None = None
+
+
+def sha256_file(path: Path, ctx: ItemContext | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for i, block in enumerate(iter(lambda: fh.read(1 << 20), b"")):
+            digest.update(block)
+            if ctx is not None and i % 64 == 0:
+                ctx.check()
+    return digest.hexdigest()
+
+
+def looks_binary(head: bytes) -> bool:
+    """True for content that is not text: NUL bytes, or many control bytes, or not UTF-8."""
+    if not head:
+        return False
+    if b"\x00" in head:
+        return True
+    control = sum(1 for b in head if b < 9 or 13 < b < 32)
+    if control / len(head) > 0.05:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start < len(head) - 4  # a multi-byte character cut at the end is fine
+    return False
+
+
+def detect_format(path: Path, requested: str = "auto") -> str:
+    """The file's format: as requested, else from its extension, else from its content."""
+    if requested != "auto":
+        return requested
+    by_ext = EXTENSIONS.get(path.suffix.lower())
+    if by_ext:
+        return by_ext
+    with path.open("rb") as fh:
+        head = fh.read(65536)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if looks_binary(head):
+        raise ValidationItemError(f"cannot detect the format of {path.name}: binary content")
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if text.startswith("["):
+        return "json"
+    if text.startswith("{"):
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return "ndjson" if len(lines) > 1 and lines[1].lstrip().startswith("{") else "json"
+    first = text.splitlines()[0] if text else ""
+    return "tsv" if first.count("\t") > max(first.count(","), first.count(";")) else "csv"
+
+
+def _csv_source(
+    path: Path, fmt: str, options: ImportOptions, types: dict[str, str] | None = None
+) -> str:
+    args = [quote_literal(str(path)), "store_rejects = true", "auto_detect = true"]
+    if types:
+        pairs = ", ".join(f"{quote_literal(k)}: {quote_literal(v)}" for k, v in types.items())
+        args.append(f"types = {{{pairs}}}")
+    delimiter = options.delimiter or ("\t" if fmt == "tsv" else None)
+    if delimiter:
+        args.append(f"delim = {quote_literal(delimiter)}")
+    if options.header is not None:
+        args.append(f"header = {str(options.header).lower()}")
+    return f"read_csv({', '.join(args)})"
+
+
+def _check_delimiter(path: Path, fmt: str, columns: int, options: ImportOptions) -> None:
+    if columns != 1:
+        return
+    expected = options.delimiter or ("\t" if fmt == "tsv" else None)
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    found = [d for d in _DELIMITERS if d != expected and first.count(d) >= 1]
+    if expected and found:
+        raise ValidationItemError(
+            f"delimiter mismatch: expected {_DELIMITERS.get(expected, repr(expected))}-separated "
+            f"values but the header line is separated by {_DELIMITERS[found[0]]}"
+        )
+
+
+def _invalid_ndjson_lines(path: Path, ctx: ItemContext) -> list[tuple[int, str, str]]:
+    bad = []
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            if number % 10000 == 0:
+                ctx.check()
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+                if not isinstance(value, dict):
+                    raise ValueError("line is not a JSON object")
+            except ValueError as exc:
+                bad.append((number, str(exc), line.rstrip("\n")[:1000]))
+    return bad
+
+
+def _stage(
+    ctx: ItemContext,
+    path: Path,
+    fmt: str,
+    options: ImportOptions,
+    stage: Path,
+    types: dict[str, str] | None = None,
+) -> tuple[int, list[str], int, list[tuple]]:
+    """Stream the file into a Parquet file; returns rows, column names, rejected count and a
+    sample of rejects (line, column, error, raw)."""
+    rejects: list[tuple] = []
+    rejected = 0
+    target = quote_literal(str(stage))
+    with ctx.local_duckdb() as con:
+        try:
+            if fmt in ("csv", "tsv"):
+                con.execute(
+                    f"copy (select * from {_csv_source(path, fmt, options, types)}) "
+                    f"to {target} (format parquet)"
+                )
+                rejected = con.execute("select count(distinct line) from reject_errors").fetchone()[
+                    0
+                ]
+                rejects = con.execute(
+                    "select line, column_name, error_type || ': ' || error_message, csv_line "
+                    f"from reject_errors order by line limit {MAX_STORED_REJECTS}"
+                ).fetchall()
+            elif fmt == "parquet":
+                con.execute(
+                    f"copy (select * from read_parquet({quote_literal(str(path))})) "
+                    f"to {target} (format parquet)"
+                )
+            elif fmt == "json":
+                con.execute(
+                    f"copy (select * from read_json({quote_literal(str(path))}, "
+                    f"format = 'array')) to {target} (format parquet)"
+                )
+            elif fmt == "ndjson":
+                src = quote_literal(str(path))
+                try:
+                    con.execute(
+                        f"copy (select * from read_json({src}, format = 'newline_delimited')) "
+                        f"to {target} (format parquet)"
+                    )
+                except duckdb.Error:
+                    bad = _invalid_ndjson_lines(path, ctx)
+                    if not bad:
+                        raise
+                    rejected = len(bad)
+                    rejects = [(n, None, err, raw) for n, err, raw in bad[:MAX_STORED_REJECTS]]
+                    con.execute(
+                        f"copy (select * from read_json({src}, format = 'newline_delimited', "
+                        f"ignore_errors = true)) to {target} (format parquet)"
+                    )
+            else:
+                raise ValidationItemError(f"format: unsupported format {fmt!r}")
+        except duckdb.InterruptException:
+            ctx.check()
+            raise
+        except duckdb.Error as exc:
+            raise ValidationItemError(
+                f"cannot parse {path.name} as {fmt}: {str(exc).splitlines()[0]}"
+            ) from exc
+        rows = con.execute(f"select count(*) from read_parquet({target})").fetchone()[0]
+        columns = [
+            r[0] for r in con.execute(f"describe select * from read_parquet({target})").fetchall()
+        ]
+    return rows, columns, rejected, rejects
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    parts = table.split(".")
+    schema, name = (parts[-2], parts[-1]) if len(parts) > 1 else ("main", parts[0])
+    return bool(
+        con.execute(
+            "select count(*) from information_schema.tables where table_schema = ? "
+            "and table_name = ?",
+            [schema, name],
+        ).fetchone()[0]
+    )
+
+
+def _target_types(ctx: ItemContext, target: str) -> dict[str, str]:
+    with ctx.read_warehouse() as con:
+        if not _table_exists(con, target):
+            return {}
+        return {
+            name: typ
+            for name, typ, *_ in con.execute(f"describe {quote_ident(target)}").fetchall()
+            if name not in ("_batch_id", "_item_id")
+        }
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return [r[0] for r in con.execute(f"describe {quote_ident(table)}").fetchall()]
+
+
+def handle_import(ctx: ItemContext) -> ItemResult:
+    options: ImportOptions = ctx.options
+    item: ImportItem = ctx.item
+    path = ctx.resolve_path(item.path, field_name="items.path")
+    if not path.is_file():
+        raise ValidationItemError(f"path: {item.path!r} is not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValidationItemError(f"{path.name} is empty (0 bytes)")
+    sha256 = sha256_file(path, ctx)
+    fmt = detect_format(path, item.format or options.format)
+    if fmt in ("csv", "tsv", "json", "ndjson"):
+        with path.open("rb") as fh:
+            if looks_binary(fh.read(65536)):
+                raise ValidationItemError(f"{path.name} is not a {fmt} file: binary content")
+    target = options.target_table.replace(
+        "{item_id}", slugify(ctx.item_id).replace(".", "_").replace("-", "_")
+    )
+    validate_table_name(target, "target_table")
+    # Appending to an existing table: parse with its column types, so values that do not fit
+    # become rejects with a reason instead of failing the whole file at commit.
+    types = _target_types(ctx, target) if options.mode != "replace" else {}
+    stage = ctx.staging_dir / f"{slugify(ctx.item_id)}-{uuid.uuid4().hex[:8]}.parquet"
+    try:
+        rows, columns, rejected, rejects = _stage(ctx, path, fmt, options, stage, types)
+        if fmt in ("csv", "tsv"):
+            _check_delimiter(path, fmt, len(columns), options)
+        if rows == 0 and rejected:
+            first = rejects[0][2] if rejects else "unknown error"
+            raise ValidationItemError(f"all {rejected} rows were rejected; first: {first}")
+        total = rows + rejected
+        reject_ratio = rejected / total if total else 0.0
+        if options.max_reject_ratio is not None and reject_ratio > options.max_reject_ratio:
+            raise ValidationItemError(
+                f"{rejected} of {total} rows rejected ({reject_ratio:.0%}), more than "
+                f"max_reject_ratio {options.max_reject_ratio:.0%}"
+            )
+        missing = [k for k in options.key_columns if k not in columns]
+        if missing:
+            raise ValidationItemError(f"key_columns {missing} are not columns of {path.name}")
+    except BaseException:
+        stage.unlink(missing_ok=True)
+        raise
+    metrics = {
+        "path": str(path),
+        "format": fmt,
+        "target_table": target,
+        "mode": options.mode,
+        "rows": rows,
+        "rejected_rows": rejected,
+        "columns": len(columns),
+        "bytes": size,
+        "sha256": sha256,
+    }
+
+    def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> str | None:
+        status = "imported"
+        if options.skip_identical:
+            same = con.execute(
+                "select batch_id, item_id from import_files where target_table = ? and "
+                "sha256 = ? and status = 'imported' and not (batch_id = ? and item_id = ?) "
+                "limit 1",
+                [target, sha256, cc.batch_id, cc.item_id],
+            ).fetchone()
+            if same:
+                status = "skipped"
+                metrics["skipped_because"] = (
+                    f"identical file already imported into {target} by batch {same[0]} "
+                    f"item {same[1]}"
+                )
+        if status == "imported":
+            _load(con, cc, target, stage, options)
+        con.execute(
+            "delete from import_files where batch_id = ? and item_id = ?", [cc.batch_id, cc.item_id]
+        )
+        con.execute(
+            "insert into import_files values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+            [
+                cc.batch_id,
+                cc.item_id,
+                str(path),
+                fmt,
+                target,
+                options.mode,
+                status,
+                rows if status == "imported" else 0,
+                rejected,
+                len(columns),
+                json.dumps(columns),
+                size,
+                sha256,
+            ],
+        )
+        con.execute(
+            "delete from import_rejects where batch_id = ? and item_id = ?",
+            [cc.batch_id, cc.item_id],
+        )
+        if rejects and status == "imported":
+            con.executemany(
+                "insert into import_rejects values (?, ?, ?, ?, ?, ?)",
+                [[cc.batch_id, cc.item_id, r[0], r[1], r[2], r[3]] for r in rejects],
+            )
+        return "skipped" if status == "skipped" else None
+
+    def cleanup() -> None:
+        with contextlib.suppress(OSError):
+            stage.unlink(missing_ok=True)
+
+    quality = rows / (rows + rejected) if rows + rejected else 1.0
+    # A table this item creates must exist before the next item is parsed with its types.
+    return ItemResult(
+        metrics=metrics,
+        quality_score=quality,
+        commit=commit,
+        cleanup=cleanup,
+        flush_now=options.mode != "replace" and not types,
+    )
+
+
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    cc: CommitContext,
+    target: str,
+    stage: Path,
+    options: ImportOptions,
+) -> None:
+    lineage = (
+        f", {quote_literal(cc.batch_id)} as _batch_id, {quote_literal(cc.item_id)} as _item_id"
+        if options.lineage_columns
+        else ""
+    )
+    source = f"select *{lineage} from read_parquet({quote_literal(str(stage))})"
+    table = quote_ident(target)
+    if "." in target:
+        con.execute(f"create schema if not exists {quote_ident(target.rsplit('.', 1)[0])}")
+    if options.mode == "replace" or not _table_exists(con, target):
+        con.execute(f"create or replace table {table} as {source}")
+        return
+    existing = _columns(con, target)
+    if options.lineage_columns:
+        for col in ("_batch_id", "_item_id"):
+            if col not in existing:
+                con.execute(f"alter table {table} add column {col} varchar")
+        con.execute(
+            f"delete from {table} where _batch_id = ? and _item_id = ?", [cc.batch_id, cc.item_id]
+        )
+    if options.mode == "upsert":
+        keys = ", ".join(quote_ident(k) for k in options.key_columns)
+        con.execute(f"delete from {table} where ({keys}) in (select ({keys}) from ({source}))")
+    try:
+        con.execute(f"insert into {table} by name {source}")
+    except duckdb.BinderException as exc:
+        raise ValidationItemError(
+            f"file does not fit table {target}: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
+SPEC = OperationSpec(
+    name="import",
+    description=(
+        "Import files (CSV, TSV, JSON, NDJSON, Parquet) into warehouse tables, one partition "
+        "per file. Rows DuckDB cannot parse land in import_rejects; identical files already "
+        "imported into the same table are skipped. Details per file: import_files."
+    ),
+    options_model=ImportOptions,
+    item_model=ImportItem,
+    handler=handle_import,
+    detail_tables=("import_files", "import_rejects"),
+)

@@ -1,0 +1,311 @@
+"""Postgres instance storage (``batch_pipelines/deploy/dagster.postgres.yaml``) against a real
+PostgreSQL server started here on 127.0.0.1 with a temporary data directory.
+
+Guards against a documented scale-out setup that does not work: the storage block failing to
+load, dynamic partitions or materializations that do not reach Postgres, concurrent batches
+(several CLI processes at once) that lose or duplicate partitions or runs there, and results
+that differ from the default SQLite storage for the same batches. The server is always
+stopped, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from batch_pipelines_tests.conftest import CLI, REPO, SAMPLES, Env
+from batch_pipelines_tests.e2e.dev_server import dagster_dev, env_in_process, free_port, make_env
+
+pytestmark = pytest.mark.e2e
+
+POSTGRES_YAML = REPO / "batch_pipelines" / "deploy" / "dagster.postgres.yaml"
+PG_USER = "batch_pipelines"
+PG_DB = "dagster"
+
+
+# ----------------------------------------------------------------- a throwaway server
+
+
+def _pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts[-3])
+    assert found, (
+        "PostgreSQL server binaries are missing (Debian package `postgresql`): run "
+        "`make system-deps` as root"
+    )
+    return found[-1].parent
+
+
+@dataclass
+class Postgres:
+    host: str
+    port: int
+    user: str
+    password: str
+    db: str
+
+    def environ(self) -> dict[str, str]:
+        return {
+            "DAGSTER_PG_HOST": self.host,
+            "DAGSTER_PG_PORT": str(self.port),
+            "DAGSTER_PG_DB": self.db,
+            "DAGSTER_PG_USERNAME": self.user,
+            "DAGSTER_PG_PASSWORD": self.password,
+        }
+
+    def connect(self, db: str | None = None):  # noqa: ANN201 - psycopg2 connection
+        import psycopg2
+
+        return psycopg2.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=db or self.db,
+            connect_timeout=10,
+        )
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with contextlib.closing(self.connect()) as con, con.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """initdb + pg_ctl start on 127.0.0.1:<free port> in a temporary directory (as the
+    ``postgres`` system user when we are root, since the server refuses to run as root);
+    creates the database; always stops the server and removes the directory."""
+    bin_dir = _pg_bin()
+    root = Path(tempfile.mkdtemp(prefix="bp-postgres-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        prefix = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    data, log = root / "data", root / "server.log"
+    password = secrets.token_hex(12)
+    pwfile = root / "pw"
+    pwfile.write_text(password + "\n")
+    if prefix:
+        shutil.chown(pwfile, "postgres", "postgres")
+    pwfile.chmod(0o600)
+    port = free_port()
+    started = False
+
+    def run(*args: str, timeout: float = 120) -> None:
+        p = subprocess.run(
+            [*prefix, *args], capture_output=True, text=True, timeout=timeout, cwd=root
+        )
+        assert p.returncode == 0, f"{args[0]} failed:\n{p.stdout}\n{p.stderr}"
+
+    try:
+        run(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            PG_USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} -k {root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        started = True
+        run(
+            str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
+            "-w", "-t", "60", "start",
+        )  # fmt: skip
+        server = Postgres("127.0.0.1", port, PG_USER, password, PG_DB)
+        with contextlib.closing(server.connect("postgres")) as con:
+            con.autocommit = True
+            with con.cursor() as cur:
+                cur.execute(f"create database {PG_DB}")
+        yield server
+    finally:
+        if started:
+            stop = subprocess.run(
+                [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t",
+                 "20", "stop"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if stop.returncode != 0 and (data / "postmaster.pid").exists():
+                pid = int((data / "postmaster.pid").read_text().split()[0])
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- the batches
+
+MANIFESTS: dict[str, dict[str, Any]] = {
+    "import_ok": {
+        "operation": "import",
+        "name": "pg import ok",
+        "options": {"target_table": "penguins_a"},
+        "settings": {"chunk_size": 2},
+        "items_from": {"glob": "data/samples/penguins_20*"},
+    },
+    "import_mixed": {
+        "operation": "import",
+        "name": "pg import mixed",
+        "options": {"target_table": "penguins_b"},
+        "settings": {"chunk_size": 3, "max_retries": 0},
+        "items": [
+            {"id": "good", "path": "data/samples/penguins_2010.ndjson"},
+            {"id": "empty", "path": "data/samples/bad/empty.csv"},
+            {"id": "garbage", "path": "data/samples/bad/garbage.bin"},
+            {"id": "truncated", "path": "data/samples/bad/truncated.json"},
+        ],
+    },
+    "validate": {
+        "operation": "validate",
+        "name": "pg validate",
+        "options": {"rules": [{"type": "not_null", "column": "species"}]},
+        "settings": {"chunk_size": 1},
+        "items": [
+            {"id": "p2007", "path": "data/samples/penguins_2007.csv"},
+            {"id": "p2008", "path": "data/samples/penguins_2008.tsv"},
+        ],
+    },
+    "annotate": {
+        "operation": "annotate",
+        "name": "pg annotate",
+        "settings": {"chunk_size": 3},
+        "items_from": {"glob": "data/samples/texts/*"},
+    },
+}
+
+
+def _prepare(env: Env) -> None:
+    if not (env.data / "samples").exists():
+        shutil.copytree(SAMPLES, env.data / "samples")
+
+
+def _submit_concurrently(env: Env) -> None:
+    """All batches at once, each by its own ``batch-pipelines submit --in-process``."""
+    from batch_pipelines.operations import REGISTRY
+
+    procs = {}
+    for name, manifest in MANIFESTS.items():
+        if manifest["operation"] not in REGISTRY:
+            continue
+        path = env.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+        procs[name] = subprocess.Popen(
+            [CLI, "submit", path.name, "--in-process", "--json"],
+            env=env.environ(),
+            cwd=env.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    for name, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        # 1 = the batch ended with failed items (import_mixed), anything else is a bug.
+        assert proc.returncode in (0, 1), f"{name}: exit {proc.returncode}\n{out}\n{err}"
+
+
+def _summary(env: Env) -> dict[str, Any]:
+    """What a user sees of the batches: ledger counts, partitions, materializations, runs."""
+    from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+
+    with env_in_process(env):
+        batches = env.sql(
+            "select name, operation, status, total_items, succeeded_items, failed_items, "
+            "skipped_items, chunk_count from batches order by name"
+        )
+        items = env.sql(
+            "select b.name, i.status, count(*) from batch_items i join batches b using "
+            "(batch_id) group by all order by all"
+        )
+        instance = DagsterInstance.get()
+        try:
+            ops = sorted({b[1] for b in batches})
+            partitions = {op: len(instance.get_dynamic_partitions(f"{op}_items")) for op in ops}
+            materialized = {
+                op: len(instance.get_materialized_partitions(AssetKey(f"{op}_items"))) for op in ops
+            }
+            runs = {
+                (op, status.value): len(
+                    instance.get_runs(filters=RunsFilter(job_name=f"{op}_job", statuses=[status]))
+                )
+                for op in ops
+                for status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)
+            }
+            storage = type(instance.run_storage).__name__
+        finally:
+            instance.dispose()
+    return {
+        "batches": batches,
+        "items": items,
+        "partitions": partitions,
+        "materialized": materialized,
+        "runs": runs,
+        "storage": storage,
+    }
+
+
+def test_concurrent_batches_on_postgres_match_sqlite(env: Env, tmp_path: Path) -> None:
+    # The same batches, four CLI processes at once, on SQLite (the default) ...
+    _prepare(env)
+    _submit_concurrently(env)
+    on_sqlite = _summary(env)
+    assert on_sqlite["storage"] == "SqliteRunStorage"
+    assert on_sqlite["batches"], "no batch ran"
+    by_name = {b[0]: b for b in on_sqlite["batches"]}
+    assert by_name["pg import ok"][2:5] == ("completed", 6, 6)
+    assert by_name["pg import mixed"][2:6] == ("completed_with_errors", 4, 1, 3)
+
+    # ... and on Postgres, configured exactly as the README says.
+    with postgres_server() as pg, pytest.MonkeyPatch.context() as mp:
+        for k, v in pg.environ().items():
+            mp.setenv(k, v)
+        pg_env = make_env(tmp_path / "pg")
+        _prepare(pg_env)
+        (pg_env.dagster_home / "dagster.yaml").write_text(
+            (REPO / "dagster.yaml").read_text() + "\n" + POSTGRES_YAML.read_text()
+        )
+        _submit_concurrently(pg_env)
+        on_postgres = _summary(pg_env)
+
+        assert on_postgres["storage"] == "PostgresRunStorage"
+        assert {k: v for k, v in on_postgres.items() if k != "storage"} == {
+            k: v for k, v in on_sqlite.items() if k != "storage"
+        }
+        # Nothing fell back to SQLite files under DAGSTER_HOME.
+        assert not list(pg_env.dagster_home.rglob("*.db"))
+
+        # The rows really are in Postgres.
+        n_keys = sum(on_postgres["partitions"].values())
+        assert pg.query("select count(*) from dynamic_partitions") == [(n_keys,)]
+        n_mat = pg.query(
+            "select count(distinct (asset_key, partition)) from event_logs "
+            "where dagster_event_type = 'ASSET_MATERIALIZATION'"
+        )[0][0]
+        assert n_mat == sum(on_postgres["materialized"].values())
+        n_runs = pg.query("select count(*) from runs")[0][0]
+        assert n_runs == sum(on_postgres["runs"].values())
+
+        # The UI and daemon start on the same storage and see those runs.
+        with dagster_dev(pg_env, dagster_yaml=yaml.safe_load(POSTGRES_YAML.read_text())) as dev:
+            count = dev.graphql("{ runsOrError { ... on Runs { count } } }")["runsOrError"]
+            assert count["count"] == n_runs
