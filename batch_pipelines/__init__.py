@@ -12,13 +12,8 @@ from batch_pipelines.app.control import (
     resume_batch,
     retry_batch,
 )
-from batch_pipelines.app.submit import (
-    get_batch,
-    get_items,
-    list_batches,
-    prepare_batch,
-    submit_batch,
-)
+from batch_pipelines.app.queries import get_batch, get_items, list_batches
+from batch_pipelines.app.submit import prepare_batch, submit_batch
 from batch_pipelines.core.analytics import get_batch_metrics, get_stats
 from batch_pipelines.core.manifest import Manifest, ManifestError, load_manifest
 

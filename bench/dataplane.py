@@ -95,7 +95,8 @@ def _instance() -> Any:
 
 def step_import(csv: str) -> dict[str, Any]:
     from batch_pipelines.app.inprocess import run_batch_in_process
-    from batch_pipelines.app.submit import get_items, submit_batch
+    from batch_pipelines.app.queries import get_items
+    from batch_pipelines.app.submit import submit_batch
     from batch_pipelines.core import warehouse
 
     instance = _instance()
@@ -141,7 +142,8 @@ def step_duckdb_copy(db: str, out: str, fmt: str) -> dict[str, Any]:
 
 def step_export(fmt: str) -> dict[str, Any]:
     from batch_pipelines.app.inprocess import run_batch_in_process
-    from batch_pipelines.app.submit import get_items, submit_batch
+    from batch_pipelines.app.queries import get_items
+    from batch_pipelines.app.submit import submit_batch
 
     instance = _instance()
     base = _rss_now_mb()

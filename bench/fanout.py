@@ -179,7 +179,8 @@ def run_through_daemon(
     """Submit a batch of ``n`` items and wait until its report run has succeeded."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    from batch_pipelines.app.submit import get_batch, submit_batch
+    from batch_pipelines.app.queries import get_batch
+    from batch_pipelines.app.submit import submit_batch
     from batch_pipelines.core import warehouse
 
     m = manifest(n, chunk_size, name=f"bench {label}")

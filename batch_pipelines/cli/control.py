@@ -21,7 +21,7 @@ def _actor() -> str:
 
 def _run_control(fn, as_json: bool, quiet: bool = False, **kwargs: Any) -> Any:  # noqa: ANN001, ANN401
     from batch_pipelines.app.control import ControlError
-    from batch_pipelines.app.submit import get_batch
+    from batch_pipelines.app.queries import get_batch
     from batch_pipelines.cli.main import EXIT_BAD_INPUT, EXIT_FAILED, console, err_console
 
     batch_id = kwargs["batch_id"]

@@ -260,7 +260,7 @@ def submit(
 
 
 def _get_batch_or_exit(batch_id: str) -> dict[str, Any]:
-    from batch_pipelines.app.submit import get_batch
+    from batch_pipelines.app.queries import get_batch
 
     batch = get_batch(batch_id)
     if batch is None:
@@ -477,7 +477,7 @@ def list_cmd(
     as_json: bool,
 ) -> None:
     """List batches, newest first."""
-    from batch_pipelines.app.submit import list_batches
+    from batch_pipelines.app.queries import list_batches
 
     after = _parse_date(created_after, "--created-after")
     before = _parse_date(created_before, "--created-before")
@@ -535,7 +535,7 @@ def list_cmd(
 @click.option("--json", "as_json", is_flag=True)
 def items(batch_id: str, statuses: tuple[str, ...], limit: int, offset: int, as_json: bool) -> None:
     """List a batch's items with status, attempts, duration and error."""
-    from batch_pipelines.app.submit import get_items
+    from batch_pipelines.app.queries import get_items
 
     if limit < 1 or offset < 0:
         raise BadInput("--limit must be at least 1 and --offset at least 0")

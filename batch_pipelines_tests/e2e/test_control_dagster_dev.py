@@ -16,7 +16,7 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from batch_pipelines.app.submit import get_batch, get_items
+from batch_pipelines.app.queries import get_batch, get_items
 from batch_pipelines_tests.conftest import CLI, Env
 from batch_pipelines_tests.e2e.dev_server import DevServer, dagster_dev, env_in_process, make_env
 
