@@ -1,4 +1,4 @@
-"""``make bench``: run the project's benchmarks and append the results to BENCHMARKS.md.
+"""``make bench``: run the project's benchmarks and append the results to docs/benchmarks.md.
 
     python bench/run.py                      # every section (same as `all`)
     python bench/run.py analytics --rows 1000000
@@ -7,8 +7,8 @@
 Each section is a :class:`Section`: a name, the options it adds to its sub-command (and to
 ``all``; prefix option names with the section when they could clash) and a function that runs
 it and returns Markdown. To add a benchmark, write ``bench/<name>.py`` and register a
-``Section`` in :data:`SECTIONS`. Results go to ``BENCHMARKS.md`` at the repository root,
-newest last, each with the date, the machine and the versions it ran with.
+``Section`` in :data:`SECTIONS`. Results go to ``docs/benchmarks.md``, newest last, each with
+the date, the machine and the versions it ran with.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+BENCHMARKS_MD = REPO / "docs" / "benchmarks.md"
 
 _HEADER = """# Benchmarks
 
-Measured by `make bench` (`python bench/run.py`), never asserted in tests (SPEC §8). Each run
+Measured by `make bench` (`python bench/run.py`), never asserted in tests. Each run
 appends a section below with its date, machine and versions; compare runs on the same machine
 only. Newest last.
 """
@@ -190,19 +190,19 @@ SECTIONS: dict[str, Section] = {
     for s in (
         Section(
             "analytics",
-            "analytics views over generated ledger rows (SPEC §8)",
+            "analytics views over generated ledger rows",
             _analytics_arguments,
             _run_analytics,
         ),
         Section(
             "fanout",
-            "end-to-end items/s of the per-item fan-out through dagster dev (SPEC §8)",
+            "end-to-end items/s of the per-item fan-out through dagster dev",
             _fanout_arguments,
             _run_fanout,
         ),
         Section(
             "dataplane",
-            "import and export rows/s against DuckDB, peak memory of a big import (SPEC §8)",
+            "import and export rows/s against DuckDB, peak memory of a big import",
             _dataplane_arguments,
             _run_dataplane,
         ),
@@ -264,7 +264,7 @@ def machine_markdown() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bench/run.py", description="Run benchmarks and append them to BENCHMARKS.md."
+        prog="bench/run.py", description="Run benchmarks and append them to docs/benchmarks.md."
     )
     sub = parser.add_subparsers(dest="section")
 

@@ -68,7 +68,7 @@ class ExecutionSettings(BaseModel, extra="forbid"):
 # size, so 100 items per run caps a batch of light items at ~35 items/s. A batch is cut into
 # AUTO_CHUNK_RUNS chunks (two run slots busy twice), of AUTO_CHUNK_MIN to AUTO_CHUNK_MAX
 # items; chunk_time_slice_s keeps a big chunk of slow items from holding a run slot for long.
-# Measured in BENCHMARKS.md (bench/fanout.py).
+# Measured in docs/benchmarks.md (bench/fanout.py).
 AUTO_CHUNK_MIN = 100
 AUTO_CHUNK_MAX = 1000
 AUTO_CHUNK_RUNS = 4

@@ -71,7 +71,7 @@ def _open(path: Path, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConne
     while True:
         try:
             # The memory limit of item work holds here too: committing a big import into a
-            # table otherwise buffers it in DuckDB's default of 80% of RAM (BENCHMARKS.md).
+            # table otherwise buffers it in DuckDB's default of 80% of RAM (docs/benchmarks.md).
             return duckdb.connect(
                 str(path),
                 read_only=read_only,
