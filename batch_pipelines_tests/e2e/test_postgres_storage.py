@@ -275,7 +275,7 @@ def test_concurrent_batches_on_postgres_match_sqlite(env: Env, tmp_path: Path) -
     assert by_name["pg import ok"][2:5] == ("completed", 6, 6)
     assert by_name["pg import mixed"][2:6] == ("completed_with_errors", 4, 1, 3)
 
-    # ... and on Postgres, configured exactly as the README says.
+    # ... and on Postgres, configured exactly as docs/scaling-out.md says.
     with postgres_server() as pg, pytest.MonkeyPatch.context() as mp:
         for k, v in pg.environ().items():
             mp.setenv(k, v)
