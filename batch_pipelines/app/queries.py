@@ -3,7 +3,7 @@ the CLI's read-only verbs start fast."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,13 @@ def list_batches(
         )
 
 
+def may_have_active_runs(batch: Mapping[str, Any]) -> bool:
+    """Whether Dagster can still hold runs of this batch (a ledger row from ``get_batch``): it
+    is unfinished, or stopped with items still running. Lets a caller skip opening the Dagster
+    instance for a finished batch."""
+    return batch["status"] not in ledger.TERMINAL_BATCH_STATUSES or batch["completed_at"] is None
+
+
 def get_items(
     batch_id: str,
     *,
@@ -59,3 +66,15 @@ def get_items(
             raise ValueError(f"status {s!r} is not one of {', '.join(ledger.ITEM_STATUSES)}")
     with warehouse.connect(read_only=True) as con:
         return ledger.get_items(con, batch_id, status=status, limit=limit, offset=offset)
+
+
+def get_cleanup_log(batch_id: str) -> list[dict[str, Any]]:
+    """What a cleanup batch deleted (or, in a dry run, would delete), in order."""
+    with warehouse.connect(read_only=True) as con:
+        rel = con.execute(
+            'select item_id, target_kind, object_type, object, "rows", bytes, dry_run, '
+            "deleted_at from cleanup_log where batch_id = ? order by log_id",
+            [batch_id],
+        )
+        names = [d[0] for d in rel.description]
+        return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]

@@ -1,8 +1,4 @@
-"""``batch-pipelines report ID`` and ``batch-pipelines stats``: the analytics views in a terminal.
-
-Registered on the main group at the bottom of :mod:`batch_pipelines.cli.main`; helpers from that
-module are imported inside the commands so either module can be imported first.
-"""
+"""``report ID`` and ``stats``: the analytics views (SQL over the ledger) in a terminal."""
 
 from __future__ import annotations
 
@@ -13,28 +9,12 @@ from typing import Any
 import click
 from rich.table import Table
 
+from batch_pipelines.cli.utils import EXIT_FAILED, console, err_console, print_json, status_style
+from batch_pipelines.core.analytics import BatchNotFoundError, get_batch_metrics, get_stats
+from batch_pipelines.core.fmt import fmt_value
+
 BAR_WIDTH = 24
 TIMELINE_ROWS = 15
-
-
-def _num(value: Any, kind: str = "") -> str:
-    if value is None:
-        return "-"
-    if kind == "rate":
-        return f"{100 * value:.1f}%"
-    if kind == "pct":
-        return f"{value:.1f}%"
-    if kind == "ms":
-        return f"{value:,.1f} ms"
-    if kind == "s":
-        return f"{value:,.1f} s"
-    if kind == "time":
-        return f"{value:%Y-%m-%d %H:%M:%S}"
-    if isinstance(value, float):
-        return f"{value:,.3f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def _bar(share: float | None) -> str:
@@ -52,9 +32,7 @@ def _kv_table(title: str, rows: Sequence[tuple[str, str]]) -> Table:
 
 
 def _print_report(m: dict[str, Any]) -> None:
-    from batch_pipelines.cli.main import _status_style, console
-
-    style = _status_style(m["status"])
+    style = status_style(m["status"])
     console.print(
         _kv_table(
             f"report {m['batch_id']}",
@@ -68,16 +46,16 @@ def _print_report(m: dict[str, Any]) -> None:
                     f"skipped {m['skipped']:,}, cancelled {m['cancelled']:,}, "
                     f"pending {m['pending']:,}, running {m['running']:,}",
                 ),
-                ("success rate", f"{_num(m['success_rate'], 'rate')} (succeeded / finished)"),
+                ("success rate", f"{fmt_value(m['success_rate'], 'rate')} (succeeded / finished)"),
                 ("attempts", f"{m['attempts']:,} ({m['retried_items']:,} items retried)"),
-                ("wall time", _num(m["wall_time_s"], "s")),
-                ("throughput", f"{_num(m['throughput_per_min'])} items/min"),
+                ("wall time", fmt_value(m["wall_time_s"], "s")),
+                ("throughput", f"{fmt_value(m['throughput_per_min'])} items/min"),
                 (
                     "mean quality",
-                    f"{_num(m['mean_quality'])} ({m['scored_items']:,} scored items)",
+                    f"{fmt_value(m['mean_quality'])} ({m['scored_items']:,} scored items)",
                 ),
-                ("first started", _num(m["first_started_at"], "time") + " UTC"),
-                ("last finished", _num(m["last_finished_at"], "time") + " UTC"),
+                ("first started", fmt_value(m["first_started_at"], "time") + " UTC"),
+                ("last finished", fmt_value(m["last_finished_at"], "time") + " UTC"),
             ],
         )
     )
@@ -86,7 +64,7 @@ def _print_report(m: dict[str, Any]) -> None:
         durations.add_column(col, justify="right")
     durations.add_row(
         *(
-            _num(m[k], "ms")
+            fmt_value(m[k], "ms")
             for k in (
                 "p50_duration_ms",
                 "p95_duration_ms",
@@ -109,7 +87,7 @@ def _print_report(m: dict[str, Any]) -> None:
                 e["error_category"],
                 e["fingerprint"],
                 f"{e['count']:,}",
-                _num(e["percentage"], "pct"),
+                fmt_value(e["percentage"], "pct"),
                 e["example_item_id"],
             )
         console.print(errors)
@@ -122,7 +100,9 @@ def _print_report(m: dict[str, Any]) -> None:
     quality.add_column("")
     for q in m["quality"]:
         share = None if q["percentage"] is None else q["percentage"] / 100
-        quality.add_row(q["label"], f"{q['count']:,}", _num(q["percentage"], "pct"), _bar(share))
+        quality.add_row(
+            q["label"], f"{q['count']:,}", fmt_value(q["percentage"], "pct"), _bar(share)
+        )
     console.print(quality)
     if m["timeline"]:
         shown = m["timeline"][-TIMELINE_ROWS:]
@@ -139,7 +119,7 @@ def _print_report(m: dict[str, Any]) -> None:
                 f"{t['succeeded']:,}",
                 f"{t['failed']:,}",
                 f"{t['cumulative_finished']:,}",
-                _num(t["running_success_rate"], "rate"),
+                fmt_value(t["running_success_rate"], "rate"),
             )
         console.print(timeline)
 
@@ -151,23 +131,18 @@ def report(batch_id: str, as_json: bool) -> None:
     """Analytics of one batch: counts, success rate, duration percentiles, throughput, error
     and quality distributions, timeline (the SQL views batch_metrics, error_distribution,
     quality_distribution, batch_timeline)."""
-    from batch_pipelines.cli.main import EXIT_FAILED, _print_json, err_console
-    from batch_pipelines.core.analytics import BatchNotFoundError, get_batch_metrics
-
     try:
         metrics = get_batch_metrics(batch_id)
     except BatchNotFoundError as exc:
         err_console.print(f"[red]{exc}[/] (see `batch-pipelines list`)")
         sys.exit(EXIT_FAILED)
     if as_json:
-        _print_json(metrics)
+        print_json(metrics)
     else:
         _print_report(metrics)
 
 
 def _print_stats(s: dict[str, Any]) -> None:
-    from batch_pipelines.cli.main import _status_style, console
-
     items = s["items"]
     d = s["durations"]
     console.print(
@@ -178,13 +153,16 @@ def _print_stats(s: dict[str, Any]) -> None:
                 (
                     "by status",
                     ", ".join(
-                        f"[{_status_style(k)}]{k}[/] {v:,}"
+                        f"[{status_style(k)}]{k}[/] {v:,}"
                         for k, v in s["batches_by_status"].items()
                         if v
                     )
                     or "-",
                 ),
-                ("completion rate", f"{_num(s['completion_rate'], 'rate')} of finished batches"),
+                (
+                    "completion rate",
+                    f"{fmt_value(s['completion_rate'], 'rate')} of finished batches",
+                ),
                 (
                     "items",
                     f"{items['total']:,} total: succeeded {items['succeeded']:,}, failed "
@@ -192,13 +170,13 @@ def _print_stats(s: dict[str, Any]) -> None:
                     f"{items['cancelled']:,}, pending {items['pending']:,}, running "
                     f"{items['running']:,}",
                 ),
-                ("item success rate", _num(s["item_success_rate"], "rate")),
+                ("item success rate", fmt_value(s["item_success_rate"], "rate")),
                 (
                     "item duration",
-                    f"p50 {_num(d['p50_ms'], 'ms')}, p95 {_num(d['p95_ms'], 'ms')}, "
-                    f"p99 {_num(d['p99_ms'], 'ms')}, avg {_num(d['avg_ms'], 'ms')}",
+                    f"p50 {fmt_value(d['p50_ms'], 'ms')}, p95 {fmt_value(d['p95_ms'], 'ms')}, "
+                    f"p99 {fmt_value(d['p99_ms'], 'ms')}, avg {fmt_value(d['avg_ms'], 'ms')}",
                 ),
-                ("mean quality", _num(s["mean_quality"])),
+                ("mean quality", fmt_value(s["mean_quality"])),
             ],
         )
     )
@@ -220,7 +198,7 @@ def _print_stats(s: dict[str, Any]) -> None:
     for _, header, _ in columns:
         ops.add_column(header, justify="left" if header == "operation" else "right")
     for row in s["by_operation"]:
-        ops.add_row(*(_num(row[key], kind) for key, _, kind in columns))
+        ops.add_row(*(fmt_value(row[key], kind) for key, _, kind in columns))
     console.print(ops)
     if not s["by_operation"]:
         console.print("[dim]no batches yet[/]")
@@ -243,11 +221,8 @@ def _print_stats(s: dict[str, Any]) -> None:
 def stats(top_errors: int, as_json: bool) -> None:
     """Global figures over all batches: batches by status, completion rate, items by status,
     duration percentiles, per-operation stats (view operation_stats), most frequent errors."""
-    from batch_pipelines.cli.main import _print_json
-    from batch_pipelines.core.analytics import get_stats
-
     figures = get_stats(top_errors=top_errors)
     if as_json:
-        _print_json(figures)
+        print_json(figures)
     else:
         _print_stats(figures)

@@ -1,4 +1,8 @@
-"""``batch-pipelines cleanup``: submit a cleanup batch and run it (dry run by default)."""
+"""``cleanup``: submit a cleanup batch and run it (dry run by default).
+
+The submission module is imported inside the command: registering partitions loads Dagster,
+which ``--help`` should not pay for.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,21 @@ import sys
 from typing import Any
 
 import click
+from rich.table import Table
+
+from batch_pipelines.app.instance import daemon_running, get_instance
+from batch_pipelines.app.queries import get_cleanup_log, get_items
+from batch_pipelines.cli.utils import (
+    EXIT_FAILED,
+    EXIT_OK,
+    console,
+    fail_manifest,
+    print_batch,
+    print_json,
+    run_here,
+    watch,
+)
+from batch_pipelines.core.manifest import ManifestError
 
 DEFAULT_KINDS = ("old_batches", "old_files", "temp_tables", "staging")
 ALL_KINDS = ("old_batches", "old_files", "orphan_files", "temp_tables", "staging")
@@ -52,26 +71,13 @@ def cleanup_items(older_than_days: float, kinds: tuple[str, ...]) -> list[dict[s
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cleanup(older_than_days: float, dry_run: bool, kinds: tuple[str, ...], as_json: bool) -> None:
-    """Delete old batches (ledger rows, partitions, files), old files under data/exports and
-    data/reports, leftover temporary tables and stale staging folders.
+    """Delete old batches (ledger rows, partitions, files), old files under the data root's
+    exports/ and reports/ folders, leftover temporary tables and stale staging folders.
 
     Dry run by default: prints what would go. --no-dry-run deletes, and records every
     deletion in the cleanup_log table. Runs in this process unless a Dagster daemon runs.
     """
-    from batch_pipelines.app.instance import daemon_running, get_instance
     from batch_pipelines.app.submit import submit_batch
-    from batch_pipelines.cli.main import (
-        EXIT_FAILED,
-        EXIT_OK,
-        _fail_manifest,
-        _print_batch,
-        _print_json,
-        _run_here,
-        _watch,
-        console,
-    )
-    from batch_pipelines.core import warehouse
-    from batch_pipelines.core.manifest import ManifestError
 
     manifest = {
         "operation": "cleanup",
@@ -85,43 +91,29 @@ def cleanup(older_than_days: float, dry_run: bool, kinds: tuple[str, ...], as_js
     try:
         batch_id = submit_batch(manifest, instance=instance, source="cli")
     except ManifestError as exc:
-        _fail_manifest(exc, as_json)
+        fail_manifest(exc, as_json)
     if daemon_running(instance):
         if not as_json:
             console.print(f"submitted [bold]{batch_id}[/]; the Dagster daemon is running it")
-        batch = _watch(batch_id, quiet=as_json)
+        batch = watch(batch_id, quiet=as_json)
     else:
         if not as_json:
             console.print(f"submitted [bold]{batch_id}[/]; running it in this process")
-        batch = _run_here(batch_id, instance, quiet=as_json)
-    with warehouse.connect(read_only=True) as con:
-        rel = con.execute(
-            'select item_id, target_kind, object_type, object, "rows", bytes, dry_run, '
-            "deleted_at from cleanup_log where batch_id = ? order by log_id",
-            [batch_id],
-        )
-        names = [d[0] for d in rel.description]
-        objects = [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
-        failed = con.execute(
-            "select item_id, error from batch_items where batch_id = ? and status = 'failed'",
-            [batch_id],
-        ).fetchall()
+        batch = run_here(batch_id, instance, quiet=as_json)
+    objects = get_cleanup_log(batch_id)
+    failed = get_items(batch_id, status=["failed"])
     code = EXIT_OK if batch["status"] == "completed" else EXIT_FAILED
     if as_json:
-        _print_json({"batch": batch, "dry_run": dry_run, "objects": objects})
+        print_json({"batch": batch, "dry_run": dry_run, "objects": objects})
         sys.exit(code)
-    _print_batch(batch)
+    print_batch(batch)
     _print_summary(objects, dry_run)
-    for item_id, error in failed:
-        console.print(f"[red]{item_id}[/]: {error}")
+    for item in failed:
+        console.print(f"[red]{item['item_id']}[/]: {item['error']}")
     sys.exit(code)
 
 
 def _print_summary(objects: list[dict[str, Any]], dry_run: bool) -> None:
-    from rich.table import Table
-
-    from batch_pipelines.cli.main import console
-
     verb = "would delete" if dry_run else "deleted"
     if not objects:
         console.print(f"nothing to clean up ({verb} 0 objects)")

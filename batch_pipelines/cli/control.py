@@ -1,29 +1,43 @@
-"""CLI verbs that control a batch: cancel, pause, resume, retry."""
+"""``cancel``, ``pause``, ``resume``, ``retry``: the controls on a batch."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from batch_pipelines.app.control import (
+    ControlError,
+    ControlResult,
+    cancel_batch,
+    pause_batch,
+    resume_batch,
+    retry_batch,
+)
+from batch_pipelines.app.instance import daemon_running, get_instance
+from batch_pipelines.app.queries import get_batch
+from batch_pipelines.cli.utils import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    actor,
+    console,
+    err_console,
+    finish,
+    options_from_args,
+    run_here,
+    watch,
+)
 from batch_pipelines.core.errors import RETRYABLE_CATEGORIES
+from batch_pipelines.core.manifest import PRIORITIES
 
 
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001
-        return "cli:unknown"
-
-
-def _run_control(fn, as_json: bool, quiet: bool = False, **kwargs: Any) -> Any:  # noqa: ANN001, ANN401
-    from batch_pipelines.app.control import ControlError
-    from batch_pipelines.app.queries import get_batch
-    from batch_pipelines.cli.main import EXIT_BAD_INPUT, EXIT_FAILED, console, err_console
-
+def _run_control(
+    fn: Callable[..., ControlResult], as_json: bool, quiet: bool = False, **kwargs: Any
+) -> ControlResult:
     batch_id = kwargs["batch_id"]
     try:
         exists = get_batch(batch_id) is not None
@@ -42,7 +56,7 @@ def _run_control(fn, as_json: bool, quiet: bool = False, **kwargs: Any) -> Any: 
         click.echo(json.dumps(result.to_dict(), default=str, indent=2))
     else:
         console.print(result.message)
-        if getattr(result, "still_active_runs", None):
+        if result.still_active_runs:
             err_console.print(f"[yellow]runs still active: {result.still_active_runs}[/]")
     return result
 
@@ -60,10 +74,8 @@ def _run_control(fn, as_json: bool, quiet: bool = False, **kwargs: Any) -> Any: 
 def cancel(batch_id: str, wait_s: float, as_json: bool) -> None:
     """Cancel a batch: dequeue its queued runs, terminate running ones; unfinished items
     become cancelled, finished ones keep their results."""
-    from batch_pipelines.app.control import cancel_batch
-
-    result = _run_control(cancel_batch, as_json, batch_id=batch_id, actor=_actor(), wait_s=wait_s)
-    sys.exit(0 if not result.still_active_runs else 1)
+    result = _run_control(cancel_batch, as_json, batch_id=batch_id, actor=actor(), wait_s=wait_s)
+    sys.exit(EXIT_FAILED if result.still_active_runs else EXIT_OK)
 
 
 @click.command()
@@ -71,9 +83,7 @@ def cancel(batch_id: str, wait_s: float, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pause(batch_id: str, as_json: bool) -> None:
     """Pause a batch: launch no new chunk; running chunks finish (drain)."""
-    from batch_pipelines.app.control import pause_batch
-
-    _run_control(pause_batch, as_json, batch_id=batch_id, actor=_actor())
+    _run_control(pause_batch, as_json, batch_id=batch_id, actor=actor())
 
 
 @click.command()
@@ -81,9 +91,7 @@ def pause(batch_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def resume(batch_id: str, as_json: bool) -> None:
     """Resume a paused batch: its unfinished items run, nothing runs twice."""
-    from batch_pipelines.app.control import resume_batch
-
-    _run_control(resume_batch, as_json, batch_id=batch_id, actor=_actor())
+    _run_control(resume_batch, as_json, batch_id=batch_id, actor=actor())
 
 
 @click.command()
@@ -97,7 +105,7 @@ def resume(batch_id: str, as_json: bool) -> None:
 )
 @click.option("--items", "item_ids", help="Only these item ids (comma-separated).")
 @click.option("--option", "options", multiple=True, help="Override an option key=value.")
-@click.option("--priority", type=click.Choice(["low", "normal", "high", "critical"]))
+@click.option("--priority", type=click.Choice(list(PRIORITIES)))
 @click.option("--wait", is_flag=True, help="Wait for the new batch (in-process without daemon).")
 @click.option("--json", "as_json", is_flag=True)
 def retry(
@@ -110,16 +118,9 @@ def retry(
     as_json: bool,
 ) -> None:
     """Retry only the failed items of a batch, as a new batch linked to it."""
-    from batch_pipelines.app.control import retry_batch
-    from batch_pipelines.app.instance import daemon_running, get_instance
-    from batch_pipelines.cli.main import _finish, _parse_option, _run_here, _set_nested, _watch
-
     cats = [c.strip() for raw in categories for c in raw.split(",") if c.strip()]
     ids = [i.strip() for i in (item_ids or "").split(",") if i.strip()]
-    overrides: dict[str, Any] = {}
-    for raw in options:
-        parts, value = _parse_option(raw)
-        _set_nested(overrides, parts, value)
+    overrides = options_from_args(options, {})
     instance = get_instance()
     result = _run_control(
         retry_batch,
@@ -131,13 +132,13 @@ def retry(
         options=overrides,
         priority=priority,
         instance=instance,
-        actor=_actor(),
+        actor=actor(),
         source="cli",
     )
     if wait:
         new_id = result.new_batch_id
         if daemon_running(instance):
-            batch = _watch(new_id, quiet=as_json)
+            batch = watch(new_id, quiet=as_json)
         else:
-            batch = _run_here(new_id, instance, quiet=as_json)
-        _finish(batch, as_json)
+            batch = run_here(new_id, instance, quiet=as_json)
+        finish(batch, as_json)

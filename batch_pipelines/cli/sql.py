@@ -1,4 +1,4 @@
-"""``batch-pipelines sql``: read-only SQL on the warehouse, taking turns with running batches."""
+"""``sql``: read-only SQL on the warehouse, taking turns with running batches."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import json
 import sys
 
 import click
+import duckdb
+from rich.table import Table
+
+from batch_pipelines.cli.utils import EXIT_BAD_INPUT, console, err_console
+from batch_pipelines.core import warehouse
 
 
 @click.command()
@@ -35,12 +40,6 @@ def sql(query: str, fmt: str, limit: int) -> None:
     Example:
       batch-pipelines sql "select status, count(*) from batch_items group by 1"
     """
-    import duckdb
-    from rich.table import Table
-
-    from batch_pipelines.cli.main import EXIT_BAD_INPUT, console, err_console
-    from batch_pipelines.core import warehouse
-
     if limit < 1:
         err_console.print("[red]--limit must be at least 1[/]")
         sys.exit(EXIT_BAD_INPUT)

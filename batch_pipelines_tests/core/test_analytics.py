@@ -829,7 +829,7 @@ def test_cli_report_stats_and_list_exit_codes(ledger: Path, env) -> None:  # noq
 
 
 def test_cli_report_stats_and_list_output(ledger: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from batch_pipelines.cli.main import console
+    from batch_pipelines.cli.utils import console
 
     monkeypatch.setattr(console, "_width", 200)
     out = cli_in_process("report", MIXED, "--json")

@@ -1,0 +1,333 @@
+"""``submit``, ``status``, ``list``, ``items``: put a batch in and look at batches.
+
+The read verbs go through the ledger only. ``submit`` imports the submission module inside
+the command, because registering partitions loads Dagster; ``status`` asks Dagster for
+current runs only while the ledger says the batch can have some.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from batch_pipelines.app.instance import active_runs, daemon_running, get_instance
+from batch_pipelines.app.queries import get_items, list_batches, may_have_active_runs
+from batch_pipelines.cli.utils import (
+    EXIT_FAILED,
+    EXIT_OK,
+    BadInput,
+    OperationChoice,
+    console,
+    fail_manifest,
+    finish,
+    get_batch_or_exit,
+    operation_names,
+    options_from_args,
+    parse_date,
+    print_batch,
+    print_json,
+    run_here,
+    status_style,
+    watch,
+)
+from batch_pipelines.core import ledger
+from batch_pipelines.core.manifest import PRIORITIES, ManifestError, read_manifest_file
+
+
+def items_from_args(
+    items: str | None, items_csv: str | None, items_json: str | None, inline: tuple[str, ...]
+) -> dict[str, Any]:
+    """The manifest's ``items`` or ``items_from`` from submit's item flags."""
+    given = [x for x in (items, items_csv, items_json) if x] + list(inline)
+    if not given:
+        raise BadInput("give the items: --items FILE|GLOB, --items-csv, --items-json or --item")
+    if items and sum(1 for x in (items_csv, items_json) if x) + len(inline):
+        raise BadInput("--items cannot be combined with --items-csv, --items-json or --item")
+    if items:
+        if any(ch in items for ch in "*?["):
+            return {"items_from": {"glob": items}}
+        return {"items": [{"path": items}]}
+    if items_csv:
+        return {"items_from": {"csv": items_csv}}
+    out: list[Any] = []
+    if items_json:
+        path = Path(items_json)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise BadInput(f"--items-json: cannot read {items_json}: {exc}") from None
+        try:
+            if path.suffix.lower() in (".ndjson", ".jsonl"):
+                out += [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                data = json.loads(text)
+                out += data["items"] if isinstance(data, dict) and "items" in data else data
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadInput(
+                f"--items-json: {items_json} is not a JSON list of items: {exc}"
+            ) from None
+    for raw in inline:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = {"path": raw} if not raw.lstrip().startswith("{") else None
+        if value is None:
+            raise BadInput(f"--item {raw!r}: not valid JSON")
+        out.append(value)
+    return {"items": out}
+
+
+def _manifest_from_args(
+    manifest_or_operation: str,
+    item_args: tuple[str | None, str | None, str | None, tuple[str, ...]],
+    as_json: bool,
+) -> dict[str, Any]:
+    path = Path(manifest_or_operation)
+    if manifest_or_operation in operation_names() and not path.is_file():
+        return {"operation": manifest_or_operation, **items_from_args(*item_args)}
+    if path.is_file():
+        if any(item_args):
+            raise BadInput("items come from the manifest file; drop --items/--item*")
+        try:
+            return read_manifest_file(path)
+        except ManifestError as exc:
+            fail_manifest(exc, as_json)
+    raise BadInput(
+        f"{manifest_or_operation!r} is neither a manifest file nor an operation "
+        f"({', '.join(operation_names())})"
+    )
+
+
+@click.command()
+@click.argument("manifest_or_operation")
+@click.option("--items", help="A file or a glob of files: one item per file ({path: ...}).")
+@click.option("--items-csv", help="A CSV file with one item per row (header = item fields).")
+@click.option("--items-json", help="A JSON list (or NDJSON) of item objects.")
+@click.option("--item", "inline", multiple=True, help="One item as JSON (repeatable).")
+@click.option("--name", help="Batch name.")
+@click.option("--priority", type=click.Choice(list(PRIORITIES)), help="Batch priority.")
+@click.option("--option", "options", multiple=True, help="Operation option key=value (repeat).")
+@click.option("--max-retries", type=int, help="Retries per item for retryable errors.")
+@click.option("--item-timeout", type=float, help="Per-item timeout in seconds.")
+@click.option("--chunk-size", type=int, help="Items per Dagster run.")
+@click.option("--max-failure-ratio", type=float, help="Error budget: stop the batch beyond it.")
+@click.option("--stop-on-error", is_flag=True, help="Stop the batch at the first failed item.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait until the batch finishes (runs it in-process when no Dagster daemon is running).",
+)
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="Run the batch in this process even if a daemon is running (implies --wait).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def submit(
+    manifest_or_operation: str,
+    items: str | None,
+    items_csv: str | None,
+    items_json: str | None,
+    inline: tuple[str, ...],
+    name: str | None,
+    priority: str | None,
+    options: tuple[str, ...],
+    max_retries: int | None,
+    item_timeout: float | None,
+    chunk_size: int | None,
+    max_failure_ratio: float | None,
+    stop_on_error: bool,
+    wait: bool,
+    in_process: bool,
+    as_json: bool,
+) -> None:
+    """Submit a batch: a MANIFEST file (JSON or YAML), or an OPERATION with --items.
+
+    \b
+    Examples:
+      batch-pipelines submit data/samples/manifests/import_penguins.yaml --wait
+      batch-pipelines submit import --items 'data/samples/*.csv' \\
+          --option target_table=penguins --priority high --wait
+    """
+    from batch_pipelines.app.submit import submit_batch
+
+    manifest = _manifest_from_args(
+        manifest_or_operation, (items, items_csv, items_json, inline), as_json
+    )
+    if name:
+        manifest["name"] = name
+    if priority:
+        manifest["priority"] = priority
+    opts = manifest.setdefault("options", {})
+    if not isinstance(opts, dict):
+        fail_manifest(ManifestError([("options", "must be a mapping")]), as_json)
+    options_from_args(options, opts)
+    settings = manifest.setdefault("settings", {})
+    if not isinstance(settings, dict):
+        fail_manifest(ManifestError([("settings", "must be a mapping")]), as_json)
+    for key, value in (
+        ("max_retries", max_retries),
+        ("item_timeout_s", item_timeout),
+        ("chunk_size", chunk_size),
+        ("max_failure_ratio", max_failure_ratio),
+    ):
+        if value is not None:
+            settings[key] = value
+    if stop_on_error:
+        settings["continue_on_error"] = False
+
+    instance = get_instance()
+    try:
+        batch_id = submit_batch(manifest, instance=instance, source="cli")
+    except ManifestError as exc:
+        fail_manifest(exc, as_json)
+    if not (wait or in_process):
+        batch = get_batch_or_exit(batch_id)
+        if as_json:
+            print_json(batch)
+        else:
+            console.print(
+                f"submitted [bold]{batch_id}[/] ({batch['total_items']} items, "
+                f"{batch['chunk_count']} chunk runs, priority {batch['priority']})"
+            )
+            if not daemon_running(instance):
+                console.print(
+                    "[yellow]no Dagster daemon is running: start `make run` to "
+                    "launch it, or submit with --wait to run it here[/]"
+                )
+        return
+    if in_process or not daemon_running(instance):
+        if not as_json:
+            console.print(f"submitted [bold]{batch_id}[/]; running it in this process")
+        batch = run_here(batch_id, instance, quiet=as_json)
+    else:
+        if not as_json:
+            console.print(f"submitted [bold]{batch_id}[/]; the Dagster daemon is running it")
+        batch = watch(batch_id, quiet=as_json)
+    finish(batch, as_json)
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("--watch", "follow", is_flag=True, help="Follow progress until the batch finishes.")
+@click.option("--json", "as_json", is_flag=True)
+def status(batch_id: str, follow: bool, as_json: bool) -> None:
+    """Show a batch: status, progress bar, counts and its current Dagster runs."""
+    batch = get_batch_or_exit(batch_id)
+    if follow:
+        batch = watch(batch_id, quiet=as_json)
+    runs = active_runs(batch_id) if may_have_active_runs(batch) else []
+    if as_json:
+        print_json({**batch, "runs": runs})
+    else:
+        print_batch(batch, runs)
+    if follow:
+        sys.exit(EXIT_OK if batch["status"] == "completed" else EXIT_FAILED)
+
+
+@click.command("list")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(list(ledger.BATCH_STATUSES)),
+    help="Filter (repeatable).",
+)
+@click.option("--operation", "operations", multiple=True, type=OperationChoice())
+@click.option("--created-after", help="YYYY-MM-DD or ISO timestamp (UTC).")
+@click.option("--created-before", help="YYYY-MM-DD or ISO timestamp (UTC).")
+@click.option("--limit", type=int, default=50, show_default=True, help="1 to 100.")
+@click.option("--offset", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def list_cmd(
+    statuses: tuple[str, ...],
+    operations: tuple[str, ...],
+    created_after: str | None,
+    created_before: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """List batches, newest first."""
+    after = parse_date(created_after, "--created-after")
+    before = parse_date(created_before, "--created-before")
+    if after and before and after >= before:
+        raise BadInput("--created-after must be earlier than --created-before")
+    try:
+        batches = list_batches(
+            status=statuses,
+            operation=operations,
+            created_after=after,
+            created_before=before,
+            limit=limit,
+            offset=offset,
+        )
+    except ValueError as exc:
+        raise BadInput(f"--limit/--offset: {exc}") from None
+    if as_json:
+        print_json(batches)
+        return
+    table = Table()
+    for col in (
+        "batch_id",
+        "operation",
+        "name",
+        "status",
+        "priority",
+        "progress",
+        "ok",
+        "failed",
+        "created (UTC)",
+    ):
+        table.add_column(col)
+    for b in batches:
+        table.add_row(
+            b["batch_id"],
+            b["operation"],
+            b["name"][:40],
+            f"[{status_style(b['status'])}]{b['status']}[/]",
+            b["priority"],
+            f"{b['processed_items']}/{b['total_items']}",
+            str(b["succeeded_items"]),
+            str(b["failed_items"]),
+            f"{b['created_at']:%Y-%m-%d %H:%M}",
+        )
+    console.print(table)
+    if not batches:
+        console.print("no batches match")
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(list(ledger.ITEM_STATUSES)))
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def items(batch_id: str, statuses: tuple[str, ...], limit: int, offset: int, as_json: bool) -> None:
+    """List a batch's items with status, attempts, duration and error."""
+    if limit < 1 or offset < 0:
+        raise BadInput("--limit must be at least 1 and --offset at least 0")
+    get_batch_or_exit(batch_id)
+    rows = get_items(batch_id, status=statuses, limit=limit, offset=offset)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table()
+    for col in ("item_id", "status", "attempts", "ms", "quality", "category", "error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["item_id"],
+            f"[{status_style(r['status'])}]{r['status']}[/]",
+            str(r["attempts"]),
+            "" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}",
+            "" if r["quality_score"] is None else f"{r['quality_score']:.2f}",
+            r["error_category"] or "",
+            r["error"] or "",
+        )
+    console.print(table)
