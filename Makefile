@@ -25,7 +25,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 # The instance storage block appended to dagster.yaml: SQLite writing event batches in one
-# transaction (see batch_pipelines/defs/sqlite_storage.py), or another one, e.g.
+# transaction (see batch_pipelines/app/dagster_storage.py), or another one, e.g.
 # DAGSTER_STORAGE=batch_pipelines/deploy/dagster.postgres.yaml. DAGSTER_EVENT_BATCH_SIZE lets
 # Dagster hand asset events to the storage in batches (0: one by one).
 DAGSTER_STORAGE ?= batch_pipelines/deploy/dagster.sqlite.yaml

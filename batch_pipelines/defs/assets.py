@@ -37,6 +37,7 @@ from dagster import (
     in_process_executor,
 )
 
+from batch_pipelines.app.dagster_storage import buffer_materialization_batch
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG
 from batch_pipelines.app.partitions import PARTITIONS
 from batch_pipelines.core import ledger, warehouse
@@ -87,35 +88,17 @@ def log_materializations(
 
     With Dagster's event batching on (``DAGSTER_EVENT_BATCH_SIZE`` > 0) they are logged as one
     batch of events, which the instance hands to ``EventLogStorage.store_event_batch`` (one
-    transaction with :mod:`batch_pipelines.defs.sqlite_storage` or Postgres) instead of one
+    transaction with :mod:`batch_pipelines.app.dagster_storage` or Postgres) instead of one
     storage write per partition; otherwise, and if Dagster's internals differ from what this
     expects, through ``context.log_event`` one by one. Either way every partition gets the
     same event with the same metadata.
     """
-    if not materializations:
+    if len(materializations) > 1 and buffer_materialization_batch(
+        context.op_execution_context, materializations
+    ):
         return
-    op_context = context.op_execution_context
-    step_context = getattr(op_context, "_step_execution_context", None)
-    buffer = getattr(op_context, "_events", None)
-    if len(materializations) == 1 or step_context is None or not isinstance(buffer, list):
-        for m in materializations:
-            context.log_event(m)
-        return
-    from dagster._core.events import (
-        DagsterEvent,
-        DagsterEventBatchMetadata,
-        generate_event_batch_id,
-    )
-
-    batch_id = generate_event_batch_id()
-    last = len(materializations) - 1
-    for i, m in enumerate(materializations):
-        # What context.log_event does, plus the batch metadata.
-        buffer.append(
-            DagsterEvent.asset_materialization(
-                step_context, m, DagsterEventBatchMetadata(batch_id, i == last)
-            )
-        )
+    for m in materializations:
+        context.log_event(m)
 
 
 def _check_evaluation(

@@ -13,8 +13,12 @@ from dagster import (
     run_failure_sensor,
     sensor,
 )
-from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, RETRY_NUMBER_TAG, WILL_RETRY_TAG
 
+from batch_pipelines.app.dagster_storage import (
+    AUTO_RETRY_RUN_ID_TAG,
+    RETRY_NUMBER_TAG,
+    WILL_RETRY_TAG,
+)
 from batch_pipelines.app.dispatch import (
     HANDED_OVER_TAG,
     RunState,

@@ -28,6 +28,7 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from pydantic import BaseModel
 
+from batch_pipelines.app.dagster_storage import BatchingSqliteEventLogStorage
 from batch_pipelines.app.dispatch import (
     HANDED_OVER_TAG,
     MAX_LAUNCHES_PER_CHUNK,
@@ -47,7 +48,6 @@ from batch_pipelines.core.runner import (
     auto_chunk_size,
     run_chunk,
 )
-from batch_pipelines.defs.sqlite_storage import BatchingSqliteEventLogStorage
 from batch_pipelines_tests.conftest import REPO
 from batch_pipelines_tests.core.test_runner import make_batch
 

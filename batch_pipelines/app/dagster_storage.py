@@ -1,4 +1,14 @@
-"""Dagster's embedded SQLite storage, writing a batch of asset events in one transaction.
+"""Where the project reaches into Dagster's private API: the only module that imports
+``dagster._…``, so a Dagster upgrade has one place to check.
+
+What it patches or borrows, all about how Dagster stores runs and events:
+
+- :class:`BatchingSqliteStorage`: Dagster's embedded SQLite storage, writing a batch of asset
+  events in one transaction (below).
+- :func:`buffer_materialization_batch`: hands the materializations of one flush to the
+  storage as one batch of events.
+- ``AUTO_RETRY_RUN_ID_TAG``, ``RETRY_NUMBER_TAG``, ``WILL_RETRY_TAG``: the run tags through
+  which Dagster's run retry daemon records its retries (no public equivalent).
 
 Every item of a batch costs Dagster two asset events: a ``ASSET_MATERIALIZATION_PLANNED`` when
 its chunk run is created (the daemon writes one per partition, which is what lets the UI show a
@@ -25,7 +35,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster._check as check
-from dagster._core.events import DagsterEventType
+from dagster import AssetMaterialization, DagsterEvent, OpExecutionContext
+from dagster._core.events import (
+    DagsterEventBatchMetadata,
+    DagsterEventType,
+    generate_event_batch_id,
+)
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
@@ -37,8 +52,18 @@ from dagster._core.storage.sqlite_storage import (
     _runs_directory,
     _schedule_directory,
 )
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, RETRY_NUMBER_TAG, WILL_RETRY_TAG
 from dagster._serdes import ConfigurableClassData
 from dagster._utils import mkdir_p
+
+__all__ = [
+    "AUTO_RETRY_RUN_ID_TAG",
+    "RETRY_NUMBER_TAG",
+    "WILL_RETRY_TAG",
+    "BatchingSqliteEventLogStorage",
+    "BatchingSqliteStorage",
+    "buffer_materialization_batch",
+]
 
 BATCHED_EVENT_TYPES = frozenset(
     {
@@ -132,3 +157,27 @@ class BatchingSqliteStorage(DagsterSqliteStorage):
         base_dir = check.str_param(config_value["base_dir"], "base_dir")
         mkdir_p(base_dir)
         return cls(base_dir, inst_data=inst_data)
+
+
+def buffer_materialization_batch(
+    op_context: OpExecutionContext, materializations: Sequence[AssetMaterialization]
+) -> bool:
+    """Queue ``materializations`` as the events ``context.log_event`` would make, marked as one
+    batch so the instance stores them with one ``store_event_batch`` call.
+
+    Returns False, having queued nothing, if the context's internals are not what this
+    expects; the caller then logs them one by one.
+    """
+    step_context = getattr(op_context, "_step_execution_context", None)
+    buffer = getattr(op_context, "_events", None)
+    if step_context is None or not isinstance(buffer, list):
+        return False
+    batch_id = generate_event_batch_id()
+    last = len(materializations) - 1
+    for i, m in enumerate(materializations):
+        buffer.append(
+            DagsterEvent.asset_materialization(
+                step_context, m, DagsterEventBatchMetadata(batch_id, i == last)
+            )
+        )
+    return True
