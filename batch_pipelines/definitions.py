@@ -2,8 +2,8 @@
 
 from dagster import Definitions
 
-from batch_pipelines.defs.analytics_assets import REPORT_ASSETS, analytics_reports_job
-from batch_pipelines.defs.analytics_sensors import REPORT_SCHEDULES, REPORT_SENSORS
+from batch_pipelines.defs.analytics_assets import ANALYTICS_ASSETS, analytics_reports_job
+from batch_pipelines.defs.analytics_refresh import ANALYTICS_SCHEDULES, ANALYTICS_SENSORS
 from batch_pipelines.defs.jobs import (
     OPERATION_ASSETS,
     OPERATION_JOBS,
@@ -16,9 +16,9 @@ from batch_pipelines.defs.sensors import batch_dispatcher, inbox_sensor, run_fai
 from batch_pipelines.operations.annotate.backends import AnnotatorResource
 
 defs = Definitions(
-    assets=[*OPERATION_ASSETS.values(), *REPORT_ASSETS],
+    assets=[*OPERATION_ASSETS.values(), *ANALYTICS_ASSETS],
     jobs=[*OPERATION_JOBS.values(), submit_batch_job, batch_control_job, analytics_reports_job],
-    sensors=[inbox_sensor, batch_dispatcher, run_failure_recorder, *REPORT_SENSORS],
-    schedules=[*REPORT_SCHEDULES, nightly_cleanup],
+    sensors=[inbox_sensor, batch_dispatcher, run_failure_recorder, *ANALYTICS_SENSORS],
+    schedules=[*ANALYTICS_SCHEDULES, nightly_cleanup],
     resources={"warehouse": WarehouseResource(), "annotator": AnnotatorResource()},
 )

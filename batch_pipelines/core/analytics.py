@@ -15,6 +15,27 @@ import duckdb
 
 from batch_pipelines.core import ledger, warehouse
 
+VIEWS = (
+    "batch_metrics",
+    "error_distribution",
+    "quality_distribution",
+    "batch_timeline",
+    "operation_stats",
+)
+_FINISHED = "status in ('succeeded', 'failed', 'skipped')"
+# Every item of the ledger, as ``batch_metrics`` counts the items of one batch.
+_ITEM_TOTALS = f"""
+select
+    count(*) as total,
+    {", ".join(f"count(*) filter (where status = '{s}') as {s}" for s in ledger.ITEM_STATUSES)},
+    count(*) filter (where {_FINISHED}) as finished,
+    quantile_cont(duration_ms, [0.5, 0.95, 0.99]) filter (where {_FINISHED}) as q,
+    avg(duration_ms) filter (where {_FINISHED}) as avg_ms,
+    sum(duration_ms) filter (where {_FINISHED}) as total_ms,
+    avg(quality_score) as mean_quality
+from batch_items
+"""
+
 
 class BatchNotFoundError(KeyError):
     """No batch with that id in the ledger."""
@@ -38,13 +59,7 @@ def batch_metrics(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, An
     if not rows:
         raise BatchNotFoundError(batch_id)
     out = rows[0]
-    out["errors"] = query_rows(
-        con,
-        "select error_category, fingerprint, count, percentage, example_error, "
-        "example_item_id, first_seen_at, last_seen_at from error_distribution "
-        "where batch_id = ? order by count desc, error_category, fingerprint",
-        [batch_id],
-    )
+    out["errors"] = batch_errors(con, batch_id)
     by_category: dict[str, int] = {}
     for e in out["errors"]:
         by_category[e["error_category"]] = by_category.get(e["error_category"], 0) + e["count"]
@@ -53,20 +68,86 @@ def batch_metrics(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, An
         {"error_category": cat, "count": n, "percentage": 100.0 * n / failed if failed else None}
         for cat, n in sorted(by_category.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
-    out["quality"] = query_rows(
+    out["quality"] = quality_buckets(con, batch_id)
+    out["timeline"] = batch_timeline(con, batch_id)
+    return out
+
+
+def batch_errors(
+    con: duckdb.DuckDBPyConnection, batch_id: str, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """A batch's rows of ``error_distribution``, most frequent first."""
+    return query_rows(
+        con,
+        "select error_category, fingerprint, count, percentage, example_error, "
+        "example_item_id, first_seen_at, last_seen_at from error_distribution "
+        "where batch_id = ? order by count desc, error_category, fingerprint limit ?",
+        [batch_id, limit],
+    )
+
+
+def most_frequent_errors(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, Any]]:
+    """The most frequent (category, fingerprint) pairs across all batches."""
+    return query_rows(
+        con,
+        "select error_category, fingerprint, sum(count)::bigint as count, "
+        "count(distinct batch_id) as batches, min(example_error) as example_error "
+        "from error_distribution group by error_category, fingerprint "
+        "order by count desc, error_category, fingerprint limit ?",
+        [limit],
+    )
+
+
+def quality_buckets(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:
+    """A batch's five rows of ``quality_distribution``."""
+    return query_rows(
         con,
         "select bucket, label, lower_bound, upper_bound, count, percentage "
         "from quality_distribution where batch_id = ? order by bucket",
         [batch_id],
     )
-    out["timeline"] = query_rows(
+
+
+def overall_quality(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The five quality buckets summed over all batches."""
+    return query_rows(
+        con,
+        "select label, sum(count)::bigint as count, "
+        "100.0 * sum(count) / nullif(sum(sum(count)) over (), 0) as percentage "
+        "from quality_distribution group by bucket, label order by bucket",
+    )
+
+
+def batch_timeline(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:
+    """A batch's rows of ``batch_timeline``, one per minute."""
+    return query_rows(
         con,
         "select minute, finished, succeeded, failed, skipped, cumulative_finished, "
         "cumulative_succeeded, cumulative_failed, running_success_rate "
         "from batch_timeline where batch_id = ? order by minute",
         [batch_id],
     )
-    return out
+
+
+def latest_batches(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, Any]]:
+    """The newest rows of ``batch_metrics``."""
+    return query_rows(
+        con,
+        "select * from batch_metrics order by created_at desc, batch_id desc limit ?",
+        [limit],
+    )
+
+
+def operation_stats(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The rows of ``operation_stats``, by operation name."""
+    return query_rows(con, "select * from operation_stats order by operation")
+
+
+def view_rows(con: duckdb.DuckDBPyConnection, view: str) -> int:
+    """How many rows one of the analytics views holds."""
+    if view not in VIEWS:
+        raise ValueError(f"{view!r} is not one of the analytics views {VIEWS}")
+    return int(con.execute(f"select count(*) from {view}").fetchone()[0])
 
 
 def item_durations(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[float]:
@@ -83,32 +164,11 @@ def item_durations(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[float]
 
 def stats(con: duckdb.DuckDBPyConnection, top_errors: int = 10) -> dict[str, Any]:
     """Global figures on an open connection (see :func:`get_stats`)."""
-    by_operation = query_rows(con, "select * from operation_stats order by operation")
+    by_operation = operation_stats(con)
     status_counts = dict(
         con.execute("select status, count(*) from batches group by status").fetchall()
     )
-    items = query_rows(
-        con,
-        """
-        select
-            count(*) as total,
-            count(*) filter (where status = 'pending') as pending,
-            count(*) filter (where status = 'running') as running,
-            count(*) filter (where status = 'succeeded') as succeeded,
-            count(*) filter (where status = 'failed') as failed,
-            count(*) filter (where status = 'skipped') as skipped,
-            count(*) filter (where status = 'cancelled') as cancelled,
-            count(*) filter (where status in ('succeeded', 'failed', 'skipped')) as finished,
-            quantile_cont(duration_ms, [0.5, 0.95, 0.99])
-                filter (where status in ('succeeded', 'failed', 'skipped')) as q,
-            avg(duration_ms)
-                filter (where status in ('succeeded', 'failed', 'skipped')) as avg_ms,
-            sum(duration_ms)
-                filter (where status in ('succeeded', 'failed', 'skipped')) as total_ms,
-            avg(quality_score) as mean_quality
-        from batch_items
-        """,
-    )[0]
+    items = query_rows(con, _ITEM_TOTALS)[0]
     q = items.pop("q") or [None, None, None]
     durations = {
         "p50_ms": q[0],
@@ -120,14 +180,6 @@ def stats(con: duckdb.DuckDBPyConnection, top_errors: int = 10) -> dict[str, Any
     mean_quality = items.pop("mean_quality")
     finished_batches = sum(status_counts.get(s, 0) for s in ledger.TERMINAL_BATCH_STATUSES)
     completed = status_counts.get("completed", 0) + status_counts.get("completed_with_errors", 0)
-    errors = query_rows(
-        con,
-        "select error_category, fingerprint, sum(count)::bigint as count, "
-        "count(distinct batch_id) as batches, min(example_error) as example_error "
-        "from error_distribution group by error_category, fingerprint "
-        "order by count desc, error_category, fingerprint limit ?",
-        [top_errors],
-    )
     return {
         "generated_at": ledger.utcnow(),
         "batches": sum(status_counts.values()),
@@ -140,7 +192,7 @@ def stats(con: duckdb.DuckDBPyConnection, top_errors: int = 10) -> dict[str, Any
         "durations": durations,
         "mean_quality": mean_quality,
         "by_operation": by_operation,
-        "top_errors": errors,
+        "top_errors": most_frequent_errors(con, top_errors),
     }
 
 

@@ -1,9 +1,11 @@
 """Nightly housekeeping: a schedule that submits a cleanup batch (real deletion, never outside
-the data roots) for everything past the retention period."""
+the data roots) for everything past the retention period; and how this project's schedules
+are declared."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from dagster import (
@@ -50,18 +52,27 @@ def nightly_cleanup_manifest(days: int) -> dict[str, Any]:
     }
 
 
-@schedule(
-    name="nightly_cleanup",
-    cron_schedule=CLEANUP_CRON,
-    job=submit_batch_job,
-    default_status=DefaultScheduleStatus.RUNNING,
-    execution_timezone="UTC",
-    description=(
-        "Every night at 02:30 UTC, submits a cleanup batch deleting finished batches, export and "
-        "report files older than BATCH_PIPELINES_RETENTION_DAYS (default 30), staging "
-        "leftovers and interrupted transforms' temporary tables. Every deletion is recorded "
-        "in cleanup_log. Stop the schedule in the UI to keep everything."
-    ),
+def utc_schedule(name: str, cron: str, job: Any, description: str) -> Callable:  # noqa: ANN401
+    """A schedule on a UTC cron that runs unless stopped in the UI (``job``: a job or an asset
+    job, as ``dagster.schedule`` takes)."""
+    return schedule(
+        name=name,
+        cron_schedule=cron,
+        job=job,
+        default_status=DefaultScheduleStatus.RUNNING,
+        execution_timezone="UTC",
+        description=description,
+    )
+
+
+@utc_schedule(
+    "nightly_cleanup",
+    CLEANUP_CRON,
+    submit_batch_job,
+    "Every night at 02:30 UTC, submits a cleanup batch deleting finished batches, export and "
+    "report files older than BATCH_PIPELINES_RETENTION_DAYS (default 30), staging "
+    "leftovers and interrupted transforms' temporary tables. Every deletion is recorded "
+    "in cleanup_log. Stop the schedule in the UI to keep everything.",
 )
 def nightly_cleanup(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
     try:

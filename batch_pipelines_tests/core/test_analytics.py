@@ -1,10 +1,10 @@
-"""The analytics views, API, report assets, sensors, schedule and CLI give the right figures.
+"""The analytics views, API, analytics assets, sensors, schedule and CLI give the right figures.
 
 Guards against wrong numbers users would trust: every figure of the views is recomputed
 independently with pandas / plain Python from the raw ledger rows of a ledger populated by
 hand (known durations, errors, scores, an empty batch, a batch with only failures, NULL
 scores, a running batch). Also guards the speed contract (a ``batch_id`` filter must reach
-the ``batch_items`` scan), the report assets' metadata, when reports are requested, and the
+the ``batch_items`` scan), the analytics assets' metadata, when they are refreshed, and the
 CLI's exit codes.
 """
 
@@ -23,13 +23,14 @@ from dagster import DagsterInstance, RunRequest, SkipReason, build_schedule_cont
 
 from batch_pipelines import get_batch_metrics, get_stats, list_batches
 from batch_pipelines.core import analytics, warehouse
-from batch_pipelines.defs.analytics_assets import REPORT_ASSETS, md_table, report_run_config
-from batch_pipelines.defs.analytics_sensors import (
+from batch_pipelines.defs.analytics_assets import ANALYTICS_ASSETS, analytics_run_config
+from batch_pipelines.defs.analytics_refresh import (
     BatchState,
     analytics_reports_schedule,
     decide_for_run,
     decide_for_schedule,
 )
+from batch_pipelines.defs.analytics_render import md_table
 from batch_pipelines.defs.resources import WarehouseResource
 from batch_pipelines_tests import conftest
 
@@ -596,22 +597,22 @@ def test_analytics_on_an_empty_warehouse(env) -> None:  # noqa: ANN001
     assert s["durations"]["p50_ms"] is None and s["top_errors"] == []
 
 
-# ------------------------------------------------------------------------ report assets
+# --------------------------------------------------------------------- analytics assets
 
 
-def test_report_assets_materialize_with_previews_and_charts(ledger: Path, env, instance) -> None:  # noqa: ANN001
+def test_analytics_assets_materialize_with_previews_and_charts(ledger: Path, env, instance) -> None:  # noqa: ANN001
     result = materialize(
-        REPORT_ASSETS,
+        ANALYTICS_ASSETS,
         instance=instance,
         resources={"warehouse": WarehouseResource()},
-        run_config=report_run_config(MIXED),
+        run_config=analytics_run_config(MIXED),
     )
     assert result.success
     meta = {
         e.asset_key.to_user_string(): e.event_specific_data.materialization.metadata
         for e in result.get_asset_materialization_events()
     }
-    assert set(meta) == {a.key.to_user_string() for a in REPORT_ASSETS}
+    assert set(meta) == {a.key.to_user_string() for a in ANALYTICS_ASSETS}
     assert meta["batch_metrics_report"]["dagster/row_count"].value == 5
     assert meta["error_report"]["dagster/row_count"].value == len(
         view(ledger, "error_distribution")
@@ -635,15 +636,15 @@ def test_report_assets_materialize_with_previews_and_charts(ledger: Path, env, i
 
     # No config: the focus is the batch that finished last (RANDOM, completed an hour after T0+4m).
     result = materialize(
-        REPORT_ASSETS[:1], instance=instance, resources={"warehouse": WarehouseResource()}
+        ANALYTICS_ASSETS[:1], instance=instance, resources={"warehouse": WarehouseResource()}
     )
     event = result.get_asset_materialization_events()[0]
     assert event.event_specific_data.materialization.metadata["focus_batch_id"].value == RANDOM
 
 
-def test_report_assets_on_an_empty_warehouse(env, instance) -> None:  # noqa: ANN001
+def test_analytics_assets_on_an_empty_warehouse(env, instance) -> None:  # noqa: ANN001
     result = materialize(
-        REPORT_ASSETS, instance=instance, resources={"warehouse": WarehouseResource()}
+        ANALYTICS_ASSETS, instance=instance, resources={"warehouse": WarehouseResource()}
     )
     assert result.success
     for event in result.get_asset_materialization_events():
@@ -719,7 +720,7 @@ def test_sensors_request_reports_after_a_real_batch(samples: Path, env, instance
 
     from batch_pipelines.app.inprocess import run_batch_in_process
     from batch_pipelines.app.submit import submit_batch
-    from batch_pipelines.defs.analytics_sensors import (
+    from batch_pipelines.defs.analytics_refresh import (
         analytics_on_batch_failure,
         analytics_on_batch_success,
     )

@@ -1,4 +1,5 @@
-"""When the report assets refresh: as soon as a batch finishes, and on a schedule as a fallback.
+"""When the analytics assets refresh: as soon as a batch finishes, and on a schedule as a
+fallback.
 
 A batch finishes when its last chunk run ends, successfully or not (a run fails when any of
 its items failed). Two run status sensors watch the ``<operation>_job`` runs; after each one
@@ -6,7 +7,7 @@ they read the run's batch (tag ``batch/id``) from the ledger and, if it is now t
 request one ``analytics_reports_job`` run focused on it (run key ``analytics:<batch_id>``).
 The schedule catches what the sensors cannot see (batches run in-process by the CLI, a
 daemon that was down): every 15 minutes it requests a run if a batch finished after the
-last report run started, and skips otherwise. Decisions live in the pure functions
+last refresh started, and skips otherwise. Decisions live in the pure functions
 :func:`decide_for_run` and :func:`decide_for_schedule`.
 """
 
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from dagster import (
     DagsterRunStatus,
-    DefaultScheduleStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
@@ -27,17 +28,17 @@ from dagster import (
     SkipReason,
     run_failure_sensor,
     run_status_sensor,
-    schedule,
 )
 
 from batch_pipelines.core import analytics, config, ledger, warehouse
-from batch_pipelines.defs.analytics_assets import analytics_reports_job, report_run_config
+from batch_pipelines.defs.analytics_assets import analytics_reports_job, analytics_run_config
 from batch_pipelines.defs.jobs import OPERATION_JOBS
+from batch_pipelines.defs.schedules import utc_schedule
 
 BATCH_TAG = "batch/id"
-REPORT_TAG = "analytics/batch_id"
+FOCUS_TAG = "analytics/batch_id"
 SCHEDULE_CRON = "*/15 * * * *"
-_NOT_REPORTED = {"FAILURE", "CANCELED", "CANCELING"}
+_NOT_REFRESHED = {"FAILURE", "CANCELED", "CANCELING"}
 
 
 @dataclass(frozen=True)
@@ -47,35 +48,35 @@ class BatchState:
 
 
 def decide_for_run(
-    run_tags: dict[str, str], state: BatchState | None, already_reported: bool
+    run_tags: dict[str, str], state: BatchState | None, already_requested: bool
 ) -> RunRequest | SkipReason:
-    """What to do after an operation run ended: a report run if its batch is now finished."""
+    """What to do after an operation run ended: an analytics run if its batch is now finished."""
     batch_id = run_tags.get(BATCH_TAG)
     if not batch_id:
         return SkipReason("run was not launched for a batch (no batch/id tag)")
     if state is None or state.status is None:
         return SkipReason(f"batch {batch_id} is not in the ledger")
     if state.status not in ledger.TERMINAL_BATCH_STATUSES:
-        return SkipReason(f"batch {batch_id} is {state.status}: reports wait until it finishes")
-    if already_reported:
-        return SkipReason(f"reports for batch {batch_id} were already requested")
+        return SkipReason(f"batch {batch_id} is {state.status}: analytics wait until it finishes")
+    if already_requested:
+        return SkipReason(f"analytics for batch {batch_id} were already requested")
     return RunRequest(
         run_key=f"analytics:{batch_id}",
-        run_config=report_run_config(batch_id),
-        tags={REPORT_TAG: batch_id},
+        run_config=analytics_run_config(batch_id),
+        tags={FOCUS_TAG: batch_id},
     )
 
 
 def decide_for_schedule(
-    last_completion: datetime | None, last_report_start: datetime | None
+    last_completion: datetime | None, last_refresh_start: datetime | None
 ) -> RunRequest | SkipReason:
-    """Refresh the reports if a batch finished after the last report run started; the run key
-    names that completion, so one completion is reported at most once by the schedule."""
+    """Refresh the analytics if a batch finished after the last refresh started; the run key
+    names that completion, so the schedule refreshes for one completion at most once."""
     if last_completion is None:
         return SkipReason("no batch has finished yet")
-    if last_report_start is not None and last_completion <= last_report_start:
+    if last_refresh_start is not None and last_completion <= last_refresh_start:
         return SkipReason(
-            f"no batch finished since the last report run ({last_report_start:%Y-%m-%d %H:%M} UTC)"
+            f"no batch finished since the last analytics run ({last_refresh_start:%Y-%m-%d %H:%M} UTC)"
         )
     return RunRequest(run_key=f"analytics-schedule:{last_completion.isoformat()}", run_config={})
 
@@ -89,10 +90,10 @@ def _batch_state(batch_id: str | None) -> BatchState | None:
     return BatchState(batch_id, row[0] if row else None)
 
 
-def _already_reported(instance, batch_id: str | None) -> bool:  # noqa: ANN001
+def _already_requested(instance, batch_id: str | None) -> bool:  # noqa: ANN001
     if not batch_id:
         return False
-    return bool(instance.get_run_ids(filters=RunsFilter(tags={REPORT_TAG: batch_id}), limit=1))
+    return bool(instance.get_run_ids(filters=RunsFilter(tags={FOCUS_TAG: batch_id}), limit=1))
 
 
 def _evaluate(context: RunStatusSensorContext) -> RunRequest | SkipReason:
@@ -102,23 +103,25 @@ def _evaluate(context: RunStatusSensorContext) -> RunRequest | SkipReason:
         state = _batch_state(batch_id)
     except (warehouse.WarehouseBusyError, OSError) as exc:
         return SkipReason(f"warehouse not readable: {exc}")
-    return decide_for_run(tags, state, _already_reported(context.instance, batch_id))
+    return decide_for_run(tags, state, _already_requested(context.instance, batch_id))
 
 
-_MONITORED = list(OPERATION_JOBS.values())
+_ON_BATCH_END: dict[str, Any] = {
+    "monitored_jobs": list(OPERATION_JOBS.values()),
+    "request_job": analytics_reports_job,
+    "default_status": DefaultSensorStatus.RUNNING,
+    "minimum_interval_seconds": 10,
+}
 
 
 @run_status_sensor(
     name="analytics_on_batch_success",
     run_status=DagsterRunStatus.SUCCESS,
-    monitored_jobs=_MONITORED,
-    request_job=analytics_reports_job,
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=10,
     description=(
-        "After an operation chunk run succeeds, refreshes the analytics reports if the run's "
+        "After an operation chunk run succeeds, refreshes the analytics assets if the run's "
         "batch has now finished."
     ),
+    **_ON_BATCH_END,
 )
 def analytics_on_batch_success(context: RunStatusSensorContext) -> RunRequest | SkipReason:
     return _evaluate(context)
@@ -126,25 +129,22 @@ def analytics_on_batch_success(context: RunStatusSensorContext) -> RunRequest | 
 
 @run_failure_sensor(
     name="analytics_on_batch_failure",
-    monitored_jobs=_MONITORED,
-    request_job=analytics_reports_job,
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=10,
     description=(
         "After an operation chunk run fails (some of its items failed), refreshes the "
-        "analytics reports if the run's batch has now finished."
+        "analytics assets if the run's batch has now finished."
     ),
+    **_ON_BATCH_END,
 )
 def analytics_on_batch_failure(context: RunFailureSensorContext) -> RunRequest | SkipReason:
     return _evaluate(context)
 
 
-def _last_report_start(instance) -> datetime | None:  # noqa: ANN001
-    # A failed report run does not count: the next tick tries again.
+def _last_refresh_start(instance) -> datetime | None:  # noqa: ANN001
+    # A failed refresh does not count: the next tick tries again.
     records = instance.get_run_records(
         filters=RunsFilter(
             job_name=analytics_reports_job.name,
-            statuses=[s for s in DagsterRunStatus if s.value not in _NOT_REPORTED],
+            statuses=[s for s in DagsterRunStatus if s.value not in _NOT_REFRESHED],
         ),
         limit=1,
     )
@@ -155,16 +155,12 @@ def _last_report_start(instance) -> datetime | None:  # noqa: ANN001
     return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
 
 
-@schedule(
-    name="analytics_reports_schedule",
-    cron_schedule=SCHEDULE_CRON,
-    job=analytics_reports_job,
-    default_status=DefaultScheduleStatus.RUNNING,
-    execution_timezone="UTC",
-    description=(
-        "Fallback for the analytics sensors: every 15 minutes, refreshes the report assets if "
-        "a batch finished since the last report run (e.g. batches run in-process by the CLI)."
-    ),
+@utc_schedule(
+    "analytics_reports_schedule",
+    SCHEDULE_CRON,
+    analytics_reports_job,
+    "Fallback for the analytics sensors: every 15 minutes, refreshes the analytics assets if "
+    "a batch finished since the last analytics run (e.g. batches run in-process by the CLI).",
 )
 def analytics_reports_schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
     try:
@@ -172,8 +168,8 @@ def analytics_reports_schedule(context: ScheduleEvaluationContext) -> RunRequest
             completed = analytics.last_completion(con)
     except (warehouse.WarehouseBusyError, OSError) as exc:
         return SkipReason(f"warehouse not readable: {exc}")
-    return decide_for_schedule(completed, _last_report_start(context.instance))
+    return decide_for_schedule(completed, _last_refresh_start(context.instance))
 
 
-REPORT_SENSORS = [analytics_on_batch_success, analytics_on_batch_failure]
-REPORT_SCHEDULES = [analytics_reports_schedule]
+ANALYTICS_SENSORS = [analytics_on_batch_success, analytics_on_batch_failure]
+ANALYTICS_SCHEDULES = [analytics_reports_schedule]

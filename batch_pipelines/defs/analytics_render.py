@@ -1,0 +1,121 @@
+"""How the analytics assets show their rows in the Dagster UI: Markdown tables and small PNG
+charts (embedded in the Markdown previews and written next to them under ``reports/analytics``).
+
+Pure functions of rows already read from the analytics views: no Dagster, no warehouse.
+"""
+
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+
+_MINUTE_WIDTH = 0.8 / 1440  # bar width in days on a date axis
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None:
+        return ""
+    if kind == "pct":
+        return f"{value:.1f}%"
+    if kind == "rate":
+        return f"{100 * value:.1f}%"
+    if kind == "ms":
+        return f"{value:,.1f}"
+    if kind == "time":
+        return f"{value:%Y-%m-%d %H:%M}"
+    if isinstance(value, float):
+        return f"{value:,.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A Markdown table of ``rows``; ``columns`` are (key, header, format kind)."""
+    if not rows:
+        return "_no rows_"
+    lines = [
+        "| " + " | ".join(h for _, h, _ in columns) + " |",
+        "| "
+        + " | ".join("---:" if k in ("int", "pct", "rate", "ms") else "---" for _, _, k in columns)
+        + " |",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(key), kind) for key, _, kind in columns) + " |")
+    return "\n".join(lines)
+
+
+def _png(draw: Callable[[Any], None]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.8), dpi=80)
+    try:
+        draw(ax)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def duration_histogram(durations: Sequence[float], metrics: dict[str, Any]) -> bytes:
+    def draw(ax: Any) -> None:
+        ax.hist(durations, bins=min(40, max(5, len(durations) // 5)), color="#4f7cac")
+        for key, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
+            value = metrics.get(f"{key}_duration_ms")
+            if value is not None:
+                ax.axvline(value, color="#c0392b", linestyle=style, label=f"{key} {value:,.0f} ms")
+        ax.set_xlabel("item duration (ms)")
+        ax.set_ylabel("items")
+        ax.set_title(f"durations: {metrics['batch_id']}", fontsize=9)
+        ax.legend(fontsize=7)
+
+    return _png(draw)
+
+
+def quality_histogram(buckets: Sequence[dict[str, Any]], batch_id: str) -> bytes:
+    def draw(ax: Any) -> None:
+        ax.bar([b["label"] for b in buckets], [b["count"] for b in buckets], color="#5b9a68")
+        ax.set_xlabel("quality score")
+        ax.set_ylabel("items")
+        ax.set_title(f"quality: {batch_id}", fontsize=9)
+
+    return _png(draw)
+
+
+def timeline_chart(timeline: Sequence[dict[str, Any]], batch_id: str) -> bytes:
+    def draw(ax: Any) -> None:
+        minutes = [t["minute"] for t in timeline]
+        ax.bar(
+            minutes,
+            [t["succeeded"] for t in timeline],
+            width=_MINUTE_WIDTH,
+            align="edge",
+            color="#5b9a68",
+            label="succeeded",
+        )
+        ax.bar(
+            minutes,
+            [t["failed"] for t in timeline],
+            bottom=[t["succeeded"] for t in timeline],
+            width=_MINUTE_WIDTH,
+            align="edge",
+            color="#c0392b",
+            label="failed",
+        )
+        ax.set_ylabel("items per minute")
+        ax.set_title(f"timeline: {batch_id}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
+        rate = ax.twinx()
+        rate.plot(
+            minutes, [t["running_success_rate"] for t in timeline], color="#333333", marker="."
+        )
+        rate.set_ylim(0, 1.05)
+        rate.set_ylabel("running success rate")
+        ax.legend(fontsize=7, loc="lower left")
+
+    return _png(draw)
