@@ -1,4 +1,4 @@
-"""Benchmark of the analytics relations (SPEC §8): report queries over many item rows.
+"""Benchmark of the analytics relations: report queries over many item rows.
 
 Generates a ledger of ``--rows`` item rows (``--batches`` batches of equal size, mixed
 operations, statuses, durations, errors and quality scores) inside DuckDB with ``range()`` and

@@ -1,4 +1,4 @@
-"""Benchmark of the data plane (SPEC §8): import and export against DuckDB alone, and the peak
+"""Benchmark of the data plane: import and export against DuckDB alone, and the peak
 memory of an import of a file larger than the DuckDB memory it is allowed.
 
 Generates one CSV of ``--rows`` rows (default 5,000,000: about 390 MB), then, each step in

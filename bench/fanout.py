@@ -1,4 +1,4 @@
-"""Benchmark of the per-item fan-out (SPEC §8): items per second through the real launch path.
+"""Benchmark of the per-item fan-out: items per second through the real launch path.
 
 Starts a real ``dagster dev`` (web server + daemon + code server, SQLite storage) on a
 temporary DAGSTER_HOME and data root, submits batches of a light operation with

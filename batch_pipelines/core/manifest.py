@@ -1,4 +1,4 @@
-"""Batch manifests: parsing and validation with pydantic (SPEC §4).
+"""Batch manifests: parsing and validation with pydantic.
 
 ``load_manifest`` turns a file, a YAML/JSON string or a dict into a :class:`Manifest`;
 ``ManifestError`` carries every problem as ``field: message`` so the CLI, the inbox sensor

@@ -1,4 +1,4 @@
-"""The warehouse schema (SPEC §6) as an ordered list of named migrations.
+"""The warehouse schema as an ordered list of named migrations.
 
 Migrations live in :mod:`batch_pipelines.core.migrations`, one module each, applied in name order,
 once per warehouse, each in its own transaction, and recorded in ``schema_migrations`` (the

@@ -151,7 +151,7 @@ def execute_partitions(
     # Only runs of the run queue hand unstarted items over to a next run (the dispatcher
     # launches it); an in-process run (`submit --wait`) runs its whole chunk.
     sliced = dispatched and context.run.tags.get("batch/launched_by") != "in_process"
-    # Partitioned asset checks (SPEC.asset_checks): a range run cannot target one partition
+    # Partitioned asset checks (spec.asset_checks): a range run cannot target one partition
     # with AssetCheckResult, so each item's result is logged as an AssetCheckEvaluation of
     # its own partition, and the check's output is yielded once at the end.
     selected_checks = set(context.selected_asset_check_keys) if spec.asset_checks else set()

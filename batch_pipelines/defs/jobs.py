@@ -17,7 +17,7 @@ OPERATION_JOBS = {
 
 
 class SubmitBatchConfig(Config):
-    """A batch manifest (SPEC §4), as launchpad config."""
+    """A batch manifest, as launchpad config."""
 
     operation: str = Field(
         description="One of annotate, import, export, transform, report, validate, cleanup"

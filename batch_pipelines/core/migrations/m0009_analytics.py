@@ -1,4 +1,4 @@
-"""Migration 0009_analytics: the analytics relations of SPEC §6, as views over the ledger.
+"""Migration 0009_analytics: the analytics relations, as views over the ledger.
 
 Views, not tables: they are always current, cost nothing to maintain, and DuckDB pushes a
 ``where batch_id = ?`` filter through their ``group by batch_id`` down to the scan of
