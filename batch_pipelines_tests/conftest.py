@@ -2,62 +2,29 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from batch_pipelines.core import config, warehouse
+from batch_pipelines.app.devserver import DevServer, Env, dagster_dev, make_env
+from batch_pipelines.core import warehouse
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data" / "samples"
 CLI = str(Path(sys.executable).with_name("batch-pipelines"))
 
 
-@dataclass
-class Env:
-    root: Path
-    data: Path
-    dagster_home: Path
-
-    @property
-    def paths(self) -> config.Paths:
-        return config.get_paths()
-
-    @property
-    def warehouse(self) -> Path:
-        return self.data / "warehouse.duckdb"
-
-    def environ(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["BATCH_PIPELINES_DATA"] = str(self.data)
-        env["BATCH_PIPELINES_WAREHOUSE"] = str(self.warehouse)
-        env["DAGSTER_HOME"] = str(self.dagster_home)
-        env.pop("BATCH_PIPELINES_ALLOWED_ROOTS", None)
-        return env
-
-    def sql(self, query: str, params: list | None = None) -> list[tuple]:
-        with warehouse.connect(self.warehouse, read_only=True) as con:
-            return con.execute(query, params or []).fetchall()
-
-
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    data = tmp_path / "data"
-    (data / "inbox").mkdir(parents=True)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    e = Env(tmp_path, data, home)
-    for k, v in e.environ().items():
-        if k.startswith(("BATCH_PIPELINES_", "DAGSTER_HOME")):
-            monkeypatch.setenv(k, v)
-    monkeypatch.delenv("BATCH_PIPELINES_ALLOWED_ROOTS", raising=False)
-    monkeypatch.delenv("BATCH_PIPELINES_MAX_ITEMS", raising=False)
+    e = make_env(tmp_path)
+    for name, value in e.overrides().items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     warehouse.forget_migrations()
     yield e
     warehouse.forget_migrations()
@@ -80,9 +47,7 @@ def instance(env: Env):  # noqa: ANN201
 
 
 @pytest.fixture
-def dev_server(env: Env):  # noqa: ANN201 - Iterator[dev_server.DevServer]
+def dev_server(env: Env) -> Iterator[DevServer]:
     """A real ``dagster dev`` (UI + daemon) on this test's env; mark such tests ``e2e``."""
-    from batch_pipelines_tests.e2e.dev_server import dagster_dev
-
     with dagster_dev(env) as server:
         yield server

@@ -144,22 +144,19 @@ def dagster_dev_env(
 ) -> Iterator[Any]:
     """A temporary data root and DAGSTER_HOME with ``dagster dev`` running on them; this
     process points at the same paths for the block."""
-    from batch_pipelines_tests.e2e.dev_server import dagster_dev, env_in_process, make_env
+    from batch_pipelines.app.devserver import (
+        dagster_dev,
+        env_in_process,
+        make_env,
+        patched_environ,
+    )
 
-    saved = {k: os.environ.get(k) for k in (extra_env or {})}
-    os.environ.update(extra_env or {})
-    try:
-        with (
-            env_in_process(make_env(root)) as env,
-            dagster_dev(env, dagster_yaml=dagster_yaml, timeout_s=240) as server,
-        ):
-            yield env, server
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with (
+        patched_environ(extra_env or {}),
+        env_in_process(make_env(root)) as env,
+        dagster_dev(env, dagster_yaml=dagster_yaml, timeout_s=240) as server,
+    ):
+        yield env, server
 
 
 def _wait(predicate: Any, timeout_s: float, what: str, interval: float = 1.0) -> Any:
@@ -267,7 +264,7 @@ def run(
     on another."""
     from dagster import DagsterInstance
 
-    from batch_pipelines_tests.e2e.dev_server import deep_merge
+    from batch_pipelines.app.devserver import deep_merge
 
     base_yaml, base_env = make_run_settings(storage)
     dagster_yaml = deep_merge(base_yaml, dagster_yaml or {})

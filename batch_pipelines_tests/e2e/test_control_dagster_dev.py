@@ -16,9 +16,9 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+from batch_pipelines.app.devserver import DevServer, Env, dagster_dev, env_in_process, make_env
 from batch_pipelines.app.queries import get_batch, get_items
-from batch_pipelines_tests.conftest import CLI, Env
-from batch_pipelines_tests.e2e.dev_server import DevServer, dagster_dev, env_in_process, make_env
+from batch_pipelines_tests.conftest import CLI
 
 pytestmark = pytest.mark.e2e
 
@@ -196,7 +196,7 @@ def test_pause_drains_survives_restart_and_resume_finishes(qenv: Env, dev: DevSe
     dev.wait_for(lambda: active_runs(batch_id) == [], 30, "no run of the paused batch")
     # Restart dagster dev: the pause is in the ledger, so nothing is launched.
     dev.process.send_signal(signal.SIGTERM)
-    from batch_pipelines_tests.e2e.dev_server import stop_process_group
+    from batch_pipelines.app.devserver import stop_process_group
 
     stop_process_group(dev.process)
     with dagster_dev(qenv, dagster_yaml=ONE_SLOT) as again:

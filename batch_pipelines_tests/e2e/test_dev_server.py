@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from batch_pipelines_tests.e2e.dev_server import _our_stragglers, dagster_dev, group_members
+from batch_pipelines.app.devserver import dagster_dev, group_members, stragglers
 
 pytestmark = pytest.mark.e2e
 
@@ -31,11 +31,11 @@ def test_dagster_dev_starts_loads_location_and_tears_down(env) -> None:  # noqa:
 
         pid = s.process.pid
         assert os.getpgid(pid) == pid  # its own group, so teardown reaches every child
-        assert _our_stragglers(env.dagster_home)
+        assert stragglers(env.dagster_home)
 
     assert s.process.poll() is not None
     assert group_members(pid) == []
-    assert _our_stragglers(env.dagster_home) == []
+    assert stragglers(env.dagster_home) == []
 
 
 def test_dev_server_fixture(dev_server) -> None:  # noqa: ANN001

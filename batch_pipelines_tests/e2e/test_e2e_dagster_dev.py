@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 import yaml
 
+from batch_pipelines.app.devserver import DevServer, Env, dagster_dev, env_in_process, make_env
 from batch_pipelines.app.queries import get_batch
 from batch_pipelines.operations import OPERATION_NAMES, REGISTRY
-from batch_pipelines_tests.conftest import CLI, SAMPLES, Env
-from batch_pipelines_tests.e2e.dev_server import DevServer, dagster_dev, env_in_process, make_env
+from batch_pipelines_tests.conftest import CLI, SAMPLES
 
 pytestmark = pytest.mark.e2e
 

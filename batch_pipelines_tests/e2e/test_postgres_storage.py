@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from batch_pipelines_tests.conftest import CLI, REPO, SAMPLES, Env
-from batch_pipelines_tests.e2e.dev_server import dagster_dev, env_in_process, free_port, make_env
+from batch_pipelines.app.devserver import Env, dagster_dev, env_in_process, free_port, make_env
+from batch_pipelines_tests.conftest import CLI, REPO, SAMPLES
 
 pytestmark = pytest.mark.e2e
 

@@ -1,10 +1,18 @@
-"""A real ``dagster dev`` (web server + daemon) for end-to-end tests, always torn down.
+"""A throwaway ``dagster dev`` (web server + daemon) on a temporary data root, always torn down.
 
-``dagster_dev(env)`` starts ``dagster dev -w workspace.yaml -h 127.0.0.1 -p <free port>`` from
-the repository root with the test's DAGSTER_HOME, data root and warehouse, in its own process
-group, and waits until ``/server_info`` answers and the code location is loaded. On exit it
-sends SIGTERM to the whole group, waits a bounded time, then SIGKILLs the group and any
-process left over that still carries this test's DAGSTER_HOME (run workers, code servers).
+Why this is in the package rather than in the tests: the end-to-end tests and the fan-out
+benchmark (``bench/fanout.py``) both start such a server, and the benchmark must not import
+the test suite. It needs no pytest; it runs ``dagster dev -w workspace.yaml`` from the
+project checkout (:data:`batch_pipelines.core.config.PROJECT_ROOT`), so it is a development
+tool, not part of a deployment.
+
+:func:`make_env` lays out a data root and ``DAGSTER_HOME`` under a directory;
+:func:`env_in_process` points this process at them for a block. ``dagster_dev(env)`` starts
+``dagster dev -w workspace.yaml -h 127.0.0.1 -p <free port>`` from the project root with the
+env's DAGSTER_HOME, data root and warehouse, in its own process group, and waits until
+``/server_info`` answers and the code location is loaded. On exit it sends SIGTERM to the
+whole group, waits a bounded time, then SIGKILLs the group and any process left over that
+still carries this DAGSTER_HOME (run workers, code servers).
 """
 
 from __future__ import annotations
@@ -21,16 +29,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
 import yaml
 
-from batch_pipelines.core import warehouse
-from batch_pipelines_tests.conftest import REPO, Env
+from batch_pipelines.core import config, warehouse
 
 T = TypeVar("T")
 
@@ -66,6 +72,86 @@ query Location {
 """
 
 
+@dataclass
+class Env:
+    """A data root and a ``DAGSTER_HOME`` under ``root``, and the variables that select them."""
+
+    root: Path
+    data: Path
+    dagster_home: Path
+
+    @property
+    def paths(self) -> config.Paths:
+        return config.get_paths()
+
+    @property
+    def warehouse(self) -> Path:
+        return self.data / "warehouse.duckdb"
+
+    def overrides(self) -> dict[str, str | None]:
+        """The variables that point a process at this env (None: unset)."""
+        return {
+            "BATCH_PIPELINES_DATA": str(self.data),
+            "BATCH_PIPELINES_WAREHOUSE": str(self.warehouse),
+            "DAGSTER_HOME": str(self.dagster_home),
+            "BATCH_PIPELINES_ALLOWED_ROOTS": None,
+            "BATCH_PIPELINES_MAX_ITEMS": None,
+        }
+
+    def environ(self) -> dict[str, str]:
+        """The environment of a subprocess (CLI, ``dagster dev``) working on this env."""
+        env = dict(os.environ)
+        env["BATCH_PIPELINES_DATA"] = str(self.data)
+        env["BATCH_PIPELINES_WAREHOUSE"] = str(self.warehouse)
+        env["DAGSTER_HOME"] = str(self.dagster_home)
+        env.pop("BATCH_PIPELINES_ALLOWED_ROOTS", None)
+        return env
+
+    def sql(self, query: str, params: list | None = None) -> list[tuple]:
+        with warehouse.connect(self.warehouse, read_only=True) as con:
+            return con.execute(query, params or []).fetchall()
+
+
+def make_env(root: Path) -> Env:
+    """An :class:`Env` under ``root`` (inbox, DAGSTER_HOME with the project's dagster.yaml)."""
+    data = root / "data"
+    (data / "inbox").mkdir(parents=True, exist_ok=True)
+    home = root / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config.PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    return Env(root, data, home)
+
+
+@contextlib.contextmanager
+def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the block, then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def env_in_process(e: Env) -> Iterator[Env]:
+    """Point this process (config paths, DagsterInstance.get) at ``e`` for the block."""
+    with patched_environ(e.overrides()):
+        warehouse.forget_migrations()
+        try:
+            yield e
+        finally:
+            warehouse.forget_migrations()
+
+
 class GraphQLError(RuntimeError):
     """The server answered with ``errors`` (or not with JSON)."""
 
@@ -89,12 +175,12 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 def write_dagster_yaml(home: Path, overrides: dict | None = None) -> Path:
     """The project's dagster.yaml with ``overrides`` deep-merged, written to ``home``."""
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text()) or {}
+    settings = yaml.safe_load((config.PROJECT_ROOT / "dagster.yaml").read_text()) or {}
     if overrides:
-        config = deep_merge(config, overrides)
+        settings = deep_merge(settings, overrides)
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
-    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    target.write_text(yaml.safe_dump(settings, sort_keys=False))
     return target
 
 
@@ -200,8 +286,8 @@ class DevServer:
         return {"repositoryLocationName": LOCATION_NAME, "repositoryName": repo["name"]}
 
 
-def _our_stragglers(home: Path) -> list[int]:
-    """PIDs of processes still running with this test's DAGSTER_HOME (started by us)."""
+def stragglers(home: Path) -> list[int]:
+    """PIDs of processes still running with this DAGSTER_HOME (started by us)."""
     try:
         import psutil
     except ImportError:
@@ -255,14 +341,14 @@ def group_members(pgid: int) -> list[int]:
 
 
 def _kill_stragglers(home: Path) -> None:
-    pids = _our_stragglers(home)
+    pids = stragglers(home)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 5
     while pids and time.monotonic() < deadline:
         time.sleep(0.2)
-        pids = _our_stragglers(home)
+        pids = stragglers(home)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -283,7 +369,7 @@ def dagster_dev(
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
+            cwd=config.PROJECT_ROOT,
             env=environ,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -309,30 +395,3 @@ def dagster_dev(
     finally:
         stop_process_group(process)
         _kill_stragglers(env.dagster_home)
-
-
-def make_env(root: Path) -> Env:
-    """An ``Env`` like the conftest fixture's, for module-scoped servers (the caller sets the
-    environment variables, e.g. with ``pytest.MonkeyPatch.context()``)."""
-    data = root / "data"
-    (data / "inbox").mkdir(parents=True, exist_ok=True)
-    home = root / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    return Env(root, data, home)
-
-
-@contextlib.contextmanager
-def env_in_process(e: Env) -> Iterator[Env]:
-    """Point this process (config paths, DagsterInstance.get) at ``e`` for the block."""
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in e.environ().items():
-            if k.startswith(("BATCH_PIPELINES_", "DAGSTER_HOME")):
-                mp.setenv(k, v)
-        mp.delenv("BATCH_PIPELINES_ALLOWED_ROOTS", raising=False)
-        mp.delenv("BATCH_PIPELINES_MAX_ITEMS", raising=False)
-        warehouse.forget_migrations()
-        try:
-            yield e
-        finally:
-            warehouse.forget_migrations()
