@@ -24,7 +24,7 @@ from batch_pipelines.core.manifest import ManifestError
 from batch_pipelines.core.runner import ExecutionSettings, run_chunk
 from batch_pipelines.definitions import defs
 from batch_pipelines.defs.sensors import batch_dispatcher, reap_dead_runs
-from batch_pipelines_tests.core.test_runner import Item, Opts, make_batch
+from batch_pipelines_tests.helpers import Item, Opts, make_batch
 
 
 def import_manifest(**over) -> dict:  # noqa: ANN003

@@ -5,21 +5,13 @@ warehouse: submit (manifest and flags) with --wait running in-process, status, l
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from batch_pipelines_tests.conftest import CLI
+from batch_pipelines_tests.helpers import cli
 
 pytestmark = pytest.mark.e2e
-
-
-def cli(env, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:  # noqa: ANN001
-    environ = {**env.environ(), "COLUMNS": "200"}
-    return subprocess.run(
-        [CLI, *args], env=environ, cwd=env.root, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_submit_manifest_ok_then_failures_exit_1(samples: Path, env) -> None:  # noqa: ANN001

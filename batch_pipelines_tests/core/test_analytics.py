@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from batch_pipelines.defs.analytics_refresh import (
 )
 from batch_pipelines.defs.analytics_render import md_table
 from batch_pipelines.defs.resources import WarehouseResource
-from batch_pipelines_tests import conftest
+from batch_pipelines_tests.helpers import cli
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 MIXED = "import-20260101-120000-aaaaaa"
@@ -791,17 +790,6 @@ def test_definitions_include_the_analytics_job_sensors_and_schedule() -> None:
 
 
 # ------------------------------------------------------------------------------------ CLI
-
-
-def cli(env, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001
-    return subprocess.run(
-        [conftest.CLI, *args],
-        env={**env.environ(), "COLUMNS": "160"},
-        cwd=env.root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def cli_in_process(*args: str):  # noqa: ANN201

@@ -10,24 +10,11 @@ import time
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
-from batch_pipelines.core import ledger, warehouse
 from batch_pipelines.core.contract import ItemContext, ItemResult, OperationSpec
 from batch_pipelines.core.errors import TransientItemError, ValidationItemError
-from batch_pipelines.core.keys import new_batch_id, partition_key
 from batch_pipelines.core.runner import ExecutionSettings, WorkItem, backoff_delay, run_chunk
-
-
-class Opts(BaseModel):
-    pass
-
-
-class Item(BaseModel):
-    id: str | None = None
-    behaviour: str = "ok"
-    sleep: float = 0.0
-
+from batch_pipelines_tests.helpers import Item, Opts, make_batch
 
 CALLS: dict[str, int] = {}
 LOCK = threading.Lock()
@@ -55,41 +42,6 @@ def handler(ctx: ItemContext) -> ItemResult:
 
 
 SPEC = OperationSpec("testop", "test", Opts, Item, handler)
-
-
-def make_batch(
-    items: list[dict[str, Any]], settings: ExecutionSettings
-) -> tuple[str, list[WorkItem]]:
-    batch_id = new_batch_id("import")
-    rows = []
-    for seq, payload in enumerate(items):
-        rows.append(
-            {
-                "item_id": payload["id"],
-                "seq": seq,
-                "chunk_no": 0,
-                "partition_key": partition_key(batch_id, payload["id"]),
-                "payload": payload,
-            }
-        )
-    with warehouse.connect() as con:
-        ledger.insert_batch(
-            con,
-            {
-                "batch_id": batch_id,
-                "operation": "import",
-                "name": "t",
-                "status": "queued",
-                "priority": "normal",
-                "total_items": len(items),
-                "options": {},
-                "settings": settings.model_dump(mode="json"),
-                "created_at": ledger.utcnow(),
-            },
-            rows,
-        )
-    work = [WorkItem(batch_id, r["item_id"], r["partition_key"], r["payload"]) for r in rows]
-    return batch_id, work
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -18,7 +17,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from batch_pipelines.app.devserver import DevServer, Env, dagster_dev, env_in_process, make_env
 from batch_pipelines.app.queries import get_batch, get_items
-from batch_pipelines_tests.conftest import CLI
+from batch_pipelines_tests.helpers import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -54,17 +53,6 @@ def qenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 def dev(qenv: Env) -> Iterator[DevServer]:
     with dagster_dev(qenv, dagster_yaml=ONE_SLOT) as server:
         yield server
-
-
-def cli(env: Env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CLI, *args],
-        env={**env.environ(), "COLUMNS": "200"},
-        cwd=env.root,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def submit(env: Env, files: list[str], table: str, priority: str = "normal") -> str:

@@ -26,7 +26,6 @@ from dagster._core.events import (
 )
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from pydantic import BaseModel
 
 from batch_pipelines.app.dagster_storage import BatchingSqliteEventLogStorage
 from batch_pipelines.app.dispatch import (
@@ -49,20 +48,11 @@ from batch_pipelines.core.runner import (
     run_chunk,
 )
 from batch_pipelines_tests.conftest import REPO
-from batch_pipelines_tests.core.test_runner import make_batch
+from batch_pipelines_tests.helpers import Item, Opts, insert_queued_batch, make_batch
 
 STORAGE_YAML = REPO / "batch_pipelines" / "deploy" / "dagster.sqlite.yaml"
 
 # ------------------------------------------------------------------ grouped ledger commits
-
-
-class Opts(BaseModel):
-    pass
-
-
-class Item(BaseModel):
-    id: str | None = None
-    behaviour: str = "ok"
 
 
 def _handler(ctx: ItemContext) -> ItemResult:
@@ -180,28 +170,7 @@ def test_record_outcomes_writes_what_record_outcome_writes(env) -> None:  # noqa
             o.batch_id = batch_id
         with warehouse.connect() as con:
             con.execute("begin")
-            ledger.insert_batch(
-                con,
-                {
-                    "batch_id": batch_id,
-                    "operation": "import",
-                    "name": "t",
-                    "status": "queued",
-                    "priority": "normal",
-                    "total_items": 3,
-                    "created_at": now,
-                },
-                [
-                    {
-                        "item_id": o.item_id,
-                        "seq": i,
-                        "chunk_no": 0,
-                        "partition_key": f"{batch_id}~{o.item_id}",
-                        "payload": {},
-                    }
-                    for i, o in enumerate(outcomes)
-                ],
-            )
+            insert_queued_batch(con, batch_id, [{"id": o.item_id} for o in outcomes])
             if how == "one":
                 for o in outcomes:
                     ledger.record_outcome(con, o, "run-1")

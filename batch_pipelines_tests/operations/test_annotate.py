@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,10 +20,8 @@ from typing import Any
 
 import pytest
 
-from batch_pipelines.app.inprocess import run_batch_in_process
-from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import warehouse
-from batch_pipelines.core.contract import CommitContext, ItemContext
+from batch_pipelines.core.contract import ItemContext
 from batch_pipelines.core.errors import (
     NOT_FOUND,
     TIMEOUT,
@@ -43,9 +40,7 @@ from batch_pipelines.operations.annotate.handler import (
     html_to_text,
     markdown_to_text,
 )
-from batch_pipelines_tests.conftest import CLI
-
-BATCH = "annotate-20260101-000000-abcdef"
+from batch_pipelines_tests.helpers import cli, item_context, run_batch, run_item
 
 # --- the local annotator ---------------------------------------------------------------
 
@@ -189,27 +184,12 @@ def test_item_model() -> None:
 
 
 def make_ctx(env, payload: dict, annotator: Any = None, **options: Any) -> ItemContext:  # noqa: ANN001
-    item = AnnotateItem.model_validate(payload)
-    return ItemContext(
-        batch_id=BATCH,
-        item_id=item.id or "item",
-        partition_key="k",
-        item=item,
-        options=AnnotateOptions(**options),
-        attempt=1,
-        run_id=None,
-        paths=env.paths,
-        resources={"annotator": annotator or A.LocalAnnotator()},
-    )
+    resources = {"annotator": annotator or A.LocalAnnotator()}
+    return item_context(env, "annotate", payload, options, resources=resources)
 
 
 def commit(env, ctx: ItemContext) -> dict:  # noqa: ANN001
-    result = handle_annotate(ctx)
-    with warehouse.connect(env.warehouse) as con:
-        con.execute("begin")
-        result.commit(con, CommitContext(ctx.batch_id, ctx.item_id, None))
-        con.execute("commit")
-    return result.metrics
+    return run_item(env, "annotate", ctx).metrics
 
 
 def test_handler_inline_file_and_row(env, samples: Path) -> None:  # noqa: ANN001
@@ -546,7 +526,7 @@ def test_asset_batch_with_bad_items(env, samples: Path, instance) -> None:  # no
     with warehouse.connect(env.warehouse) as con:
         con.execute("create table articles (id varchar, body varchar)")
         con.execute("insert into articles values ('a1', ?)", [SENTENCES["de"]])
-    batch_id = submit_batch(
+    batch = run_batch(
         {
             "operation": "annotate",
             "options": {"max_keywords": 4},
@@ -559,9 +539,8 @@ def test_asset_batch_with_bad_items(env, samples: Path, instance) -> None:  # no
                 {"table": "missing", "id_column": "id", "id_value": "a1", "text_column": "body"},
             ],
         },
-        instance=instance,
+        instance,
     )
-    batch = run_batch_in_process(batch_id, instance)
     assert batch["status"] == "completed_with_errors"
     assert (batch["succeeded_items"], batch["failed_items"]) == (4, 1)
     failed = env.sql(
@@ -602,7 +581,7 @@ def test_asset_http_backend_failure_is_per_item(
     monkeypatch.setenv(A.ENV_BASE_URL, llm.url)
     monkeypatch.setenv(A.ENV_MODEL, "m")
     monkeypatch.setenv(A.ENV_API_KEY, "k")
-    batch_id = submit_batch(
+    batch = run_batch(
         {
             "operation": "annotate",
             "settings": {"max_retries": 1, "retry_base_delay_s": 0},
@@ -612,9 +591,8 @@ def test_asset_http_backend_failure_is_per_item(
                 {"id": "ok2", "text": "second"},
             ],
         },
-        instance=instance,
+        instance,
     )
-    batch = run_batch_in_process(batch_id, instance)
     assert (batch["succeeded_items"], batch["failed_items"]) == (2, 1)
     (row,) = env.sql(
         "select item_id, attempts, error_category, error from batch_items where status = 'failed'"
@@ -629,12 +607,14 @@ def test_asset_http_backend_failure_is_per_item(
 
 @pytest.mark.e2e
 def test_cli_annotates_the_bundled_texts(env, samples: Path) -> None:  # noqa: ANN001
-    proc = subprocess.run(
-        [CLI, "submit", "annotate", "--items", "data/samples/texts/*", "--wait", "--json"],
-        env=env.environ(),
-        cwd=env.root,
-        capture_output=True,
-        text=True,
+    proc = cli(
+        env,
+        "submit",
+        "annotate",
+        "--items",
+        "data/samples/texts/*",
+        "--wait",
+        "--json",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

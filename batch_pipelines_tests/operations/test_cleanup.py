@@ -11,46 +11,25 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from batch_pipelines.app.inprocess import run_batch_in_process
-from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import warehouse
-from batch_pipelines.core.contract import CommitContext, ItemContext
+from batch_pipelines.core.contract import ItemContext
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.operations.cleanup import handler as C
-from batch_pipelines_tests.conftest import CLI
-
-CLEANUP_BATCH = "cleanup-20260101-000000-abcdef"
+from batch_pipelines_tests.helpers import cli, import_penguins, item_context, run_batch, run_item
 
 
 def make_ctx(env, payload: dict, instance=None, **options) -> ItemContext:  # noqa: ANN001, ANN003
-    item = C.CleanupItem.model_validate(payload)
-    return ItemContext(
-        batch_id=CLEANUP_BATCH,
-        item_id=item.id or "item",
-        partition_key="k",
-        item=item,
-        options=C.CleanupOptions(**options),
-        attempt=1,
-        run_id=None,
-        paths=env.paths,
-        resources={"dagster_instance": instance} if instance is not None else {},
-    )
+    resources = {"dagster_instance": instance} if instance is not None else {}
+    return item_context(env, "cleanup", payload, options, resources=resources)
 
 
 def run_cleanup(env, payload: dict, instance=None, **options) -> dict:  # noqa: ANN001, ANN003
-    ctx = make_ctx(env, payload, instance, **options)
-    result = C.handle_cleanup(ctx)
-    with warehouse.connect(env.warehouse) as con:
-        con.execute("begin")
-        result.commit(con, CommitContext(ctx.batch_id, ctx.item_id, None))
-        con.execute("commit")
-    return result.metrics
+    return run_item(env, "cleanup", make_ctx(env, payload, instance, **options)).metrics
 
 
 def write(path: Path, text: str = "x", age_days: float = 0) -> Path:
@@ -70,22 +49,6 @@ def age_batches(env, batch_ids: list[str], days: float) -> None:  # noqa: ANN001
                 "created_at = created_at - to_days(?) where batch_id = ?",
                 [int(days), int(days), b],
             )
-
-
-def import_batch(instance, table: str = "penguins") -> str:  # noqa: ANN001
-    batch_id = submit_batch(
-        {
-            "operation": "import",
-            "options": {"target_table": table},
-            "items": [
-                {"id": "p2007", "path": "data/samples/penguins_2007.csv"},
-                {"id": "p2011", "path": "data/samples/penguins_2011.parquet"},
-            ],
-        },
-        instance=instance,
-    )
-    run_batch_in_process(batch_id, instance)
-    return batch_id
 
 
 # --- the safety net ------------------------------------------------------------------------
@@ -187,8 +150,8 @@ def test_old_files_never_leave_the_root(env, tmp_path: Path) -> None:  # noqa: A
 
 
 def test_old_batches_dry_run_then_real(env, samples: Path, instance, tmp_path: Path) -> None:  # noqa: ANN001
-    old_id = import_batch(instance, "penguins_old")
-    new_id = import_batch(instance, "penguins_new")
+    old_id = import_penguins(instance, "penguins_old")
+    new_id = import_penguins(instance, "penguins_new")
     age_batches(env, [old_id], 40)
     outside = write(tmp_path / "outside.txt", "keep")
     files = [
@@ -252,7 +215,7 @@ def test_old_batches_dry_run_then_real(env, samples: Path, instance, tmp_path: P
 
 
 def test_orphan_files(env, samples: Path, instance) -> None:  # noqa: ANN001
-    known = import_batch(instance)
+    known = import_penguins(instance)
     kept = write(env.data / "reports" / known / "r.md")
     orphans = [
         write(env.data / "reports" / "report-20200101-000000-000000" / "gone.html"),
@@ -301,7 +264,7 @@ def test_temp_tables(env) -> None:  # noqa: ANN001
 
 
 def test_staging(env, samples: Path, instance) -> None:  # noqa: ANN001
-    done = import_batch(instance)
+    done = import_penguins(instance)
     with warehouse.connect(env.warehouse) as con:
         con.execute(
             "insert into batches (batch_id, operation, name, status, priority, total_items, "
@@ -363,10 +326,10 @@ def test_partition_delete_paths(instance) -> None:  # noqa: ANN001
 
 
 def test_asset_batch_with_a_bad_target(env, samples: Path, instance) -> None:  # noqa: ANN001
-    old = import_batch(instance)
+    old = import_penguins(instance)
     age_batches(env, [old], 10)
     write(env.data / "exports" / "stale.csv", age_days=10)
-    batch_id = submit_batch(
+    batch = run_batch(
         {
             "operation": "cleanup",
             "options": {"dry_run": False},
@@ -383,9 +346,8 @@ def test_asset_batch_with_a_bad_target(env, samples: Path, instance) -> None:  #
                 {"kind": "temp_tables"},
             ],
         },
-        instance=instance,
+        instance,
     )
-    batch = run_batch_in_process(batch_id, instance)
     assert (batch["succeeded_items"], batch["failed_items"]) == (3, 1)
     (failed,) = env.sql("select error from batch_items where status = 'failed'")
     assert "outside the exports root" in failed[0]
@@ -397,22 +359,12 @@ def test_asset_batch_with_a_bad_target(env, samples: Path, instance) -> None:  #
 
 @pytest.mark.e2e
 def test_cli_cleanup_command(env, samples: Path, instance) -> None:  # noqa: ANN001
-    old = import_batch(instance)
+    old = import_penguins(instance)
     age_batches(env, [old], 60)
     stale = write(env.data / "reports" / "old_report.html", age_days=60)
     instance.dispose()
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [CLI, *args],
-            env=env.environ(),
-            cwd=env.root,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    dry = cli("cleanup", "--older-than-days", "30", "--json")
+    dry = cli(env, "cleanup", "--older-than-days", "30", "--json", timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
     out = json.loads(dry.stdout)
     assert out["dry_run"] is True and out["batch"]["status"] == "completed"
@@ -421,12 +373,12 @@ def test_cli_cleanup_command(env, samples: Path, instance) -> None:  # noqa: ANN
         (1,)
     ]
 
-    real = cli("cleanup", "--older-than-days", "30", "--no-dry-run")
+    real = cli(env, "cleanup", "--older-than-days", "30", "--no-dry-run", timeout=300)
     assert real.returncode == 0, real.stderr[-3000:]
     assert "cleanup: deleted" in real.stdout and f"deleted batch {old}" in real.stdout
     assert not stale.exists()
     assert env.sql("select count(*) from batches where batch_id = ?", [old]) == [(0,)]
-    assert cli("cleanup", "--older-than-days", "-1").returncode == 2
+    assert cli(env, "cleanup", "--older-than-days", "-1").returncode == 2
 
     submitted = cli(
         "submit",

@@ -9,29 +9,25 @@ import gzip
 import hashlib
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import duckdb
 import pytest
 from pydantic import ValidationError
 
-from batch_pipelines.app.inprocess import run_batch_in_process
-from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import warehouse
-from batch_pipelines.core.contract import CommitContext, ItemContext
 from batch_pipelines.core.errors import ValidationItemError
-from batch_pipelines.core.keys import partition_key
 from batch_pipelines.core.sqlcheck import ensure_predicate, ensure_read_only_select
 from batch_pipelines.operations.export import handler as export_op
-from batch_pipelines_tests.conftest import CLI
+from batch_pipelines_tests.helpers import (
+    cli,
+    commit_item,
+    handler_batch_id,
+    item_context,
+    run_batch,
+)
 
-BATCH = "export-20260101-000000-abcdef"
-
-
-def run(manifest: dict, instance) -> dict:  # noqa: ANN001
-    batch_id = submit_batch(manifest, instance=instance)
-    return run_batch_in_process(batch_id, instance)
+BATCH = handler_batch_id("export")
 
 
 def load_penguins(env, table: str = "penguins") -> None:  # noqa: ANN001
@@ -40,28 +36,6 @@ def load_penguins(env, table: str = "penguins") -> None:  # noqa: ANN001
             f"create or replace table {table} as select * from "
             f"read_csv('{env.data}/samples/penguins_2007.csv')"
         )
-
-
-def context(env, item: dict, options: dict | None = None, item_id: str = "i1") -> ItemContext:  # noqa: ANN001
-    return ItemContext(
-        batch_id=BATCH,
-        item_id=item_id,
-        partition_key=partition_key(BATCH, item_id),
-        item=export_op.ExportItem.model_validate(item),
-        options=export_op.ExportOptions.model_validate(options or {}),
-        attempt=1,
-        run_id=None,
-        paths=env.paths,
-    )
-
-
-def commit(env, result, item_id: str = "i1") -> None:  # noqa: ANN001
-    with warehouse.connect(env.warehouse) as con:
-        con.execute("begin")
-        result.commit(con, CommitContext(BATCH, item_id, None))
-        con.execute("commit")
-    if result.cleanup:
-        result.cleanup()
 
 
 @pytest.mark.parametrize(
@@ -157,10 +131,11 @@ def test_models_name_the_field() -> None:
 )
 def test_export_formats(samples: Path, env, options: dict, name: str, read: str) -> None:  # noqa: ANN001
     load_penguins(env)
-    result = export_op.handle_export(context(env, {"table": "penguins"}, options))
+    ctx = item_context(env, "export", {"table": "penguins"}, options)
+    result = export_op.handle_export(ctx)
     final = env.data / "exports" / BATCH / name
     assert not final.exists(), "the file appears only with its commit"
-    commit(env, result)
+    commit_item(env, ctx, result)
     assert final.is_file()
     assert [p.name for p in final.parent.iterdir()] == [name], "no temporary file left"
     con = duckdb.connect()
@@ -189,9 +164,10 @@ def test_query_export_and_rerun_replaces(samples: Path, env) -> None:  # noqa: A
     load_penguins(env)
     item = {"query": "select species, count(*) as n from penguins group by all order by 1;"}
     for _ in range(2):
-        result = export_op.handle_export(context(env, item, {"format": "csv"}))
+        ctx = item_context(env, "export", item, {"format": "csv"})
+        result = export_op.handle_export(ctx)
         assert result.metrics["rows"] == 3 and result.metrics["columns"] == 2
-        commit(env, result)
+        commit_item(env, ctx, result)
     assert env.sql("select count(*), min(rows), min(source_kind) from exports") == [(1, 3, "query")]
     text = (env.data / "exports" / BATCH / "i1.csv").read_text().splitlines()
     assert text[0] == "species,n" and len(text) == 4
@@ -206,7 +182,7 @@ def test_bad_queries_and_missing_table_fail_in_handler(samples: Path, env) -> No
         ({"query": "select * from read_csv('/etc/passwd')"}, "may not call table function"),
     ]:
         with pytest.raises(ValidationItemError, match=problem):
-            export_op.handle_export(context(env, item))
+            export_op.handle_export(item_context(env, "export", item))
     assert env.sql("select count(*) from penguins") == [(110,)]
     assert not any((env.data / "exports" / BATCH).iterdir())
 
@@ -217,7 +193,7 @@ def test_batch_bad_items_fail_alone_and_partitions_materialize(
     from dagster import AssetKey
 
     load_penguins(env)
-    batch = run(
+    batch = run_batch(
         {
             "operation": "export",
             "options": {"format": "parquet"},
@@ -264,7 +240,7 @@ def test_batch_bad_items_fail_alone_and_partitions_materialize(
 
 @pytest.mark.e2e
 def test_cli_exports_a_table(samples: Path, env, instance) -> None:  # noqa: ANN001
-    batch = run(
+    batch = run_batch(
         {
             "operation": "import",
             "options": {"target_table": "penguins"},
@@ -283,14 +259,7 @@ def test_cli_exports_a_table(samples: Path, env, instance) -> None:  # noqa: ANN
         "  - {id: gentoo, query: \"select * from penguins where species = 'Gentoo'\", "
         "format: parquet}\n"
     )
-    p = subprocess.run(
-        [CLI, "submit", str(manifest), "--wait", "--json"],
-        env=env.environ(),
-        cwd=env.root,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    p = cli(env, "submit", str(manifest), "--wait", "--json")
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout)
     assert out["status"] == "completed" and out["succeeded_items"] == 2

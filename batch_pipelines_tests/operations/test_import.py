@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from batch_pipelines.app.inprocess import run_batch_in_process
-from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.operations.import_.handler import detect_format, looks_binary
-
-
-def run(manifest: dict, instance) -> dict:  # noqa: ANN001
-    batch_id = submit_batch(manifest, instance=instance)
-    return run_batch_in_process(batch_id, instance)
+from batch_pipelines_tests.helpers import run_batch
 
 
 def test_detect_format(samples: Path, tmp_path: Path) -> None:
@@ -38,7 +32,7 @@ def test_detect_format(samples: Path, tmp_path: Path) -> None:
 
 
 def test_every_format_loads_into_one_table(samples: Path, env, instance) -> None:  # noqa: ANN001
-    batch = run(
+    batch = run_batch(
         {
             "operation": "import",
             "options": {"target_table": "penguins"},
@@ -78,7 +72,7 @@ def test_bad_files_fail_only_their_item_and_leave_the_table(
     env,
     instance,  # noqa: ANN001
 ) -> None:
-    run(
+    run_batch(
         {
             "operation": "import",
             "options": {"target_table": "penguins"},
@@ -87,7 +81,7 @@ def test_bad_files_fail_only_their_item_and_leave_the_table(
         instance,
     )
     before = env.sql("select count(*) from penguins")[0][0]
-    batch = run(
+    batch = run_batch(
         {
             "operation": "import",
             "options": {"target_table": "penguins"},
@@ -122,8 +116,8 @@ def test_identical_file_is_skipped_and_rerun_replaces(samples: Path, env, instan
         "options": {"target_table": "p"},
         "items": [{"id": "y2007", "path": "data/samples/penguins_2007.csv"}],
     }
-    first = run(m, instance)
-    second = run(m, instance)
+    first = run_batch(m, instance)
+    second = run_batch(m, instance)
     assert second["status"] == "completed" and second["skipped_items"] == 1
     assert env.sql("select count(*) from p")[0][0] == 110
     reason = env.sql(
@@ -149,7 +143,7 @@ def test_identical_file_is_skipped_and_rerun_replaces(samples: Path, env, instan
 
 
 def test_modes_replace_upsert_and_per_item_tables(samples: Path, env, instance) -> None:  # noqa: ANN001
-    run(
+    run_batch(
         {
             "operation": "import",
             "options": {"target_table": "t", "mode": "replace"},
@@ -157,7 +151,7 @@ def test_modes_replace_upsert_and_per_item_tables(samples: Path, env, instance) 
         },
         instance,
     )
-    run(
+    run_batch(
         {
             "operation": "import",
             "options": {"target_table": "t", "mode": "replace", "skip_identical": False},
@@ -172,7 +166,7 @@ def test_modes_replace_upsert_and_per_item_tables(samples: Path, env, instance) 
         "body_mass_g,sex,year\n2011000,Gentoo,Biscoe,1.0,1.0,1,1,male,2011\n"
         "9999999,Gentoo,Biscoe,2.0,2.0,2,2,female,2011\n"
     )
-    b = run(
+    b = run_batch(
         {
             "operation": "import",
             "options": {"target_table": "t", "mode": "upsert", "key_columns": ["id"]},
@@ -183,7 +177,7 @@ def test_modes_replace_upsert_and_per_item_tables(samples: Path, env, instance) 
     assert b["status"] == "completed", b
     assert env.sql("select count(*) from t") == [(101,)]
     assert env.sql("select bill_length_mm from t where id = 2011000") == [(1.0,)]
-    run(
+    run_batch(
         {
             "operation": "import",
             "options": {"target_table": "raw_{item_id}"},
@@ -201,7 +195,7 @@ def test_modes_replace_upsert_and_per_item_tables(samples: Path, env, instance) 
 def test_schema_mismatch_fails_the_item_with_the_reason(samples: Path, env, instance) -> None:  # noqa: ANN001
     other = env.data / "samples" / "other.csv"
     other.write_text("colour,size\nred,1\n")
-    run(
+    run_batch(
         {
             "operation": "import",
             "options": {"target_table": "t"},
@@ -209,7 +203,7 @@ def test_schema_mismatch_fails_the_item_with_the_reason(samples: Path, env, inst
         },
         instance,
     )
-    b = run(
+    b = run_batch(
         {
             "operation": "import",
             "options": {"target_table": "t"},

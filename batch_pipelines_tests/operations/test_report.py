@@ -12,59 +12,32 @@ import base64
 import csv
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from batch_pipelines.app.inprocess import run_batch_in_process
-from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import warehouse
-from batch_pipelines.core.contract import CommitContext, ItemContext
 from batch_pipelines.core.errors import NOT_FOUND, ItemError, ValidationItemError
-from batch_pipelines.operations.report.handler import ReportItem, ReportOptions, handle_report
-from batch_pipelines_tests.conftest import CLI
+from batch_pipelines.operations.report.handler import ReportItem, handle_report
+from batch_pipelines_tests.helpers import (
+    cli,
+    handler_batch_id,
+    import_penguins,
+    item_context,
+    run_batch,
+    run_item,
+)
 
-REPORT_BATCH = "report-20260101-000000-abcdef"
-
-
-def import_penguins(instance, table: str = "penguins") -> str:  # noqa: ANN001
-    batch_id = submit_batch(
-        {
-            "operation": "import",
-            "options": {"target_table": table},
-            "settings": {"max_retries": 0},
-            "items_from": {"glob": "data/samples/penguins_20??.*"},  # the five clean files
-        },
-        instance=instance,
-    )
-    run_batch_in_process(batch_id, instance)
-    return batch_id
-
-
-def make_ctx(env, payload: dict, **options) -> ItemContext:  # noqa: ANN001, ANN003
-    item = ReportItem.model_validate(payload)
-    return ItemContext(
-        batch_id=REPORT_BATCH,
-        item_id=item.id or "item",
-        partition_key="k",
-        item=item,
-        options=ReportOptions(**options),
-        attempt=1,
-        run_id=None,
-        paths=env.paths,
-    )
+REPORT_BATCH = handler_batch_id("report")
+# The five clean sample files.
+CLEAN_FILES = {
+    "settings": {"max_retries": 0},
+    "items_from": {"glob": "data/samples/penguins_20??.*"},
+}
 
 
 def run_report(env, payload: dict, **options) -> dict:  # noqa: ANN001, ANN003
-    ctx = make_ctx(env, payload, **options)
-    result = handle_report(ctx)
-    with warehouse.connect(env.warehouse) as con:
-        con.execute("begin")
-        result.commit(con, CommitContext(ctx.batch_id, ctx.item_id, None))
-        con.execute("commit")
-    result.cleanup()
-    return result.metrics
+    return run_item(env, "report", item_context(env, "report", payload, options)).metrics
 
 
 def assert_self_contained(html: str) -> None:
@@ -98,7 +71,7 @@ def test_item_model() -> None:
 
 
 def test_batch_report(env, samples: Path, instance) -> None:  # noqa: ANN001
-    batch_id = import_penguins(instance)
+    batch_id = import_penguins(instance, **CLEAN_FILES)
     metrics = run_report(env, {"kind": "batch", "batch_id": batch_id})
     html = Path(metrics["html_path"]).read_text()
     assert_self_contained(html)
@@ -127,7 +100,7 @@ def test_batch_report(env, samples: Path, instance) -> None:  # noqa: ANN001
 
 
 def test_table_profile(env, samples: Path, instance) -> None:  # noqa: ANN001
-    import_penguins(instance)
+    import_penguins(instance, **CLEAN_FILES)
     with warehouse.connect(env.warehouse) as con:
         con.execute("update penguins set sex = null where id % 10 = 0")
     metrics = run_report(env, {"kind": "table_profile", "table": "penguins"}, histogram_bins=10)
@@ -151,8 +124,8 @@ def test_table_profile(env, samples: Path, instance) -> None:  # noqa: ANN001
 
 
 def test_operation_window(env, samples: Path, instance) -> None:  # noqa: ANN001
-    import_penguins(instance)
-    import_penguins(instance, "penguins2")
+    import_penguins(instance, **CLEAN_FILES)
+    import_penguins(instance, "penguins2", **CLEAN_FILES)
     metrics = run_report(env, {"kind": "operation_window", "operation": "import"})
     with open(metrics["csv_path"], newline="") as fh:
         batches = list(csv.DictReader(fh))
@@ -168,9 +141,9 @@ def test_operation_window(env, samples: Path, instance) -> None:  # noqa: ANN001
 
 def test_bad_requests_fail_with_clear_errors(env) -> None:  # noqa: ANN001
     with pytest.raises(ValidationItemError, match="table 'nope' does not exist"):
-        handle_report(make_ctx(env, {"kind": "table_profile", "table": "nope"}))
+        handle_report(item_context(env, "report", {"kind": "table_profile", "table": "nope"}))
     with pytest.raises(ItemError, match="batch 'import-x' not found") as info:
-        handle_report(make_ctx(env, {"kind": "batch", "batch_id": "import-x"}))
+        handle_report(item_context(env, "report", {"kind": "batch", "batch_id": "import-x"}))
     assert info.value.category == NOT_FOUND
     assert not (env.data / "reports" / REPORT_BATCH).exists() or not list(
         (env.data / "reports" / REPORT_BATCH).iterdir()
@@ -178,8 +151,8 @@ def test_bad_requests_fail_with_clear_errors(env) -> None:  # noqa: ANN001
 
 
 def test_asset_batch_with_a_bad_item(env, samples: Path, instance) -> None:  # noqa: ANN001
-    import_id = import_penguins(instance)
-    batch_id = submit_batch(
+    import_id = import_penguins(instance, **CLEAN_FILES)
+    batch = run_batch(
         {
             "operation": "report",
             "settings": {"chunk_size": 2, "max_retries": 0},
@@ -190,9 +163,9 @@ def test_asset_batch_with_a_bad_item(env, samples: Path, instance) -> None:  # n
                 {"kind": "operation_window", "operation": "import"},
             ],
         },
-        instance=instance,
+        instance,
     )
-    batch = run_batch_in_process(batch_id, instance)
+    batch_id = batch["batch_id"]
     assert (batch["succeeded_items"], batch["failed_items"]) == (3, 1)
     assert env.sql("select item_id, error from batch_items where status = 'failed'") == [
         ("table_profile:missing_table", "table 'missing_table' does not exist in the warehouse")
@@ -206,7 +179,7 @@ def test_asset_batch_with_a_bad_item(env, samples: Path, instance) -> None:  # n
 
 @pytest.mark.e2e
 def test_cli_reports_on_the_samples(env, samples: Path, instance) -> None:  # noqa: ANN001
-    import_id = import_penguins(instance)
+    import_id = import_penguins(instance, **CLEAN_FILES)
     instance.dispose()
     manifest = env.root / "report.yaml"
     manifest.write_text(
@@ -217,14 +190,7 @@ def test_cli_reports_on_the_samples(env, samples: Path, instance) -> None:  # no
         "  - {kind: table_profile, table: penguins}\n"
         "  - {kind: operation_window, operation: import, since: '2000-01-01'}\n"
     )
-    proc = subprocess.run(
-        [CLI, "submit", str(manifest), "--wait", "--json"],
-        env=env.environ(),
-        cwd=env.root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = cli(env, "submit", str(manifest), "--wait", "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     batch = json.loads(proc.stdout)
     assert batch["status"] == "completed" and batch["succeeded_items"] == 3

@@ -6,7 +6,6 @@ replace their own rows, bad items failing alone with a clear error, and the CLI 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -14,12 +13,8 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from batch_pipelines.app.inprocess import run_batch_in_process
-from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import warehouse
-from batch_pipelines.core.contract import CommitContext, ItemContext
 from batch_pipelines.core.errors import ValidationItemError
-from batch_pipelines.core.keys import partition_key
 from batch_pipelines.operations.transform import functions as transforms
 from batch_pipelines.operations.transform import handler as transform_op
 from batch_pipelines.operations.transform.functions import (
@@ -29,14 +24,9 @@ from batch_pipelines.operations.transform.functions import (
     register_transform,
     snake_case,
 )
-from batch_pipelines_tests.conftest import CLI
+from batch_pipelines_tests.helpers import cli, handler_batch_id, item_context, run_batch, run_item
 
-BATCH = "transform-20260101-000000-abcdef"
-
-
-def run(manifest: dict, instance) -> dict:  # noqa: ANN001
-    batch_id = submit_batch(manifest, instance=instance)
-    return run_batch_in_process(batch_id, instance)
+BATCH = handler_batch_id("transform")
 
 
 def sql(env, statement: str) -> None:  # noqa: ANN001
@@ -57,27 +47,9 @@ def make_events(env) -> None:  # noqa: ANN001
     )
 
 
-def context(env, item: dict, options: dict | None = None, item_id: str = "i1") -> ItemContext:  # noqa: ANN001
-    return ItemContext(
-        batch_id=BATCH,
-        item_id=item_id,
-        partition_key=partition_key(BATCH, item_id),
-        item=transform_op.TransformItem.model_validate(item),
-        options=transform_op.TransformOptions.model_validate(options or {}),
-        attempt=1,
-        run_id=None,
-        paths=env.paths,
-    )
-
-
 def handle_and_commit(env, item: dict, options: dict | None = None, item_id: str = "i1") -> dict:  # noqa: ANN001
-    result = transform_op.handle_transform(context(env, item, options, item_id))
-    with warehouse.connect(env.warehouse) as con:
-        con.execute("begin")
-        result.commit(con, CommitContext(BATCH, item_id, None))
-        con.execute("commit")
-    result.cleanup()
-    return result.metrics
+    ctx = item_context(env, "transform", item, options, item_id=item_id)
+    return run_item(env, "transform", ctx).metrics
 
 
 def tables(env) -> set[str]:  # noqa: ANN001
@@ -271,7 +243,7 @@ def test_bad_items_fail_in_handler(env) -> None:  # noqa: ANN001
         ),
     ]:
         with pytest.raises(ValidationItemError, match=problem):
-            transform_op.handle_transform(context(env, item))
+            transform_op.handle_transform(item_context(env, "transform", item))
     assert "x" not in tables(env)
     with pytest.raises(ValidationItemError, match="is a view, not a table"):
         handle_and_commit(
@@ -283,7 +255,7 @@ def test_batch_bad_items_fail_alone(env, instance) -> None:  # noqa: ANN001
     from dagster import AssetKey
 
     make_events(env)
-    batch = run(
+    batch = run_batch(
         {
             "operation": "transform",
             "settings": {"max_retries": 0},
@@ -314,7 +286,7 @@ def test_batch_bad_items_fail_alone(env, instance) -> None:  # noqa: ANN001
 
 @pytest.mark.e2e
 def test_cli_transforms_imported_penguins(samples: Path, env, instance) -> None:  # noqa: ANN001
-    run(
+    run_batch(
         {
             "operation": "import",
             "options": {"target_table": "penguins"},
@@ -344,14 +316,7 @@ def test_cli_transforms_imported_penguins(samples: Path, env, instance) -> None:
             }
         )
     )
-    p = subprocess.run(
-        [CLI, "submit", str(manifest), "--wait", "--json"],
-        env=env.environ(),
-        cwd=env.root,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    p = cli(env, "submit", str(manifest), "--wait", "--json")
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads(p.stdout)["status"] == "completed"
     assert env.sql("select sum(n), count(*) from species_stats") == [(rows, 3)]

@@ -7,27 +7,15 @@ their own item, fail_item_on_rule_failure, re-runs replacing results, the partit
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from batch_pipelines.app.inprocess import run_batch_in_process
-from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import warehouse
-from batch_pipelines.core.contract import CommitContext, ItemContext
 from batch_pipelines.core.errors import ValidationItemError
-from batch_pipelines.core.keys import partition_key
 from batch_pipelines.operations.validate import handler as validate_op
-from batch_pipelines_tests.conftest import CLI
-
-BATCH = "validate-20260101-000000-abcdef"
-
-
-def run(manifest: dict, instance) -> dict:  # noqa: ANN001
-    batch_id = submit_batch(manifest, instance=instance)
-    return run_batch_in_process(batch_id, instance)
+from batch_pipelines_tests.helpers import cli, item_context, run_batch, run_item
 
 
 def make_people(env) -> None:  # noqa: ANN001
@@ -45,26 +33,8 @@ def make_people(env) -> None:  # noqa: ANN001
         )
 
 
-def context(env, item: dict, options: dict | None = None, item_id: str = "i1") -> ItemContext:  # noqa: ANN001
-    return ItemContext(
-        batch_id=BATCH,
-        item_id=item_id,
-        partition_key=partition_key(BATCH, item_id),
-        item=validate_op.ValidateItem.model_validate(item),
-        options=validate_op.ValidateOptions.model_validate(options or {}),
-        attempt=1,
-        run_id=None,
-        paths=env.paths,
-    )
-
-
 def handle_and_commit(env, item: dict, options: dict | None = None):  # noqa: ANN001, ANN201
-    result = validate_op.handle_validate(context(env, item, options))
-    with warehouse.connect(env.warehouse) as con:
-        con.execute("begin")
-        result.commit(con, CommitContext(BATCH, "i1", None))
-        con.execute("commit")
-    return result
+    return run_item(env, "validate", item_context(env, "validate", item, options, item_id="i1"))
 
 
 RULES = [
@@ -154,7 +124,9 @@ def test_file_sources(samples: Path, env) -> None:  # noqa: ANN001
         ("data/samples/penguins_2010.ndjson", 90),
         ("data/samples/penguins_2011.parquet", 100),
     ]:
-        result = validate_op.handle_validate(context(env, {"path": path, "rules": rules}))
+        result = validate_op.handle_validate(
+            item_context(env, "validate", {"path": path, "rules": rules})
+        )
         assert result.metrics["total_rows"] == rows, path
         summaries = {s["rule"]: s for s in result.metrics["rule_results"]}
         assert summaries["unique(id)"]["passed"] and summaries["column_types"]["passed"]
@@ -187,7 +159,9 @@ def test_bad_rules_and_sources_fail_the_item(samples: Path, env, tmp_path: Path)
     ]
     for rule, problem in cases:
         with pytest.raises(ValidationItemError, match=problem):
-            validate_op.handle_validate(context(env, {"table": "people", "rules": [rule]}))
+            validate_op.handle_validate(
+                item_context(env, "validate", {"table": "people", "rules": [rule]})
+            )
     for item, problem in [
         ({"table": "peple", "rules": RULES[:1]}, "table 'peple' does not exist"),
         ({"path": str(outside), "rules": RULES[:1]}, "outside the allowed roots"),
@@ -197,7 +171,7 @@ def test_bad_rules_and_sources_fail_the_item(samples: Path, env, tmp_path: Path)
         ({"table": "people"}, "this item has no rules"),
     ]:
         with pytest.raises(ValidationItemError, match=problem):
-            validate_op.handle_validate(context(env, item))
+            validate_op.handle_validate(item_context(env, "validate", item))
     assert env.sql("select count(*) from people") == [(5,)]
 
 
@@ -224,7 +198,7 @@ def test_batch_checks_per_partition_and_fail_on_rule_failure(env, instance) -> N
     from dagster import AssetCheckKey, AssetKey
 
     make_people(env)
-    batch = run(
+    batch = run_batch(
         {
             "operation": "validate",
             "options": {"rules": [{"type": "row_count", "min": 1}]},
@@ -269,7 +243,7 @@ def test_batch_checks_per_partition_and_fail_on_rule_failure(env, instance) -> N
     assert evaluation.metadata["rules_failed"].value == 8
     assert len(evaluation.metadata["rules"].value) == 12
 
-    strict = run(
+    strict = run_batch(
         {
             "operation": "validate",
             "options": {"fail_item_on_rule_failure": True},
@@ -285,7 +259,7 @@ def test_batch_checks_per_partition_and_fail_on_rule_failure(env, instance) -> N
 
 @pytest.mark.e2e
 def test_cli_validates_imported_penguins(samples: Path, env, instance) -> None:  # noqa: ANN001
-    run(
+    run_batch(
         {
             "operation": "import",
             "options": {"target_table": "penguins"},
@@ -308,14 +282,7 @@ def test_cli_validates_imported_penguins(samples: Path, env, instance) -> None: 
         "      - {type: regex, column: sex, pattern: '^(male|female)$'}\n"
         "  - {id: sample_file, path: data/samples/penguins_2011.parquet}\n"
     )
-    p = subprocess.run(
-        [CLI, "submit", str(manifest), "--wait", "--json"],
-        env=env.environ(),
-        cwd=env.root,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    p = cli(env, "submit", str(manifest), "--wait", "--json")
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads(p.stdout)["status"] == "completed"
     scores = dict(env.sql("select item_id, quality_score from batch_items"))
