@@ -73,17 +73,32 @@ def batch_metrics(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, An
     return out
 
 
+def _batch_rows(
+    con: duckdb.DuckDBPyConnection,
+    view: str,
+    columns: str,
+    order: str,
+    batch_id: str,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """One batch's rows of an analytics view (the views push the filter into their scans)."""
+    return query_rows(
+        con,
+        f"select {columns} from {view} where batch_id = ? order by {order} limit ?",
+        [batch_id, limit],
+    )
+
+
 def batch_errors(
     con: duckdb.DuckDBPyConnection, batch_id: str, limit: int | None = None
 ) -> list[dict[str, Any]]:
     """A batch's rows of ``error_distribution``, most frequent first."""
-    return query_rows(
-        con,
-        "select error_category, fingerprint, count, percentage, example_error, "
-        "example_item_id, first_seen_at, last_seen_at from error_distribution "
-        "where batch_id = ? order by count desc, error_category, fingerprint limit ?",
-        [batch_id, limit],
+    columns = (
+        "error_category, fingerprint, count, percentage, example_error, example_item_id, "
+        "first_seen_at, last_seen_at"
     )
+    order = "count desc, error_category, fingerprint"
+    return _batch_rows(con, "error_distribution", columns, order, batch_id, limit)
 
 
 def most_frequent_errors(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, Any]]:
@@ -100,12 +115,8 @@ def most_frequent_errors(con: duckdb.DuckDBPyConnection, limit: int) -> list[dic
 
 def quality_buckets(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:
     """A batch's five rows of ``quality_distribution``."""
-    return query_rows(
-        con,
-        "select bucket, label, lower_bound, upper_bound, count, percentage "
-        "from quality_distribution where batch_id = ? order by bucket",
-        [batch_id],
-    )
+    columns = "bucket, label, lower_bound, upper_bound, count, percentage"
+    return _batch_rows(con, "quality_distribution", columns, "bucket", batch_id)
 
 
 def overall_quality(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -120,13 +131,11 @@ def overall_quality(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def batch_timeline(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:
     """A batch's rows of ``batch_timeline``, one per minute."""
-    return query_rows(
-        con,
-        "select minute, finished, succeeded, failed, skipped, cumulative_finished, "
-        "cumulative_succeeded, cumulative_failed, running_success_rate "
-        "from batch_timeline where batch_id = ? order by minute",
-        [batch_id],
+    columns = (
+        "minute, finished, succeeded, failed, skipped, cumulative_finished, "
+        "cumulative_succeeded, cumulative_failed, running_success_rate"
     )
+    return _batch_rows(con, "batch_timeline", columns, "minute", batch_id)
 
 
 def latest_batches(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, Any]]:

@@ -110,14 +110,18 @@ def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[tup
     return problems
 
 
+def _mapping(data: Any, problem: str) -> dict[str, Any]:  # noqa: ANN401
+    if not isinstance(data, dict):
+        raise ManifestError([("", problem)])
+    return data
+
+
 def parse_text(text: str, source: str = "manifest") -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ManifestError([("", f"{source} is not valid YAML or JSON: {exc}")]) from exc
-    if not isinstance(data, dict):
-        raise ManifestError([("", f"{source} must be a mapping with an 'operation' field")])
-    return data
+    return _mapping(data, f"{source} must be a mapping with an 'operation' field")
 
 
 def read_manifest_file(path: Path) -> dict[str, Any]:
@@ -125,15 +129,13 @@ def read_manifest_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError([("", f"cannot read {path}: {exc}")]) from exc
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ManifestError([("", f"{path.name} is not valid JSON: {exc}")]) from exc
-        if not isinstance(data, dict):
-            raise ManifestError([("", f"{path.name} must be a JSON object")])
-        return data
-    return parse_text(text, path.name)
+    if path.suffix.lower() != ".json":
+        return parse_text(text, path.name)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError([("", f"{path.name} is not valid JSON: {exc}")]) from exc
+    return _mapping(data, f"{path.name} must be a JSON object")
 
 
 def load_manifest(source: Mapping[str, Any] | str | Path) -> Manifest:

@@ -136,17 +136,24 @@ def _analytics_asset(name: str, description: str) -> Callable:
 
 # -------------------------------------------------------------------------------- assets
 
+# Columns of the preview tables: (key, header, kind of core.formatting.format_value).
+_SUCCESS_AND_SPEED = [
+    ("success_rate", "success", "rate"),
+    ("p50_duration_ms", "p50 ms", "number"),
+    ("p95_duration_ms", "p95 ms", "number"),
+]
+_THROUGHPUT_AND_QUALITY = [
+    ("throughput_per_min", "items/min", "number"),
+    ("mean_quality", "quality", ""),
+]
 _BATCH_COLUMNS = [
     ("batch_id", "batch", ""),
     ("operation", "operation", ""),
     ("status", "status", ""),
     ("total", "items", "int"),
     ("failed", "failed", "int"),
-    ("success_rate", "success", "rate"),
-    ("p50_duration_ms", "p50 ms", "ms"),
-    ("p95_duration_ms", "p95 ms", "ms"),
-    ("throughput_per_min", "items/min", "ms"),
-    ("mean_quality", "quality", ""),
+    *_SUCCESS_AND_SPEED,
+    *_THROUGHPUT_AND_QUALITY,
 ]
 _FOCUS_BATCH_COLUMNS = [
     ("status", "status", ""),
@@ -155,28 +162,20 @@ _FOCUS_BATCH_COLUMNS = [
     ("failed", "failed", "int"),
     ("skipped", "skipped", "int"),
     ("cancelled", "cancelled", "int"),
-    ("success_rate", "success", "rate"),
-    ("p50_duration_ms", "p50 ms", "ms"),
-    ("p95_duration_ms", "p95 ms", "ms"),
-    ("p99_duration_ms", "p99 ms", "ms"),
-    ("throughput_per_min", "items/min", "ms"),
-    ("mean_quality", "quality", ""),
+    *_SUCCESS_AND_SPEED,
+    ("p99_duration_ms", "p99 ms", "number"),
+    *_THROUGHPUT_AND_QUALITY,
 ]
-_BATCH_ERROR_COLUMNS = [
+_ERROR_GROUP = [
     ("error_category", "category", ""),
     ("fingerprint", "fingerprint", ""),
     ("count", "items", "int"),
-    ("percentage", "% of failed", "pct"),
 ]
-_TOP_ERROR_COLUMNS = [
-    ("error_category", "category", ""),
-    ("fingerprint", "fingerprint", ""),
-    ("count", "items", "int"),
-    ("batches", "batches", "int"),
-]
+_BATCH_ERROR_COLUMNS = [*_ERROR_GROUP, ("percentage", "% of failed", "pct")]
+_TOP_ERROR_COLUMNS = [*_ERROR_GROUP, ("batches", "batches", "int")]
 _QUALITY_COLUMNS = [("label", "score", ""), ("count", "items", "int"), ("percentage", "%", "pct")]
 _TIMELINE_COLUMNS = [
-    ("minute", "minute (UTC)", "time"),
+    ("minute", "minute (UTC)", "minute"),
     ("finished", "finished", "int"),
     ("succeeded", "ok", "int"),
     ("failed", "failed", "int"),
@@ -194,7 +193,7 @@ _OPERATION_COLUMNS = [
     ("completion_rate", "completion", "rate"),
     ("items_total", "items", "int"),
     ("item_success_rate", "item success", "rate"),
-    ("avg_duration_ms", "avg ms", "ms"),
+    ("avg_duration_ms", "avg ms", "number"),
     ("mean_quality", "quality", ""),
 ]
 

@@ -8,40 +8,28 @@ import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from batch_pipelines.core.formatting import NUMERIC_KINDS, format_value
+
 _MINUTE_WIDTH = 0.8 / 1440  # bar width in days on a date axis
 
 
-def _fmt(value: Any, kind: str = "") -> str:
-    if value is None:
-        return ""
-    if kind == "pct":
-        return f"{value:.1f}%"
-    if kind == "rate":
-        return f"{100 * value:.1f}%"
-    if kind == "ms":
-        return f"{value:,.1f}"
-    if kind == "time":
-        return f"{value:%Y-%m-%d %H:%M}"
-    if isinstance(value, float):
-        return f"{value:,.3f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
-    """A Markdown table of ``rows``; ``columns`` are (key, header, format kind)."""
+    """A Markdown table of ``rows``; ``columns`` are (key, header, kind of
+    :func:`~batch_pipelines.core.formatting.format_value`)."""
     if not rows:
         return "_no rows_"
     lines = [
         "| " + " | ".join(h for _, h, _ in columns) + " |",
-        "| "
-        + " | ".join("---:" if k in ("int", "pct", "rate", "ms") else "---" for _, _, k in columns)
-        + " |",
+        "| " + " | ".join("---:" if k in NUMERIC_KINDS else "---" for _, _, k in columns) + " |",
     ]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(key), kind) for key, _, kind in columns) + " |")
+        cells = (_cell(format_value(r.get(key), kind)) for key, _, kind in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _png(draw: Callable[[Any], None]) -> bytes:

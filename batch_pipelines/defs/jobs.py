@@ -1,10 +1,12 @@
 """Jobs: one ``<operation>_job`` per operation, and the ``submit_batch`` launchpad job."""
 
+from collections.abc import Callable
 from typing import Any
 
-from dagster import Config, OpExecutionContext, job, op
+from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
 from pydantic import Field
 
+from batch_pipelines.app import control
 from batch_pipelines.app.submit import submit_batch as submit_batch_service
 from batch_pipelines.core.manifest import ManifestError
 from batch_pipelines.defs.assets import build_operation_asset, build_operation_job
@@ -41,8 +43,6 @@ def register_batch(context: OpExecutionContext, config: SubmitBatchConfig) -> st
             submitted_by=context.run.tags.get("dagster/user"),
         )
     except ManifestError as exc:
-        from dagster import Failure, MetadataValue
-
         raise Failure(
             description=f"invalid manifest: {exc}",
             metadata={"problems": MetadataValue.json(exc.to_dict())},
@@ -53,13 +53,15 @@ def register_batch(context: OpExecutionContext, config: SubmitBatchConfig) -> st
     return batch_id
 
 
-@job(
-    name="submit_batch",
-    description=(
-        "Submit a batch from the launchpad: the run config is the manifest (operation, name, "
-        "priority, options, settings, items or items_from)."
-    ),
-    tags={"batch/entry_point": "launchpad"},
+def _launchpad_job(name: str, description: str) -> Callable:
+    """A job people launch from the launchpad, tagged as such."""
+    return job(name=name, description=description, tags={"batch/entry_point": "launchpad"})
+
+
+@_launchpad_job(
+    "submit_batch",
+    "Submit a batch from the launchpad: the run config is the manifest (operation, name, "
+    "priority, options, settings, items or items_from).",
 )
 def submit_batch_job() -> None:
     register_batch()
@@ -78,10 +80,6 @@ class BatchControlConfig(Config):
 
 @op(description="Cancel, pause, resume or retry a batch; the result is logged and audited.")
 def control_batch(context: OpExecutionContext, config: BatchControlConfig) -> dict:
-    from dagster import Failure
-
-    from batch_pipelines.app import control
-
     actor = f"launchpad:{context.run.tags.get('dagster/user', 'ui')}"
     try:
         if config.action == "cancel":
@@ -110,13 +108,10 @@ def control_batch(context: OpExecutionContext, config: BatchControlConfig) -> di
     return result.to_dict()
 
 
-@job(
-    name="batch_control",
-    description=(
-        "Control a batch from the launchpad: config {batch_id, action: cancel | pause | resume "
-        "| retry, categories?, items?}. Each control is recorded in batch_events."
-    ),
-    tags={"batch/entry_point": "launchpad"},
+@_launchpad_job(
+    "batch_control",
+    "Control a batch from the launchpad: config {batch_id, action: cancel | pause | resume "
+    "| retry, categories?, items?}. Each control is recorded in batch_events.",
 )
 def batch_control_job() -> None:
     control_batch()

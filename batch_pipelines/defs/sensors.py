@@ -1,7 +1,9 @@
 """Sensors: the manifest inbox and the batch dispatcher."""
 
+import socket
 import time
 
+import psutil
 from dagster import (
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -29,12 +31,8 @@ from batch_pipelines.app.dispatch import (
 from batch_pipelines.app.inbox import list_inbox, pick_manifests, take
 from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import config, ledger, warehouse
-
-
-def _jobs():  # noqa: ANN202
-    from batch_pipelines.defs.jobs import OPERATION_JOBS
-
-    return list(OPERATION_JOBS.values())
+from batch_pipelines.core.webhooks import failure_payload, post_webhook
+from batch_pipelines.defs.jobs import OPERATION_JOBS
 
 
 @sensor(
@@ -110,10 +108,6 @@ WORKER_HOST_TAG = "batch/worker_host"
 def worker_is_gone(tags: dict) -> bool:
     """True if the run's worker process (recorded in its tags when the chunk started) ran on
     this machine and no longer exists. Workers on other machines are left to Dagster."""
-    import socket
-
-    import psutil
-
     pid, host = tags.get(WORKER_PID_TAG), tags.get(WORKER_HOST_TAG)
     if not pid or host != socket.gethostname():
         return False
@@ -166,7 +160,7 @@ def reap_dead_runs(instance, paths: config.Paths) -> list[str]:  # noqa: ANN001
     name="batch_dispatcher",
     minimum_interval_seconds=3,
     default_status=DefaultSensorStatus.RUNNING,
-    jobs=_jobs(),
+    jobs=list(OPERATION_JOBS.values()),
     description=(
         "Launches the chunk runs of queued and running batches through the run queue: one run "
         "per chunk of items (a range of partition keys), highest batch priority first, "
@@ -200,7 +194,7 @@ def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipRea
 
 @run_failure_sensor(
     name="run_failure_recorder",
-    monitored_jobs=_jobs(),
+    monitored_jobs=list(OPERATION_JOBS.values()),
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=10,
     description=(
@@ -209,8 +203,6 @@ def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipRea
     ),
 )
 def run_failure_recorder(context: RunFailureSensorContext) -> None:
-    from batch_pipelines.core.webhooks import failure_payload, post_webhook
-
     run = context.dagster_run
     message = context.failure_event.message or "run failed"
     payload = failure_payload(run.run_id, run.job_name, run.tags, message)

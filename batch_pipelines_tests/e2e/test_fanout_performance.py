@@ -41,6 +41,7 @@ from batch_pipelines.app.submit import prepare_batch, submit_batch
 from batch_pipelines.core import ledger, warehouse
 from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult, OperationSpec
 from batch_pipelines.core.errors import ValidationItemError
+from batch_pipelines.core.keys import new_batch_id
 from batch_pipelines.core.runner import (
     AUTO_CHUNK_MAX,
     ExecutionSettings,
@@ -165,7 +166,7 @@ def test_record_outcomes_writes_what_record_outcome_writes(env) -> None:  # noqa
     ]
     tables = {}
     for how in ("one", "many"):
-        batch_id = f"b-{how}"
+        batch_id = new_batch_id("import")
         for o in outcomes:
             o.batch_id = batch_id
         with warehouse.connect() as con:
