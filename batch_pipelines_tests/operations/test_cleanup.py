@@ -381,6 +381,7 @@ def test_cli_cleanup_command(env, samples: Path, instance) -> None:  # noqa: ANN
     assert cli(env, "cleanup", "--older-than-days", "-1").returncode == 2
 
     submitted = cli(
+        env,
         "submit",
         "cleanup",
         "--item",
@@ -389,6 +390,7 @@ def test_cli_cleanup_command(env, samples: Path, instance) -> None:  # noqa: ANN
         '{"kind": "orphan_files", "root": "exports"}',
         "--wait",
         "--json",
+        timeout=300,
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     assert json.loads(submitted.stdout)["succeeded_items"] == 2
