@@ -136,14 +136,14 @@ def _analytics_asset(name: str, description: str) -> Callable:
 
 # -------------------------------------------------------------------------------- assets
 
-# Columns of the preview tables: (key, header, kind of core.formatting.format_value).
+# Columns of the preview tables: (key, header, kind of core.fmt.fmt_value).
 _SUCCESS_AND_SPEED = [
     ("success_rate", "success", "rate"),
-    ("p50_duration_ms", "p50 ms", "number"),
-    ("p95_duration_ms", "p95 ms", "number"),
+    ("p50_duration_ms", "p50 ms", "ms"),
+    ("p95_duration_ms", "p95 ms", "ms"),
 ]
 _THROUGHPUT_AND_QUALITY = [
-    ("throughput_per_min", "items/min", "number"),
+    ("throughput_per_min", "items/min", "ms"),
     ("mean_quality", "quality", ""),
 ]
 _BATCH_COLUMNS = [
@@ -163,7 +163,7 @@ _FOCUS_BATCH_COLUMNS = [
     ("skipped", "skipped", "int"),
     ("cancelled", "cancelled", "int"),
     *_SUCCESS_AND_SPEED,
-    ("p99_duration_ms", "p99 ms", "number"),
+    ("p99_duration_ms", "p99 ms", "ms"),
     *_THROUGHPUT_AND_QUALITY,
 ]
 _ERROR_GROUP = [
@@ -175,7 +175,7 @@ _BATCH_ERROR_COLUMNS = [*_ERROR_GROUP, ("percentage", "% of failed", "pct")]
 _TOP_ERROR_COLUMNS = [*_ERROR_GROUP, ("batches", "batches", "int")]
 _QUALITY_COLUMNS = [("label", "score", ""), ("count", "items", "int"), ("percentage", "%", "pct")]
 _TIMELINE_COLUMNS = [
-    ("minute", "minute (UTC)", "minute"),
+    ("minute", "minute (UTC)", "time"),
     ("finished", "finished", "int"),
     ("succeeded", "ok", "int"),
     ("failed", "failed", "int"),
@@ -193,7 +193,7 @@ _OPERATION_COLUMNS = [
     ("completion_rate", "completion", "rate"),
     ("items_total", "items", "int"),
     ("item_success_rate", "item success", "rate"),
-    ("avg_duration_ms", "avg ms", "number"),
+    ("avg_duration_ms", "avg ms", "ms"),
     ("mean_quality", "quality", ""),
 ]
 

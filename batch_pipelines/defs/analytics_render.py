@@ -8,27 +8,30 @@ import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from batch_pipelines.core.formatting import NUMERIC_KINDS, format_value
+from batch_pipelines.core.fmt import fmt_value
 
 _MINUTE_WIDTH = 0.8 / 1440  # bar width in days on a date axis
+_RIGHT_ALIGNED = ("int", "pct", "rate", "ms", "s")
 
 
 def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
     """A Markdown table of ``rows``; ``columns`` are (key, header, kind of
-    :func:`~batch_pipelines.core.formatting.format_value`)."""
+    :func:`~batch_pipelines.core.fmt.fmt_value`). Headers carry the units; times are shown
+    to the minute."""
     if not rows:
         return "_no rows_"
     lines = [
         "| " + " | ".join(h for _, h, _ in columns) + " |",
-        "| " + " | ".join("---:" if k in NUMERIC_KINDS else "---" for _, _, k in columns) + " |",
+        "| " + " | ".join("---:" if k in _RIGHT_ALIGNED else "---" for _, _, k in columns) + " |",
     ]
     for r in rows:
-        cells = (_cell(format_value(r.get(key), kind)) for key, _, kind in columns)
+        cells = (_cell(r.get(key), kind) for key, _, kind in columns)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _cell(text: str) -> str:
+def _cell(value: Any, kind: str) -> str:  # noqa: ANN401
+    text = fmt_value(value, kind, missing="", units=False, time_format="%Y-%m-%d %H:%M")
     return text.replace("|", "\\|").replace("\n", " ")
 
 
