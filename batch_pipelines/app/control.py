@@ -11,6 +11,7 @@ from typing import Any
 
 from batch_pipelines.app.dispatch import ACTIVE_RUN_STATUSES
 from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core.ledger import Batch, BatchStatus, ItemStatus
 from batch_pipelines.core.manifest import ManifestError
 
 
@@ -34,8 +35,8 @@ class ControlResult:
         return asdict(self)
 
 
-def _batch_or_error(con, batch_id: str) -> dict[str, Any]:  # noqa: ANN001
-    batch = ledger.get_batch(con, batch_id)
+def _batch_or_error(con, batch_id: str) -> Batch:  # noqa: ANN001
+    batch = ledger.load_batch(con, batch_id)
     if batch is None:
         raise ControlError(f"no batch {batch_id!r}")
     return batch
@@ -87,17 +88,17 @@ def cancel_batch(
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse) as con:
         batch = _batch_or_error(con, batch_id)
-        if batch["status"] in ledger.TERMINAL_BATCH_STATUSES:
-            raise ControlError(f"batch {batch_id} is already {batch['status']}")
+        if batch.status in ledger.TERMINAL_BATCH_STATUSES:
+            raise ControlError(f"batch {batch_id} is already {batch.status}")
         con.execute("begin")
-        ledger.set_batch_status(con, batch_id, "cancelled", error=f"cancelled by {actor}")
+        ledger.set_batch_status(con, batch_id, BatchStatus.CANCELLED, error=f"cancelled by {actor}")
         n = ledger.cancel_pending(con, batch_id, f"cancelled by {actor}", include_running=True)
         ledger.add_event(
             con, batch_id, "batch_cancel_requested", actor=actor, detail={"items_cancelled": n}
         )
         ledger.refresh_batch(con, batch_id)
         con.execute("commit")
-    result = ControlResult(batch_id, "cancel", "cancelled", items_cancelled=n)
+    result = ControlResult(batch_id, "cancel", BatchStatus.CANCELLED, items_cancelled=n)
     # A dispatcher tick that read the ledger just before the cancel may still enqueue a run,
     # and the queue may be starting one as we cancel it: sweep until nothing of the batch has
     # been queued or running for a whole dispatcher interval (or until wait_s).
@@ -138,7 +139,7 @@ def cancel_batch(
             },
         )
         con.execute("commit")
-        result.status = ledger.get_batch(con, batch_id)["status"]
+        result.status = ledger.batch_status(con, batch_id)
     result.message = (
         f"cancelled {batch_id}: {n} item(s) cancelled, "
         f"{len(result.dequeued_runs)} queued run(s) dequeued, "
@@ -158,13 +159,10 @@ def pause_batch(  # noqa: ANN001
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse) as con:
         batch = _batch_or_error(con, batch_id)
-        if batch["status"] in ledger.TERMINAL_BATCH_STATUSES:
-            raise ControlError(f"batch {batch_id} is {batch['status']}; nothing to pause")
+        if batch.status in ledger.TERMINAL_BATCH_STATUSES:
+            raise ControlError(f"batch {batch_id} is {batch.status}; nothing to pause")
         con.execute("begin")
-        con.execute(
-            "update batches set paused = true, updated_at = ? where batch_id = ?",
-            [ledger.utcnow(), batch_id],
-        )
+        ledger.set_paused(con, batch_id, True)
         ledger.add_event(con, batch_id, "batch_pause_requested", actor=actor)
         con.execute("commit")
     result = ControlResult(batch_id, "pause", "pausing")
@@ -188,7 +186,7 @@ def pause_batch(  # noqa: ANN001
         ledger.add_event(
             con,
             batch_id,
-            "batch_paused" if status == "paused" else "batch_draining",
+            "batch_paused" if status == BatchStatus.PAUSED else "batch_draining",
             actor=actor,
             detail={"dequeued_runs": result.dequeued_runs},
         )
@@ -196,7 +194,7 @@ def pause_batch(  # noqa: ANN001
     result.status = status
     result.message = (
         f"paused {batch_id}"
-        if status == "paused"
+        if status == BatchStatus.PAUSED
         else f"pausing {batch_id}: running chunks finish, then it shows paused"
     )
     return result
@@ -207,19 +205,12 @@ def resume_batch(batch_id: str, *, actor: str = "python") -> ControlResult:
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse) as con:
         batch = _batch_or_error(con, batch_id)
-        if not batch["paused"]:
-            raise ControlError(f"batch {batch_id} is not paused (it is {batch['status']})")
+        if not batch.paused:
+            raise ControlError(f"batch {batch_id} is not paused (it is {batch.status})")
         con.execute("begin")
-        con.execute(
-            "update batches set paused = false, updated_at = ?, status = case when status = "
-            "'paused' then (case when processed_items > 0 then 'running' else 'queued' end) "
-            "else status end where batch_id = ?",
-            [ledger.utcnow(), batch_id],
-        )
+        ledger.set_paused(con, batch_id, False)
         status = ledger.refresh_batch(con, batch_id)
-        pending = con.execute(
-            "select count(*) from batch_items where batch_id = ? and status = 'pending'", [batch_id]
-        ).fetchone()[0]
+        pending = ledger.count_items(con, batch_id, ItemStatus.PENDING)
         ledger.add_event(
             con, batch_id, "batch_resumed", actor=actor, detail={"pending_items": pending}
         )
@@ -251,27 +242,29 @@ def retry_batch(
     wanted = list(item_ids or [])
     with warehouse.connect(paths.warehouse, read_only=True) as con:
         parent = _batch_or_error(con, batch_id)
-        rows = ledger.get_items(
-            con, batch_id, status=["failed", "cancelled"] if wanted else ["failed"]
+        rows = ledger.load_items(
+            con,
+            batch_id,
+            status=[ItemStatus.FAILED, ItemStatus.CANCELLED] if wanted else [ItemStatus.FAILED],
         )
     if wanted:
-        by_id = {r["item_id"]: r for r in rows}
+        by_id = {r.item_id: r for r in rows}
         unknown = [i for i in wanted if i not in by_id]
         if unknown:
             raise ControlError(f"items not failed or cancelled in {batch_id}: {unknown[:10]}")
         rows = [by_id[i] for i in wanted]
     if categories:
-        rows = [r for r in rows if r["error_category"] in categories]
+        rows = [r for r in rows if r.error_category in categories]
     if not rows:
         what = f" in categories {categories}" if categories else ""
         raise ControlError(f"batch {batch_id} has no failed items{what} to retry")
     manifest = {
-        "operation": parent["operation"],
-        "name": f"retry of {parent['name']}"[:200],
-        "priority": priority or parent["priority"],
-        "options": {**parent["options"], **(options or {})},
-        "settings": {**parent["settings"], **(settings or {})},
-        "items": [{**r["payload"], "id": r["item_id"]} for r in rows],
+        "operation": parent.operation,
+        "name": f"retry of {parent.name}"[:200],
+        "priority": priority or parent.priority,
+        "options": {**parent.options, **(options or {})},
+        "settings": {**parent.settings, **(settings or {})},
+        "items": [{**(r.payload or {}), "id": r.item_id} for r in rows],
     }
     try:
         new_id = submit_batch(
@@ -294,7 +287,7 @@ def retry_batch(
     return ControlResult(
         batch_id,
         "retry",
-        parent["status"],
+        parent.status,
         new_batch_id=new_id,
         message=f"retrying {len(rows)} item(s) of {batch_id} as {new_id}",
     )

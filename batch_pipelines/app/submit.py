@@ -166,17 +166,15 @@ def submit_batch(
     with _submit_lock(paths):
         if idempotency_key:
             with warehouse.connect(paths.warehouse, read_only=True) as con:
-                row = con.execute(
-                    "select batch_id from batches where idempotency_key = ?", [idempotency_key]
-                ).fetchone()
-            if row:
-                return row[0]
+                existing = ledger.batch_for_idempotency_key(con, idempotency_key)
+            if existing:
+                return existing
         now = ledger.utcnow()
         batch_row = {
             "batch_id": prepared.batch_id,
             "operation": m.operation,
             "name": m.name or f"{m.operation} of {len(prepared.items)} items",
-            "status": "pending",
+            "status": ledger.BatchStatus.PENDING,
             "priority": m.priority,
             "total_items": len(prepared.items),
             "options": prepared.options,
@@ -207,8 +205,7 @@ def submit_batch(
                 unregister_keys(instance, m.operation, prepared.keys)
             with warehouse.connect(paths.warehouse) as con:
                 con.execute("begin")
-                con.execute("delete from batch_items where batch_id = ?", [prepared.batch_id])
-                con.execute("delete from batches where batch_id = ?", [prepared.batch_id])
+                ledger.delete_batch(con, prepared.batch_id)
                 ledger.add_event(
                     con, prepared.batch_id, "batch_submit_failed", actor=f"{source}:{who}"
                 )
@@ -216,7 +213,7 @@ def submit_batch(
             raise
         with warehouse.connect(paths.warehouse) as con:
             con.execute("begin")
-            ledger.set_batch_status(con, prepared.batch_id, "queued")
+            ledger.set_batch_status(con, prepared.batch_id, ledger.BatchStatus.QUEUED)
             ledger.add_event(con, prepared.batch_id, "batch_queued", actor=f"{source}:{who}")
             con.execute("commit")
     return prepared.batch_id
@@ -234,11 +231,7 @@ def _check_rate_limit(paths: config.Paths, who: str) -> None:
     if limit <= 0:
         return
     with warehouse.connect(paths.warehouse, read_only=True) as con:
-        n = con.execute(
-            "select count(*) from batches where submitted_by = ? and "
-            "created_at > now()::timestamp - interval 1 hour",
-            [who],
-        ).fetchone()[0]
+        n = ledger.batches_in_last_hour(con, who)
     if n >= limit:
         raise ManifestError(
             [

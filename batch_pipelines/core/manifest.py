@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from batch_pipelines.core import config
 from batch_pipelines.core.contract import resolve_under_roots
 from batch_pipelines.core.errors import ItemError
-from batch_pipelines.core.runner import ExecutionSettings
+from batch_pipelines.core.execution import ExecutionSettings
 
 PRIORITIES = {"low": -10, "normal": 0, "high": 10, "critical": 20}
 Priority = Literal["low", "normal", "high", "critical"]

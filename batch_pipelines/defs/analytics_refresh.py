@@ -86,8 +86,8 @@ def _batch_state(batch_id: str | None) -> BatchState | None:
         return None
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse, read_only=True, timeout_s=20) as con:
-        row = con.execute("select status from batches where batch_id = ?", [batch_id]).fetchone()
-    return BatchState(batch_id, row[0] if row else None)
+        status = ledger.batch_status(con, batch_id)
+    return BatchState(batch_id, str(status) if status else None)
 
 
 def _already_requested(instance, batch_id: str | None) -> bool:  # noqa: ANN001

@@ -57,7 +57,7 @@ log = logging.getLogger("batch_pipelines.cleanup")
 
 Kind = Literal["old_batches", "old_files", "orphan_files", "temp_tables", "staging"]
 KINDS: tuple[str, ...] = ("old_batches", "old_files", "orphan_files", "temp_tables", "staging")
-LEDGER_TABLES = ("item_attempts", "batch_events", "batch_items", "batches")
+LEDGER_TABLES = ledger.TABLES
 # Detail tables known today; tables that operations declare (OperationSpec.detail_tables) are
 # added at run time, and only those that exist with a batch_id column are touched.
 KNOWN_DETAIL_TABLES = (
@@ -392,31 +392,21 @@ def plan_old_batches(ctx: ItemContext, days: float) -> Plan:
     rts = roots(paths)
     plan = Plan([], [], {}, [], [], [], [], [])
     cutoff = _cutoff(days)
-    terminal = list(ledger.TERMINAL_BATCH_STATUSES)
     with ctx.read_warehouse() as con:
-        batches = con.execute(
-            "select batch_id, operation, total_items from batches where status in "
-            f"({', '.join('?' for _ in terminal)}) and coalesce(completed_at, updated_at, "
-            "created_at) < ? and batch_id <> ? order by created_at, batch_id",
-            [*terminal, cutoff, ctx.batch_id],
-        ).fetchall()
+        batches = ledger.finished_before(con, cutoff, exclude=ctx.batch_id)
         ids = [b[0] for b in batches]
         plan.batch_ids = ids
         if not ids:
             return plan
         with _registered(con, "_cleanup_ids", ids):
-            counts: dict[tuple[str, str], int] = {}
-            for table in (*LEDGER_TABLES[:-1], *detail_tables(con)):
+            counts = ledger.row_counts(con, ids)
+            for table in detail_tables(con):
                 for bid, n in con.execute(
                     f"select batch_id, count(*) from {quote_ident(table)} "
                     "where batch_id in (select batch_id from _cleanup_ids) group by 1"
                 ).fetchall():
                     counts[(table, bid)] = n
-            keys = con.execute(
-                "select i.batch_id, b.operation, i.partition_key from batch_items i "
-                "join batches b using (batch_id) "
-                "where i.batch_id in (select batch_id from _cleanup_ids) order by i.batch_id, i.seq"
-            ).fetchall()
+            keys = ledger.partition_keys(con, ids)
         files = recorded_files(con, ids)
     from batch_pipelines.app.partitions import PARTITIONS
 
@@ -502,7 +492,7 @@ def plan_orphan_files(ctx: ItemContext, item: CleanupItem) -> Plan:
     root, folder = _scope(ctx, item)
     rts = roots(ctx.paths)
     with ctx.read_warehouse() as con:
-        known = {r[0] for r in con.execute("select batch_id from batches").fetchall()}
+        known = ledger.known_batch_ids(con)
         recorded = set()
         for raw in recorded_files(con):
             with contextlib.suppress(OSError, ValueError):
@@ -537,11 +527,7 @@ def _temp_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
 def plan_temp_tables(ctx: ItemContext) -> Plan:
     plan = Plan([], [], {}, [], [], [], [], [])
     with ctx.read_warehouse() as con:
-        running = con.execute(
-            "select count(*) from batches where status in ('running', 'queued') and "
-            f"operation in ({', '.join('?' for _ in WRITING_OPERATIONS)}) and batch_id <> ?",
-            [*WRITING_OPERATIONS, ctx.batch_id],
-        ).fetchone()[0]
+        running = ledger.count_active(con, WRITING_OPERATIONS, exclude=ctx.batch_id)
         tables = _temp_tables(con)
         if running:
             plan.notes.append(
@@ -567,13 +553,7 @@ def plan_staging(ctx: ItemContext, item: CleanupItem) -> Plan:
     if not folders:
         return plan
     with ctx.read_warehouse() as con:
-        status = dict(
-            con.execute(
-                "select batch_id, status from batches where batch_id in "
-                f"({', '.join('?' for _ in folders)})",
-                [d.name for d in folders],
-            ).fetchall()
-        )
+        status = ledger.statuses_of(con, [d.name for d in folders])
     cutoff = time.time() - float(item.older_than_days or 0) * 86400
     seen: set[Path] = set()
     for d in folders:
@@ -615,24 +595,16 @@ def _delete_batches(con: duckdb.DuckDBPyConnection, ids: Sequence[str]) -> list[
     the ids deleted."""
     if not ids:
         return []
-    terminal = list(ledger.TERMINAL_BATCH_STATUSES)
-    with _registered(con, "_cleanup_ids", ids):
-        still = [
-            r[0]
-            for r in con.execute(
-                "select batch_id from batches where batch_id in (select batch_id from "
-                f"_cleanup_ids) and status in ({', '.join('?' for _ in terminal)})",
-                terminal,
-            ).fetchall()
-        ]
+    still = ledger.finished_among(con, ids)
     if not still:
         return []
     with _registered(con, "_cleanup_doomed", still):
-        for table in (*detail_tables(con), *LEDGER_TABLES):
+        for table in detail_tables(con):
             con.execute(
                 f"delete from {quote_ident(table)} "
                 "where batch_id in (select batch_id from _cleanup_doomed)"
             )
+    ledger.delete_finished_batches(con, still)
     return still
 
 

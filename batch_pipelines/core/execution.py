@@ -1,0 +1,266 @@
+"""Running one item to its final outcome: the execution settings of a batch, retries with
+exponential backoff and jitter (only for retryable error categories), the per-item timeout,
+and the attempts recorded along the way. Nothing here touches the warehouse; the chunk loop
+in :mod:`batch_pipelines.core.runner` commits what :func:`run_item` returns."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from batch_pipelines.core import config
+from batch_pipelines.core.contract import ItemContext, ItemResult, OperationSpec
+from batch_pipelines.core.errors import (
+    CANCELLED,
+    ItemCancelledError,
+    ItemTimeoutError,
+    classify,
+)
+from batch_pipelines.core.ledger import Attempt, ItemOutcome, ItemStatus, utcnow
+
+log = logging.getLogger("batch_pipelines.core.runner")
+
+
+class ExecutionSettings(BaseModel, extra="forbid"):
+    """A batch's execution settings (manifest ``settings:``)."""
+
+    max_retries: int = Field(2, ge=0, le=20, description="Retries per item for retryable errors")
+    retry_base_delay_s: float = Field(0.5, ge=0, le=3600)
+    retry_backoff_factor: float = Field(2.0, ge=1, le=10)
+    retry_jitter: float = Field(0.2, ge=0, le=1, description="± share of the delay randomised")
+    retry_max_delay_s: float = Field(60.0, ge=0, le=3600)
+    item_timeout_s: float | None = Field(300.0, gt=0, le=86400)
+    continue_on_error: bool = True
+    max_failure_ratio: float | None = Field(None, ge=0, le=1)
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="Items per Dagster run; unset: auto_chunk_size(items), fixed at submit",
+    )
+    max_concurrency: int | None = Field(None, ge=1, le=100, description="Chunk runs at once")
+    chunk_time_slice_s: float | None = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description=(
+            "A chunk run launched by the dispatcher hands the items it has not started to a "
+            "new run of its chunk after this long, so a big chunk of slow items does not hold "
+            "a run slot (priorities, pause) for long; None: run the whole chunk"
+        ),
+    )
+    flush_interval_s: float = Field(2.0, ge=0, le=600)
+
+
+# Unset chunk_size: each chunk run costs 2-3 s to launch (a new worker process) whatever its
+# size, so 100 items per run caps a batch of light items at ~35 items/s. A batch is cut into
+# AUTO_CHUNK_RUNS chunks (two run slots busy twice), of AUTO_CHUNK_MIN to AUTO_CHUNK_MAX
+# items; chunk_time_slice_s keeps a big chunk of slow items from holding a run slot for long.
+# Measured in docs/benchmarks.md (bench/fanout.py).
+AUTO_CHUNK_MIN = 100
+AUTO_CHUNK_MAX = 1000
+AUTO_CHUNK_RUNS = 4
+
+
+def auto_chunk_size(n_items: int) -> int:
+    """The chunk size of a batch of ``n_items`` whose manifest does not set one."""
+    return max(AUTO_CHUNK_MIN, min(AUTO_CHUNK_MAX, -(-n_items // AUTO_CHUNK_RUNS)))
+
+
+def backoff_delay(
+    settings: ExecutionSettings, attempt: int, rng: random.Random | None = None
+) -> float:
+    """Delay before retry number ``attempt`` (1 = first retry)."""
+    rng = rng or random
+    delay = settings.retry_base_delay_s * settings.retry_backoff_factor ** (attempt - 1)
+    delay = min(delay, settings.retry_max_delay_s)
+    if settings.retry_jitter:
+        delay *= 1 + rng.uniform(-settings.retry_jitter, settings.retry_jitter)
+    return max(0.0, delay)
+
+
+@dataclass
+class WorkItem:
+    batch_id: str
+    item_id: str
+    partition_key: str
+    payload: dict[str, Any]
+    previous_attempts: int = 0
+
+
+@dataclass
+class PendingCommit:
+    """An item's outcome and the handler's result, waiting for the runner to commit them."""
+
+    outcome: ItemOutcome
+    result: ItemResult | None
+
+
+def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemResult:
+    """Run the handler in a worker thread, so that a timeout or a cancelled batch can end the
+    attempt: the context's events are set (``ctx.check()`` raises) and its DuckDB
+    connections are interrupted; a handler that ignores both is abandoned, and its commit
+    is never run."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"item-{ctx.item_id}", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        wait = 0.5
+        if ctx.deadline is not None:
+            wait = min(wait, max(0.0, ctx.deadline - time.monotonic()))
+        worker.join(wait)
+        if not worker.is_alive():
+            break
+        timed_out = ctx.deadline is not None and time.monotonic() >= ctx.deadline
+        if timed_out or ctx.batch_stop.is_set():
+            ctx.cancel_event.set()
+            ctx.interrupt()
+            worker.join(2.0)
+            if timed_out:
+                raise ItemTimeoutError(f"item exceeded item_timeout_s ({ctx.timeout_s:g}s)")
+            raise ItemCancelledError("batch cancelled or stopped while the item ran")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def run_item(
+    spec: OperationSpec,
+    work: WorkItem,
+    options: BaseModel,
+    settings: ExecutionSettings,
+    *,
+    run_id: str | None,
+    paths: config.Paths,
+    resources: dict[str, Any] | None = None,
+    batch_stop: threading.Event | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> PendingCommit:
+    """Run one item to its final outcome (all attempts), without touching the warehouse."""
+    outcome = ItemOutcome(batch_id=work.batch_id, item_id=work.item_id, status=ItemStatus.FAILED)
+    outcome.started_at = utcnow()
+    try:
+        item = spec.item_model.model_validate(work.payload)
+    except Exception as exc:  # payload was validated at submit; a re-run may still differ
+        c = classify(ValueError(f"item payload: {exc}"))
+        now = utcnow()
+        outcome.attempts.append(
+            Attempt(
+                work.previous_attempts + 1,
+                now,
+                now,
+                0.0,
+                ItemStatus.FAILED,
+                c.message,
+                c.category,
+                c.severity,
+            )
+        )
+        outcome.error, outcome.error_category, outcome.severity = c.message, c.category, c.severity
+        outcome.finished_at = now
+        return PendingCommit(outcome, None)
+
+    attempt_no = work.previous_attempts
+    for retry in range(settings.max_retries + 1):
+        attempt_no += 1
+        ctx = ItemContext(
+            batch_id=work.batch_id,
+            item_id=work.item_id,
+            partition_key=work.partition_key,
+            item=item,
+            options=options,
+            attempt=attempt_no,
+            run_id=run_id,
+            paths=paths,
+            resources=resources or {},
+        )
+        if batch_stop is not None:
+            ctx.batch_stop = batch_stop
+        started = time.monotonic()
+        if settings.item_timeout_s:
+            ctx.deadline = started + settings.item_timeout_s
+            ctx.timeout_s = settings.item_timeout_s
+        started_at = utcnow()
+        try:
+            result = _call_with_timeout(lambda ctx=ctx: spec.handler(ctx), ctx)
+            if not isinstance(result, ItemResult):
+                raise TypeError(
+                    f"{spec.name} handler returned {type(result).__name__}, not ItemResult"
+                )
+        except Exception as exc:
+            c = classify(exc)
+            finished_at = utcnow()
+            outcome.attempts.append(
+                Attempt(
+                    attempt_no,
+                    started_at,
+                    finished_at,
+                    (time.monotonic() - started) * 1000,
+                    ItemStatus.FAILED,
+                    c.message,
+                    c.category,
+                    c.severity,
+                )
+            )
+            outcome.error, outcome.error_category, outcome.severity = (
+                c.message,
+                c.category,
+                c.severity,
+            )
+            outcome.finished_at = finished_at
+            stopping = batch_stop is not None and batch_stop.is_set()
+            if c.category == CANCELLED:
+                outcome.status = ItemStatus.CANCELLED
+                outcome.attempts[-1].outcome = ItemStatus.CANCELLED
+                return PendingCommit(outcome, None)
+            if not c.retryable or retry == settings.max_retries or stopping:
+                return PendingCommit(outcome, None)
+            delay = backoff_delay(settings, retry + 1, rng)
+            log.info(
+                "item %s attempt %d failed (%s), retrying in %.2fs",
+                work.item_id,
+                attempt_no,
+                c.category,
+                delay,
+            )
+            if batch_stop is not None:
+                # Wake early if the batch is cancelled while waiting to retry.
+                if sleep is time.sleep:
+                    batch_stop.wait(delay)
+                else:
+                    sleep(delay)
+            else:
+                sleep(delay)
+            continue
+        finished_at = utcnow()
+        outcome.attempts.append(
+            Attempt(
+                attempt_no,
+                started_at,
+                finished_at,
+                (time.monotonic() - started) * 1000,
+                result.status,
+            )
+        )
+        outcome.status = result.status
+        outcome.result = result.metrics
+        outcome.quality_score = result.quality_score
+        outcome.error = outcome.error_category = outcome.severity = None
+        outcome.finished_at = finished_at
+        return PendingCommit(outcome, result)
+    raise AssertionError("unreachable")

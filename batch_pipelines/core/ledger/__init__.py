@@ -1,0 +1,116 @@
+"""The ledger: the only code that writes its tables (batches, batch_items, item_attempts,
+batch_events); everything else calls it.
+
+- :mod:`.models`: statuses (``StrEnum``) and typed rows (``Batch``, ``Item``, ``ItemOutcome``)
+- :mod:`.states`: the batch state machine, pure (allowed transitions, status from counts)
+- :mod:`.store`: batch writes (submit, status, pause, refresh, reap, delete) and events
+- :mod:`.outcomes`: item outcome and attempt writes
+- :mod:`.reads`: the reads the application decides on; public reads return plain dicts
+
+Every function takes an open warehouse connection (see :mod:`batch_pipelines.core.warehouse`).
+"""
+
+from batch_pipelines.core.ledger.models import (
+    ACTIVE_BATCH_STATUSES,
+    BATCH_STATUSES,
+    ITEM_STATUSES,
+    TABLES,
+    TERMINAL_BATCH_STATUSES,
+    TERMINAL_ITEM_STATUSES,
+    Attempt,
+    Batch,
+    BatchStatus,
+    Item,
+    ItemOutcome,
+    ItemStatus,
+    utcnow,
+)
+from batch_pipelines.core.ledger.outcomes import record_outcome, record_outcomes
+from batch_pipelines.core.ledger.reads import (
+    batch_for_idempotency_key,
+    batch_status,
+    batches_in_last_hour,
+    chunk_plan,
+    count_active,
+    count_items,
+    finished_among,
+    finished_before,
+    get_batch,
+    get_items,
+    is_paused,
+    items_for_keys,
+    known_batch_ids,
+    launchable_chunks,
+    list_batches,
+    load_batch,
+    load_items,
+    partition_keys,
+    row_counts,
+    running_groups,
+    statuses_of,
+)
+from batch_pipelines.core.ledger.states import TransitionError
+from batch_pipelines.core.ledger.store import (
+    add_event,
+    cancel_pending,
+    delete_batch,
+    delete_finished_batches,
+    insert_batch,
+    mark_running,
+    reap_items,
+    refresh_batch,
+    release_items,
+    set_batch_status,
+    set_paused,
+)
+
+__all__ = [
+    "ACTIVE_BATCH_STATUSES",
+    "BATCH_STATUSES",
+    "ITEM_STATUSES",
+    "TABLES",
+    "TERMINAL_BATCH_STATUSES",
+    "TERMINAL_ITEM_STATUSES",
+    "Attempt",
+    "Batch",
+    "BatchStatus",
+    "Item",
+    "ItemOutcome",
+    "ItemStatus",
+    "TransitionError",
+    "add_event",
+    "batch_for_idempotency_key",
+    "batch_status",
+    "batches_in_last_hour",
+    "cancel_pending",
+    "chunk_plan",
+    "count_active",
+    "count_items",
+    "delete_batch",
+    "delete_finished_batches",
+    "finished_among",
+    "finished_before",
+    "get_batch",
+    "get_items",
+    "insert_batch",
+    "is_paused",
+    "items_for_keys",
+    "known_batch_ids",
+    "launchable_chunks",
+    "list_batches",
+    "load_batch",
+    "load_items",
+    "mark_running",
+    "partition_keys",
+    "reap_items",
+    "record_outcome",
+    "record_outcomes",
+    "refresh_batch",
+    "release_items",
+    "row_counts",
+    "running_groups",
+    "set_batch_status",
+    "set_paused",
+    "statuses_of",
+    "utcnow",
+]

@@ -1,0 +1,187 @@
+"""Writes of what runs did to items: each item's final state in ``batch_items`` and its
+attempts in ``item_attempts``, one item at a time or many at once from Arrow tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+import pyarrow as pa
+
+from batch_pipelines.core.ledger.models import ItemOutcome, ItemStatus, to_json
+from batch_pipelines.core.ledger.store import add_event
+
+
+def _failed_event(con: duckdb.DuckDBPyConnection, outcome: ItemOutcome, run_id: str | None) -> None:
+    add_event(
+        con,
+        outcome.batch_id,
+        "item_failed",
+        item_id=outcome.item_id,
+        actor=f"run:{run_id}" if run_id else "runner",
+        detail={"error": outcome.error, "category": outcome.error_category},
+    )
+
+
+def record_outcome(
+    con: duckdb.DuckDBPyConnection, outcome: ItemOutcome, run_id: str | None
+) -> None:
+    """Write one item's final state and its attempts (caller holds the transaction)."""
+    con.execute(
+        """
+        update batch_items set status = ?, attempts = attempts + ?, duration_ms = ?,
+            quality_score = ?, result = ?::json, error = ?, error_category = ?, severity = ?,
+            started_at = coalesce(?, started_at), finished_at = ?, run_id = ?
+        where batch_id = ? and item_id = ?
+        """,
+        [
+            outcome.status,
+            len(outcome.attempts),
+            outcome.duration_ms,
+            outcome.quality_score,
+            to_json(outcome.result),
+            outcome.error,
+            outcome.error_category,
+            outcome.severity,
+            outcome.started_at,
+            outcome.finished_at,
+            run_id,
+            outcome.batch_id,
+            outcome.item_id,
+        ],
+    )
+    for a in outcome.attempts:
+        con.execute(
+            """
+            insert or replace into item_attempts (batch_id, item_id, attempt, started_at,
+                finished_at, duration_ms, outcome, error, error_category, severity, run_id)
+            values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            [
+                outcome.batch_id,
+                outcome.item_id,
+                a.attempt,
+                a.started_at,
+                a.finished_at,
+                a.duration_ms,
+                a.outcome,
+                a.error,
+                a.error_category,
+                a.severity,
+                run_id,
+            ],
+        )
+    if outcome.status == ItemStatus.FAILED:
+        _failed_event(con, outcome, run_id)
+
+
+_OUTCOME_SCHEMA = pa.schema(
+    [
+        ("batch_id", pa.string()),
+        ("item_id", pa.string()),
+        ("status", pa.string()),
+        ("n_attempts", pa.int32()),
+        ("duration_ms", pa.float64()),
+        ("quality_score", pa.float64()),
+        ("result", pa.string()),
+        ("error", pa.string()),
+        ("error_category", pa.string()),
+        ("severity", pa.string()),
+        ("started_at", pa.timestamp("us")),
+        ("finished_at", pa.timestamp("us")),
+    ]
+)
+_ATTEMPT_SCHEMA = pa.schema(
+    [
+        ("batch_id", pa.string()),
+        ("item_id", pa.string()),
+        ("attempt", pa.int32()),
+        ("started_at", pa.timestamp("us")),
+        ("finished_at", pa.timestamp("us")),
+        ("duration_ms", pa.float64()),
+        ("outcome", pa.string()),
+        ("error", pa.string()),
+        ("error_category", pa.string()),
+        ("severity", pa.string()),
+    ]
+)
+
+
+def record_outcomes(
+    con: duckdb.DuckDBPyConnection, outcomes: Sequence[ItemOutcome], run_id: str | None
+) -> None:
+    """:func:`record_outcome` for many items at once: one UPDATE of ``batch_items`` and one
+    INSERT into ``item_attempts`` from Arrow tables (same rows; caller holds the transaction)."""
+    if not outcomes:
+        return
+    items = pa.Table.from_pylist(
+        [
+            {
+                "batch_id": o.batch_id,
+                "item_id": o.item_id,
+                "status": o.status,
+                "n_attempts": len(o.attempts),
+                "duration_ms": o.duration_ms,
+                "quality_score": o.quality_score,
+                "result": to_json(o.result),
+                "error": o.error,
+                "error_category": o.error_category,
+                "severity": o.severity,
+                "started_at": o.started_at,
+                "finished_at": o.finished_at,
+            }
+            for o in outcomes
+        ],
+        schema=_OUTCOME_SCHEMA,
+    )
+    attempts = pa.Table.from_pylist(
+        [
+            {
+                "batch_id": o.batch_id,
+                "item_id": o.item_id,
+                "attempt": a.attempt,
+                "started_at": a.started_at,
+                "finished_at": a.finished_at,
+                "duration_ms": a.duration_ms,
+                "outcome": a.outcome,
+                "error": a.error,
+                "error_category": a.error_category,
+                "severity": a.severity,
+            }
+            for o in outcomes
+            for a in o.attempts
+        ],
+        schema=_ATTEMPT_SCHEMA,
+    )
+    con.register("_outcomes", items)
+    con.register("_attempts", attempts)
+    try:
+        con.execute(
+            """
+            update batch_items set status = o.status,
+                attempts = batch_items.attempts + o.n_attempts, duration_ms = o.duration_ms,
+                quality_score = o.quality_score, result = o.result::json, error = o.error,
+                error_category = o.error_category, severity = o.severity,
+                started_at = coalesce(o.started_at, batch_items.started_at),
+                finished_at = o.finished_at, run_id = ?
+            from _outcomes o
+            where batch_items.batch_id = o.batch_id and batch_items.item_id = o.item_id
+            """,
+            [run_id],
+        )
+        if attempts.num_rows:
+            con.execute(
+                """
+                insert or replace into item_attempts (batch_id, item_id, attempt, started_at,
+                    finished_at, duration_ms, outcome, error, error_category, severity, run_id)
+                select batch_id, item_id, attempt, started_at, finished_at, duration_ms,
+                    outcome, error, error_category, severity, ? from _attempts
+                """,
+                [run_id],
+            )
+    finally:
+        con.unregister("_outcomes")
+        con.unregister("_attempts")
+    for outcome in outcomes:
+        if outcome.status == ItemStatus.FAILED:
+            _failed_event(con, outcome, run_id)

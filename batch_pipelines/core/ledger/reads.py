@@ -1,0 +1,341 @@
+"""Reads of the ledger tables that drive the application: batches and items for the API and
+the CLI, chunks for the dispatcher and the in-process runner, running items for the reaper,
+and the few facts a control, a submission or a cleanup decides on.
+
+The public reads return plain dicts (JSON-ready, as the CLI prints them); :func:`load_batch`
+and :func:`load_items` return the typed rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from batch_pipelines.core.ledger.models import (
+    TERMINAL_BATCH_STATUSES,
+    Batch,
+    BatchStatus,
+    Item,
+    ItemStatus,
+    column_list,
+    from_json,
+)
+
+_BATCH_COLUMNS = column_list(Batch)
+_ITEM_COLUMNS = column_list(Item)
+
+
+@contextlib.contextmanager
+def registered_ids(
+    con: duckdb.DuckDBPyConnection, name: str, column: str, ids: Sequence[str]
+) -> Iterator[str]:
+    """A list of ids as a view ``name`` with one column, for ``in (select ...)`` clauses."""
+    con.register(name, pa.table({column: pa.array(list(ids), pa.string())}))
+    try:
+        yield name
+    finally:
+        con.unregister(name)
+
+
+def _rows(rel: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in rel.description]
+    return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
+
+
+def _in(values: Sequence[Any]) -> str:
+    return f"({', '.join('?' for _ in values)})"
+
+
+def load_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> Batch | None:
+    rows = _rows(
+        con.execute(f"select {_BATCH_COLUMNS} from batches where batch_id = ?", [batch_id])
+    )
+    return Batch.from_row(rows[0]) if rows else None
+
+
+def get_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, Any] | None:
+    batch = load_batch(con, batch_id)
+    return batch.to_dict() if batch else None
+
+
+def list_batches(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    status: Iterable[str] | None = None,
+    operation: Iterable[str] | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    where, params = [], []
+    if status:
+        status = list(status)
+        where.append(f"status in {_in(status)}")
+        params += status
+    if operation:
+        operation = list(operation)
+        where.append(f"operation in {_in(operation)}")
+        params += operation
+    if created_after:
+        where.append("created_at >= ?")
+        params.append(created_after)
+    if created_before:
+        where.append("created_at < ?")
+        params.append(created_before)
+    clause = f"where {' and '.join(where)}" if where else ""
+    rel = con.execute(
+        f"select {_BATCH_COLUMNS} from batches {clause} order by created_at desc, batch_id desc "
+        "limit ? offset ?",
+        [*params, limit, offset],
+    )
+    return [Batch.from_row(r).to_dict() for r in _rows(rel)]
+
+
+def load_items(
+    con: duckdb.DuckDBPyConnection,
+    batch_id: str,
+    *,
+    status: Iterable[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Item]:
+    params: list[Any] = [batch_id]
+    clause = ""
+    if status:
+        status = list(status)
+        clause = f"and status in {_in(status)}"
+        params += status
+    limit_clause = ""
+    if limit is not None:
+        limit_clause = "limit ? offset ?"
+        params += [limit, offset]
+    rel = con.execute(
+        f"select {_ITEM_COLUMNS} from batch_items where batch_id = ? {clause} "
+        f"order by seq {limit_clause}",
+        params,
+    )
+    return [Item.from_row(r) for r in _rows(rel)]
+
+
+def get_items(
+    con: duckdb.DuckDBPyConnection,
+    batch_id: str,
+    *,
+    status: Iterable[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    return [
+        i.to_dict() for i in load_items(con, batch_id, status=status, limit=limit, offset=offset)
+    ]
+
+
+def batch_status(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus | None:
+    row = con.execute("select status from batches where batch_id = ?", [batch_id]).fetchone()
+    return BatchStatus(row[0]) if row else None
+
+
+def is_paused(con: duckdb.DuckDBPyConnection, batch_id: str) -> bool:
+    row = con.execute("select paused from batches where batch_id = ?", [batch_id]).fetchone()
+    return bool(row and row[0])
+
+
+def count_items(con: duckdb.DuckDBPyConnection, batch_id: str, status: str) -> int:
+    return int(
+        con.execute(
+            "select count(*) from batch_items where batch_id = ? and status = ?",
+            [batch_id, status],
+        ).fetchone()[0]
+    )
+
+
+def batch_for_idempotency_key(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    row = con.execute("select batch_id from batches where idempotency_key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def batches_in_last_hour(con: duckdb.DuckDBPyConnection, submitted_by: str) -> int:
+    return int(
+        con.execute(
+            "select count(*) from batches where submitted_by = ? and "
+            "created_at > now()::timestamp - interval 1 hour",
+            [submitted_by],
+        ).fetchone()[0]
+    )
+
+
+def items_for_keys(con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The ledger rows (with their batch's operation, options and settings) for partition keys,
+    in submission order."""
+    if not keys:
+        return []
+    with registered_ids(con, "_keys", "partition_key", keys):
+        rows = _rows(
+            con.execute(
+                """
+                select i.batch_id, i.item_id, i.seq, i.chunk_no, i.partition_key,
+                       i.payload::varchar as payload, i.status, i.attempts, b.operation,
+                       b.options::varchar as options, b.settings::varchar as settings,
+                       b.status as batch_status, b.paused
+                from batch_items i join _keys k using (partition_key)
+                join batches b using (batch_id)
+                order by i.batch_id, i.seq
+                """
+            )
+        )
+    for row in rows:
+        for k in ("payload", "options", "settings"):
+            row[k] = from_json(row[k], {})
+    return rows
+
+
+def chunk_plan(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:
+    """Per chunk of a batch: first and last partition key and how many items are unfinished."""
+    return _rows(
+        con.execute(
+            """
+            select chunk_no, arg_min(partition_key, seq) as first_key,
+                   arg_max(partition_key, seq) as last_key, count(*) as items,
+                   count(*) filter (where status in (?, ?)) as unfinished,
+                   count(*) filter (where status = ?) as pending
+            from batch_items where batch_id = ? group by chunk_no order by chunk_no
+            """,
+            [ItemStatus.PENDING, ItemStatus.RUNNING, ItemStatus.PENDING, batch_id],
+        )
+    )
+
+
+def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Chunks with pending items of batches that may run now (queued or running, not paused).
+
+    ``first_key``..``last_key`` spans the chunk's pending items: a chunk resumed after a
+    pause, a crash or a time slice is run over what is left of it, not over what is done."""
+    return _rows(
+        con.execute(
+            """
+            select i.batch_id, b.operation, b.priority, i.chunk_no,
+                   arg_min(i.partition_key, i.seq) filter (where i.status = 'pending')
+                       as first_key,
+                   arg_max(i.partition_key, i.seq) filter (where i.status = 'pending')
+                       as last_key,
+                   count(*) as items,
+                   count(*) filter (where i.status = 'pending') as pending,
+                   try_cast(json_extract(b.settings, '$.max_concurrency') as integer)
+                       as max_concurrency,
+                   try_cast(json_extract(b.settings, '$.item_timeout_s') as double)
+                       as item_timeout_s
+            from batch_items i join batches b using (batch_id)
+            where b.status in ('queued', 'running') and not b.paused
+            group by all
+            having count(*) filter (where i.status = 'pending') > 0
+            order by i.batch_id, i.chunk_no
+            """
+        )
+    )
+
+
+def running_groups(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, str]]:
+    """(batch_id, chunk_no, run_id) of items marked running, for the reaper."""
+    return [
+        (r[0], int(r[1]), r[2])
+        for r in con.execute(
+            "select batch_id, chunk_no, coalesce(run_id, '') from batch_items "
+            "where status = 'running' group by all order by all"
+        ).fetchall()
+    ]
+
+
+# --- for cleanup ---------------------------------------------------------------------------
+
+
+def finished_before(
+    con: duckdb.DuckDBPyConnection, cutoff: datetime, *, exclude: str | None = None
+) -> list[tuple[str, str, int]]:
+    """(batch_id, operation, total_items) of the batches that finished before ``cutoff``,
+    oldest first."""
+    terminal = list(TERMINAL_BATCH_STATUSES)
+    return con.execute(
+        f"select batch_id, operation, total_items from batches where status in {_in(terminal)} "
+        "and coalesce(completed_at, updated_at, created_at) < ? and batch_id is distinct from ? "
+        "order by created_at, batch_id",
+        [*terminal, cutoff, exclude],
+    ).fetchall()
+
+
+def finished_among(con: duckdb.DuckDBPyConnection, batch_ids: Sequence[str]) -> list[str]:
+    """Those of ``batch_ids`` that are finished now."""
+    if not batch_ids:
+        return []
+    terminal = list(TERMINAL_BATCH_STATUSES)
+    with registered_ids(con, "_ledger_ids", "batch_id", batch_ids):
+        return [
+            r[0]
+            for r in con.execute(
+                "select batch_id from batches where batch_id in (select batch_id from "
+                f"_ledger_ids) and status in {_in(terminal)}",
+                terminal,
+            ).fetchall()
+        ]
+
+
+def row_counts(
+    con: duckdb.DuckDBPyConnection, batch_ids: Sequence[str]
+) -> dict[tuple[str, str], int]:
+    """{(table, batch_id): rows} in the ledger tables other than ``batches``."""
+    counts: dict[tuple[str, str], int] = {}
+    with registered_ids(con, "_ledger_ids", "batch_id", batch_ids):
+        for table in ("item_attempts", "batch_events", "batch_items"):
+            for bid, n in con.execute(
+                f"select batch_id, count(*) from {table} "
+                "where batch_id in (select batch_id from _ledger_ids) group by 1"
+            ).fetchall():
+                counts[(table, bid)] = n
+    return counts
+
+
+def partition_keys(
+    con: duckdb.DuckDBPyConnection, batch_ids: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """(batch_id, operation, partition_key) of every item of those batches."""
+    with registered_ids(con, "_ledger_ids", "batch_id", batch_ids):
+        return con.execute(
+            "select i.batch_id, b.operation, i.partition_key from batch_items i "
+            "join batches b using (batch_id) "
+            "where i.batch_id in (select batch_id from _ledger_ids) order by i.batch_id, i.seq"
+        ).fetchall()
+
+
+def known_batch_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute("select batch_id from batches").fetchall()}
+
+
+def statuses_of(con: duckdb.DuckDBPyConnection, batch_ids: Sequence[str]) -> dict[str, str]:
+    """{batch_id: status} of those of ``batch_ids`` the ledger knows."""
+    if not batch_ids:
+        return {}
+    return dict(
+        con.execute(
+            f"select batch_id, status from batches where batch_id in {_in(batch_ids)}",
+            list(batch_ids),
+        ).fetchall()
+    )
+
+
+def count_active(
+    con: duckdb.DuckDBPyConnection, operations: Sequence[str], *, exclude: str | None = None
+) -> int:
+    """How many batches of those operations are queued or running."""
+    active = [BatchStatus.RUNNING, BatchStatus.QUEUED]
+    return int(
+        con.execute(
+            f"select count(*) from batches where status in {_in(active)} and "
+            f"operation in {_in(operations)} and batch_id is distinct from ?",
+            [*active, *operations, exclude],
+        ).fetchone()[0]
+    )
