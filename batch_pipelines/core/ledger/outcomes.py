@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 
 from batch_pipelines.core.ledger.models import ItemOutcome, ItemStatus, to_json
-from batch_pipelines.core.ledger.store import add_event
+from batch_pipelines.core.ledger.store import add_event, write
 
 
 def _failed_event(con: duckdb.DuckDBPyConnection, outcome: ItemOutcome, run_id: str | None) -> None:
@@ -27,7 +27,8 @@ def record_outcome(
     con: duckdb.DuckDBPyConnection, outcome: ItemOutcome, run_id: str | None
 ) -> None:
     """Write one item's final state and its attempts (caller holds the transaction)."""
-    con.execute(
+    write(
+        con,
         """
         update batch_items set status = ?, attempts = attempts + ?, duration_ms = ?,
             quality_score = ?, result = ?::json, error = ?, error_category = ?, severity = ?,
@@ -51,7 +52,8 @@ def record_outcome(
         ],
     )
     for a in outcome.attempts:
-        con.execute(
+        write(
+            con,
             """
             insert or replace into item_attempts (batch_id, item_id, attempt, started_at,
                 finished_at, duration_ms, outcome, error, error_category, severity, run_id)
@@ -156,7 +158,8 @@ def record_outcomes(
     con.register("_outcomes", items)
     con.register("_attempts", attempts)
     try:
-        con.execute(
+        write(
+            con,
             """
             update batch_items set status = o.status,
                 attempts = batch_items.attempts + o.n_attempts, duration_ms = o.duration_ms,
@@ -170,7 +173,8 @@ def record_outcomes(
             [run_id],
         )
         if attempts.num_rows:
-            con.execute(
+            write(
+                con,
                 """
                 insert or replace into item_attempts (batch_id, item_id, attempt, started_at,
                     finished_at, duration_ms, outcome, error, error_category, severity, run_id)

@@ -42,6 +42,13 @@ def registered_ids(
         con.unregister(name)
 
 
+def one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> tuple | None:
+    """The first row of a query that returns at most one. The result is read to its end: a
+    half-read result on the connection makes DuckDB refuse a later ``register``."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
 def _rows(rel: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     names = [d[0] for d in rel.description]
     return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
@@ -137,36 +144,38 @@ def get_items(
 
 
 def batch_status(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus | None:
-    row = con.execute("select status from batches where batch_id = ?", [batch_id]).fetchone()
+    row = one(con, "select status from batches where batch_id = ?", [batch_id])
     return BatchStatus(row[0]) if row else None
 
 
 def is_paused(con: duckdb.DuckDBPyConnection, batch_id: str) -> bool:
-    row = con.execute("select paused from batches where batch_id = ?", [batch_id]).fetchone()
+    row = one(con, "select paused from batches where batch_id = ?", [batch_id])
     return bool(row and row[0])
 
 
 def count_items(con: duckdb.DuckDBPyConnection, batch_id: str, status: str) -> int:
     return int(
-        con.execute(
+        one(
+            con,
             "select count(*) from batch_items where batch_id = ? and status = ?",
             [batch_id, status],
-        ).fetchone()[0]
+        )[0]
     )
 
 
 def batch_for_idempotency_key(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
-    row = con.execute("select batch_id from batches where idempotency_key = ?", [key]).fetchone()
+    row = one(con, "select batch_id from batches where idempotency_key = ?", [key])
     return row[0] if row else None
 
 
 def batches_in_last_hour(con: duckdb.DuckDBPyConnection, submitted_by: str) -> int:
     return int(
-        con.execute(
+        one(
+            con,
             "select count(*) from batches where submitted_by = ? and "
             "created_at > now()::timestamp - interval 1 hour",
             [submitted_by],
-        ).fetchone()[0]
+        )[0]
     )
 
 
@@ -333,9 +342,10 @@ def count_active(
     """How many batches of those operations are queued or running."""
     active = [BatchStatus.RUNNING, BatchStatus.QUEUED]
     return int(
-        con.execute(
+        one(
+            con,
             f"select count(*) from batches where status in {_in(active)} and "
             f"operation in {_in(operations)} and batch_id is distinct from ?",
             [*active, *operations, exclude],
-        ).fetchone()[0]
+        )[0]
     )

@@ -23,7 +23,13 @@ from batch_pipelines.core.ledger.models import (
     to_json,
     utcnow,
 )
-from batch_pipelines.core.ledger.reads import finished_among, registered_ids
+from batch_pipelines.core.ledger.reads import finished_among, one, registered_ids
+
+
+def write(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> int:
+    """Run a write and read its row count, so no unfinished result is left on the connection
+    (DuckDB refuses ``register`` while one is)."""
+    return int(con.execute(sql, params or []).fetchall()[0][0])
 
 
 def add_event(
@@ -36,7 +42,8 @@ def add_event(
     detail: dict[str, Any] | None = None,
     at: datetime | None = None,
 ) -> None:
-    con.execute(
+    write(
+        con,
         'insert into batch_events (batch_id, item_id, event, "at", actor, detail) '
         "values (?, ?, ?, ?, ?, ?)",
         [batch_id, item_id, event, at or utcnow(), actor, to_json(detail)],
@@ -52,7 +59,8 @@ def insert_batch(
     row["options"] = to_json(row.get("options"))
     row["settings"] = to_json(row.get("settings"))
     cols = list(row)
-    con.execute(
+    write(
+        con,
         f"insert into batches ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
         [row[c] for c in cols],
     )
@@ -68,7 +76,8 @@ def insert_batch(
     )
     con.register("_new_items", table)
     try:
-        con.execute(
+        write(
+            con,
             "insert into batch_items (batch_id, item_id, seq, chunk_no, partition_key, payload, "
             "status) select batch_id, item_id, seq, chunk_no, partition_key, payload::json, "
             "? from _new_items",
@@ -80,8 +89,8 @@ def insert_batch(
 
 def delete_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> None:
     """Remove a batch whose submission failed before it was queued (its items and row)."""
-    con.execute("delete from batch_items where batch_id = ?", [batch_id])
-    con.execute("delete from batches where batch_id = ?", [batch_id])
+    write(con, "delete from batch_items where batch_id = ?", [batch_id])
+    write(con, "delete from batches where batch_id = ?", [batch_id])
 
 
 def delete_finished_batches(con: duckdb.DuckDBPyConnection, batch_ids: Sequence[str]) -> list[str]:
@@ -91,16 +100,17 @@ def delete_finished_batches(con: duckdb.DuckDBPyConnection, batch_ids: Sequence[
     if still:
         with registered_ids(con, "_ledger_doomed", "batch_id", still):
             for table in ("item_attempts", "batch_events", "batch_items", "batches"):
-                con.execute(
-                    f"delete from {table} where batch_id in (select batch_id from _ledger_doomed)"
+                write(
+                    con,
+                    f"delete from {table} where batch_id in (select batch_id from _ledger_doomed)",
                 )
     return still
 
 
 def _batch_flags(con: duckdb.DuckDBPyConnection, batch_id: str) -> tuple[str, bool, int]:
-    row = con.execute(
-        "select status, stopped, processed_items from batches where batch_id = ?", [batch_id]
-    ).fetchone()
+    row = one(
+        con, "select status, stopped, processed_items from batches where batch_id = ?", [batch_id]
+    )
     if row is None:
         raise KeyError(batch_id)
     return row[0], bool(row[1]), int(row[2])
@@ -121,7 +131,8 @@ def set_batch_status(
     states.check_transition(current, status, stopped=stopped)
     at = at or utcnow()
     new = BatchStatus(status)
-    con.execute(
+    write(
+        con,
         """
         update batches set status = ?, updated_at = ?,
             error = coalesce(?, error),
@@ -149,7 +160,8 @@ def set_paused(con: duckdb.DuckDBPyConnection, batch_id: str, paused: bool) -> B
     or queued. Returns the batch's status (until the next :func:`refresh_batch`)."""
     current, _stopped, processed = _batch_flags(con, batch_id)
     status = BatchStatus(current) if paused else states.resumed_status(current, processed)
-    con.execute(
+    write(
+        con,
         "update batches set paused = ?, status = ?, updated_at = ? where batch_id = ?",
         [paused, status, utcnow(), batch_id],
     )
@@ -165,12 +177,14 @@ def mark_running(
 ) -> None:
     at = at or utcnow()
     with registered_ids(con, "_ids", "item_id", item_ids):
-        con.execute(
+        write(
+            con,
             "update batch_items set status = ?, run_id = ?, started_at = ?, "
             "finished_at = null where batch_id = ? and item_id in (select item_id from _ids)",
             [ItemStatus.RUNNING, run_id, at, batch_id],
         )
-    con.execute(
+    write(
+        con,
         "update batches set status = case when status in (?, ?) then ? "
         "else status end, started_at = coalesce(started_at, ?), updated_at = ? "
         "where batch_id = ?",
@@ -184,13 +198,13 @@ def release_items(
     """Put items a run marked ``running`` but did not start back to ``pending``, for the next
     run of their chunk; returns how many."""
     with registered_ids(con, "_ids", "item_id", item_ids):
-        n = con.execute(
+        return write(
+            con,
             "update batch_items set status = ?, run_id = null where batch_id = ? and "
             "status = ? and run_id is not distinct from ? and "
             "item_id in (select item_id from _ids)",
             [ItemStatus.PENDING, batch_id, ItemStatus.RUNNING, run_id],
-        ).fetchone()[0]
-    return int(n)
+        )
 
 
 def cancel_pending(
@@ -198,23 +212,24 @@ def cancel_pending(
 ) -> int:
     statuses = [ItemStatus.PENDING, ItemStatus.RUNNING] if include_running else [ItemStatus.PENDING]
     placeholders = ", ".join("?" for _ in statuses)
-    n = con.execute(
+    return write(
+        con,
         "update batch_items set status = ?, error = ?, error_category = 'cancelled', "
         f"finished_at = ? where batch_id = ? and status in ({placeholders})",
         [ItemStatus.CANCELLED, reason, utcnow(), batch_id, *statuses],
-    ).fetchone()[0]
-    return int(n)
+    )
 
 
 def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
     """Recompute a batch's counts, progress and status from its items (see
     :func:`.states.refresh`); returns the status. A batch that stops (error budget,
     stop-on-first-error) has its pending items cancelled."""
-    batch = con.execute(
+    batch = one(
+        con,
         "select status, total_items, settings::varchar, paused, stopped from batches "
         "where batch_id = ?",
         [batch_id],
-    ).fetchone()
+    )
     if batch is None:
         raise KeyError(batch_id)
     status, total, settings_json, paused, stopped = batch
@@ -228,11 +243,12 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
     )
 
     def first_failure() -> tuple[str, str | None]:
-        return con.execute(
+        return one(
+            con,
             "select item_id, error from batch_items where batch_id = ? and status = ? "
             "order by finished_at limit 1",
             [batch_id, ItemStatus.FAILED],
-        ).fetchone()
+        )
 
     decision = states.refresh(
         status,
@@ -247,7 +263,8 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
         cancel_pending(con, batch_id, f"batch stopped: {decision.error}")
     c = decision.counts
     now = utcnow()
-    con.execute(
+    write(
+        con,
         """
         update batches set status = ?, processed_items = ?, succeeded_items = ?,
             failed_items = ?, skipped_items = ?, cancelled_items = ?,
@@ -301,13 +318,15 @@ def reap_items(
     """Put items a dead run left ``running`` back to ``pending`` (``action`` "requeue") or fail
     them."""
     if action == "requeue":
-        n = con.execute(
+        n = write(
+            con,
             "update batch_items set status = ?, run_id = null where batch_id = ? and "
             "chunk_no = ? and coalesce(run_id, '') = ? and status = ?",
             [ItemStatus.PENDING, batch_id, chunk_no, run_id, ItemStatus.RUNNING],
-        ).fetchone()[0]
+        )
     else:
-        n = con.execute(
+        n = write(
+            con,
             "update batch_items set status = ?, error = ?, error_category = 'crashed', "
             "severity = 'critical', finished_at = ? where batch_id = ? and chunk_no = ? and "
             "coalesce(run_id, '') = ? and status = ?",
@@ -320,13 +339,13 @@ def reap_items(
                 run_id,
                 ItemStatus.RUNNING,
             ],
-        ).fetchone()[0]
+        )
     if n:
         add_event(
             con,
             batch_id,
             f"items_{'requeued' if action == 'requeue' else 'failed'}",
             actor="reaper",
-            detail={"chunk": chunk_no, "run_id": run_id, "items": int(n), "reason": reason},
+            detail={"chunk": chunk_no, "run_id": run_id, "items": n, "reason": reason},
         )
-    return int(n)
+    return n
