@@ -16,6 +16,7 @@ from batch_pipelines.app.partitions import register_keys, unregister_keys
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.contract import resolve_under_roots
 from batch_pipelines.core.errors import ItemError
+from batch_pipelines.core.execution import auto_chunk_size
 from batch_pipelines.core.keys import derived_item_id, new_batch_id, partition_key
 from batch_pipelines.core.manifest import (
     Manifest,
@@ -24,7 +25,6 @@ from batch_pipelines.core.manifest import (
     problems_from_validation,
     resolve_items,
 )
-from batch_pipelines.core.runner import auto_chunk_size
 from batch_pipelines.operations import get_operation
 
 

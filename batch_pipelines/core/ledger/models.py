@@ -139,15 +139,12 @@ class Batch:
     error: str | None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Batch:
-        values = dict(row)
-        values["status"] = BatchStatus(values["status"])
-        values["options"] = from_json(values["options"], {})
-        values["settings"] = from_json(values["settings"], {})
-        return cls(**values)
+    def from_dict(cls, row: dict[str, Any]) -> Batch:
+        """From the dict :func:`~.reads.get_batch` returns."""
+        return cls(**{**row, "status": BatchStatus(row["status"])})
 
     def to_dict(self) -> dict[str, Any]:
-        """The row as the public API has always returned it (statuses as plain strings)."""
+        """The row as the public reads return it (statuses as plain strings)."""
         row = dict(self.__dict__)
         row["status"] = str(self.status)
         return row
@@ -176,12 +173,9 @@ class Item:
     run_id: str | None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Item:
-        values = dict(row)
-        values["status"] = ItemStatus(values["status"])
-        values["payload"] = from_json(values["payload"])
-        values["result"] = from_json(values["result"])
-        return cls(**values)
+    def from_dict(cls, row: dict[str, Any]) -> Item:
+        """From a dict :func:`~.reads.get_items` returns."""
+        return cls(**{**row, "status": ItemStatus(row["status"])})
 
     def to_dict(self) -> dict[str, Any]:
         row = dict(self.__dict__)

@@ -58,16 +58,22 @@ def _in(values: Sequence[Any]) -> str:
     return f"({', '.join('?' for _ in values)})"
 
 
-def load_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> Batch | None:
-    rows = _rows(
-        con.execute(f"select {_BATCH_COLUMNS} from batches where batch_id = ?", [batch_id])
-    )
-    return Batch.from_row(rows[0]) if rows else None
+def _batches(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    rows = _rows(con.execute(sql, params))
+    for r in rows:
+        r["options"] = from_json(r["options"], {})
+        r["settings"] = from_json(r["settings"], {})
+    return rows
 
 
 def get_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, Any] | None:
-    batch = load_batch(con, batch_id)
-    return batch.to_dict() if batch else None
+    rows = _batches(con, f"select {_BATCH_COLUMNS} from batches where batch_id = ?", [batch_id])
+    return rows[0] if rows else None
+
+
+def load_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> Batch | None:
+    row = get_batch(con, batch_id)
+    return Batch.from_dict(row) if row else None
 
 
 def list_batches(
@@ -96,38 +102,12 @@ def list_batches(
         where.append("created_at < ?")
         params.append(created_before)
     clause = f"where {' and '.join(where)}" if where else ""
-    rel = con.execute(
+    return _batches(
+        con,
         f"select {_BATCH_COLUMNS} from batches {clause} order by created_at desc, batch_id desc "
         "limit ? offset ?",
         [*params, limit, offset],
     )
-    return [Batch.from_row(r).to_dict() for r in _rows(rel)]
-
-
-def load_items(
-    con: duckdb.DuckDBPyConnection,
-    batch_id: str,
-    *,
-    status: Iterable[str] | None = None,
-    limit: int | None = None,
-    offset: int = 0,
-) -> list[Item]:
-    params: list[Any] = [batch_id]
-    clause = ""
-    if status:
-        status = list(status)
-        clause = f"and status in {_in(status)}"
-        params += status
-    limit_clause = ""
-    if limit is not None:
-        limit_clause = "limit ? offset ?"
-        params += [limit, offset]
-    rel = con.execute(
-        f"select {_ITEM_COLUMNS} from batch_items where batch_id = ? {clause} "
-        f"order by seq {limit_clause}",
-        params,
-    )
-    return [Item.from_row(r) for r in _rows(rel)]
 
 
 def get_items(
@@ -138,9 +118,39 @@ def get_items(
     limit: int | None = None,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    return [
-        i.to_dict() for i in load_items(con, batch_id, status=status, limit=limit, offset=offset)
-    ]
+    params: list[Any] = [batch_id]
+    clause = ""
+    if status:
+        status = list(status)
+        clause = f"and status in {_in(status)}"
+        params += status
+    limit_clause = ""
+    if limit is not None:
+        limit_clause = "limit ? offset ?"
+        params += [limit, offset]
+    rows = _rows(
+        con.execute(
+            f"select {_ITEM_COLUMNS} from batch_items where batch_id = ? {clause} "
+            f"order by seq {limit_clause}",
+            params,
+        )
+    )
+    for r in rows:
+        r["payload"] = from_json(r["payload"])
+        r["result"] = from_json(r["result"])
+    return rows
+
+
+def load_items(
+    con: duckdb.DuckDBPyConnection,
+    batch_id: str,
+    *,
+    status: Iterable[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Item]:
+    rows = get_items(con, batch_id, status=status, limit=limit, offset=offset)
+    return [Item.from_dict(r) for r in rows]
 
 
 def batch_status(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus | None:
