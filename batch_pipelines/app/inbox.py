@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from batch_pipelines.core.errors import WarehouseError
 from batch_pipelines.core.manifest import ManifestError
 
 MANIFEST_SUFFIXES = (".json", ".yaml", ".yml")
@@ -77,19 +78,31 @@ def take(
     """Submit one manifest and move it to processed/ or rejected/ (with ``.error.json``).
 
     ``submit(path, idempotency_key)`` returns the batch id; a retried tick after a crash
-    between submit and move finds the same batch through the idempotency key.
+    between submit and move finds the same batch through the idempotency key. Whatever goes
+    wrong with one file stays with that file: it is rejected with the error, except when the
+    warehouse is busy or unreadable, which is no fault of the file: it waits for a later tick.
+    Never raises (but for KeyboardInterrupt and the like), so one file cannot stop the inbox.
     """
     try:
-        content = f.path.read_bytes()
+        try:
+            content = f.path.read_bytes()
+        except OSError as exc:
+            return _reject(f, inbox, {"error": f"cannot read manifest: {exc}"})
+        try:
+            batch_id = submit(f.path, idempotency_key(f, content))
+        except ManifestError as exc:
+            return _reject(f, inbox, exc.to_dict())
+        except WarehouseError as exc:
+            return IntakeResult(f.path, f.path, error=f"left for the next tick: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop the inbox
+            return _reject(f, inbox, {"error": f"cannot submit: {type(exc).__name__}: {exc}"})
+        dest = _unique_destination(inbox / "processed", f"{batch_id}__{f.path.name}")
+        os.replace(f.path, dest)
+        return IntakeResult(f.path, dest, batch_id=batch_id)
     except OSError as exc:
-        return _reject(f, inbox, {"error": f"cannot read manifest: {exc}"})
-    try:
-        batch_id = submit(f.path, idempotency_key(f, content))
-    except ManifestError as exc:
-        return _reject(f, inbox, exc.to_dict())
-    dest = _unique_destination(inbox / "processed", f"{batch_id}__{f.path.name}")
-    os.replace(f.path, dest)
-    return IntakeResult(f.path, dest, batch_id=batch_id)
+        # The file could not be moved (gone, or the folder is not writable): report it and
+        # go on with the others; the idempotency key keeps a retry from submitting it twice.
+        return IntakeResult(f.path, f.path, error=f"cannot move {f.path.name}: {exc}")
 
 
 def _reject(f: InboxFile, inbox: Path, error: dict) -> IntakeResult:

@@ -25,6 +25,7 @@ from batch_pipelines.core.manifest import (
     problems_from_validation,
     resolve_items,
 )
+from batch_pipelines.core.targets import colliding_targets
 from batch_pipelines.operations import get_operation
 
 
@@ -102,6 +103,8 @@ def prepare_batch(
         items.append({"item_id": item_id, "payload": clean})
         if len(problems) > 50:
             break
+    if options is not None and not problems:
+        problems += colliding_targets(spec.item_targets, options, items)
     if problems or options is None:
         raise ManifestError(problems)
     batch_id = new_batch_id(m.operation)

@@ -16,9 +16,24 @@ import warnings
 import click
 
 from batch_pipelines.cli import analytics, batches, cleanup, control, demo, sql
+from batch_pipelines.cli.utils import EXIT_FAILED
+from batch_pipelines.core.errors import WarehouseError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class WarehouseUnavailable(click.ClickException):
+    exit_code = EXIT_FAILED
+
+
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        # A busy or unreadable warehouse, or a read over its time limit, is one line, exit 1.
+        try:
+            return super().invoke(ctx)
+        except WarehouseError as exc:
+            raise WarehouseUnavailable(str(exc)) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="batch_pipelines")
 def main() -> None:
     """Bulk operations as Dagster asset jobs, with a per-item ledger in DuckDB."""

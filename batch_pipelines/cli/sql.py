@@ -11,7 +11,8 @@ import duckdb
 from rich.table import Table
 
 from batch_pipelines.cli.utils import EXIT_BAD_INPUT, console, err_console
-from batch_pipelines.core import warehouse
+from batch_pipelines.core import config, warehouse
+from batch_pipelines.core.sqlcheck import refuse_side_effects
 
 
 @click.command()
@@ -34,7 +35,9 @@ def sql(query: str, fmt: str, limit: int) -> None:
     """Run a read-only SQL QUERY on the warehouse and print the result.
 
     The warehouse is opened read-only under the project's lock, so this works while batches
-    run (a plain `duckdb` shell would be refused by DuckDB's single-writer lock).
+    run (a plain `duckdb` shell would be refused by DuckDB's single-writer lock). Nothing
+    outside the warehouse is reachable: no COPY, ATTACH, INSTALL or LOAD, no file reads; a
+    query is stopped after BATCH_PIPELINES_QUERY_TIMEOUT_S seconds (default 300).
 
     \b
     Example:
@@ -44,7 +47,14 @@ def sql(query: str, fmt: str, limit: int) -> None:
         err_console.print("[red]--limit must be at least 1[/]")
         sys.exit(EXIT_BAD_INPUT)
     try:
-        with warehouse.connect(read_only=True) as con:
+        refuse_side_effects(query)
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        sys.exit(EXIT_BAD_INPUT)
+    try:
+        with warehouse.connect(
+            read_only=True, sandbox=True, query_timeout_s=config.query_timeout_s()
+        ) as con:
             rel = con.execute(query)
             if rel.description is None:
                 names, rows = [], []

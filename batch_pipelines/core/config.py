@@ -10,6 +10,10 @@ the current directory by accident. Environment variables (all optional):
 - ``BATCH_PIPELINES_MAX_ITEMS``: the most items one batch may hold (default 100000).
 - ``BATCH_PIPELINES_DUCKDB_MEMORY``: DuckDB memory limit for item work (default ``1GB``).
 - ``BATCH_PIPELINES_LOCK_TIMEOUT_S``: how long a process waits for the warehouse (default 300).
+- ``BATCH_PIPELINES_QUERY_TIMEOUT_S``: the longest a read of the warehouse may run: a manifest's
+  ``items_from.sql``, ``batch-pipelines sql``, an operation's reads (default 300; 0: no limit).
+- ``BATCH_PIPELINES_GLOB_MAX_FILES``: the most files and folders an ``items_from.glob`` may look
+  at (default 200000).
 """
 
 from __future__ import annotations
@@ -101,3 +105,19 @@ def lock_timeout_s() -> float:
 def max_batches_per_hour() -> int:
     """Submission rate limit per submitter (0 disables it)."""
     return _int_env("BATCH_PIPELINES_MAX_BATCHES_PER_HOUR", 0)
+
+
+def query_timeout_s() -> float | None:
+    """The longest a read of the warehouse may run, or None for no limit."""
+    raw = os.environ.get("BATCH_PIPELINES_QUERY_TIMEOUT_S")
+    if raw is None or raw.strip() == "":
+        return 300.0
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"BATCH_PIPELINES_QUERY_TIMEOUT_S must be a number, got {raw!r}") from exc
+    return value if value > 0 else None
+
+
+def glob_max_files() -> int:
+    return _int_env("BATCH_PIPELINES_GLOB_MAX_FILES", 200_000)

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from batch_pipelines.core import config, warehouse
 from batch_pipelines.core.errors import ItemCancelledError, ItemTimeoutError, ValidationItemError
+from batch_pipelines.core.targets import ItemTarget
 
 
 class CommitContext:
@@ -122,8 +123,11 @@ class ItemContext:
 
     @contextlib.contextmanager
     def read_warehouse(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection to the warehouse, held as briefly as possible."""
-        with warehouse.connect(self.paths.warehouse, read_only=True) as con:
+        """A read-only connection to the warehouse, held as briefly as possible and for no
+        longer than BATCH_PIPELINES_QUERY_TIMEOUT_S."""
+        with warehouse.connect(
+            self.paths.warehouse, read_only=True, query_timeout_s=config.query_timeout_s()
+        ) as con:
             self._connections.append(con)
             try:
                 yield con
@@ -196,3 +200,6 @@ class OperationSpec:
     # one by one again if any of them fails. Leave False when a commit has side effects
     # outside DuckDB that a rollback cannot undo.
     group_commits: bool = False
+    # Targets named from the item id (one table per item): two items of a batch that would
+    # write to the same one are refused at submit.
+    item_targets: tuple[ItemTarget, ...] = ()

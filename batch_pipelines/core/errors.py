@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from dataclasses import dataclass
 
@@ -49,6 +50,41 @@ class ItemCancelledError(ItemError):
     category = CANCELLED
 
 
+class WarehouseError(RuntimeError):
+    """The warehouse cannot serve this request: busy, unreadable, or a read over its time
+    limit. The message is one line, fit to show as it is."""
+
+
+class WarehouseBusyError(WarehouseError):
+    """The warehouse stayed locked by another process for longer than the lock timeout."""
+
+
+class WarehouseUnreadableError(WarehouseError):
+    """The warehouse file cannot be opened: not a DuckDB database, damaged, or unreadable."""
+
+
+class QueryTimeoutError(WarehouseError):
+    """A read of the warehouse ran longer than ``BATCH_PIPELINES_QUERY_TIMEOUT_S``."""
+
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True if ``exc`` or an exception it was raised from says the disk is full; DuckDB and
+    handlers often wrap the OSError, so its text counts too."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(exc).lower() for text in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 @dataclass(frozen=True)
 class Classified:
     category: str
@@ -60,8 +96,17 @@ class Classified:
 def classify(exc: BaseException) -> Classified:
     """Map any exception raised while processing an item to a category and severity."""
     message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ItemError) else str(exc)
-    if isinstance(exc, ItemError):
+    if isinstance(exc, ItemCancelledError | ItemTimeoutError):
         category = exc.category
+    elif is_disk_full(exc):
+        # Space can be freed and the item retried; it says nothing about the item's input.
+        category = TRANSIENT
+    elif isinstance(exc, ItemError):
+        category = exc.category
+    elif isinstance(exc, QueryTimeoutError):
+        category = TIMEOUT
+    elif isinstance(exc, WarehouseBusyError):
+        category = TRANSIENT
     elif isinstance(exc, TimeoutError | socket.timeout):
         category = TIMEOUT
     elif isinstance(exc, ConnectionError):

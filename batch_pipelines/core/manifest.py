@@ -8,7 +8,7 @@ and the launchpad job can all say exactly what is wrong.
 from __future__ import annotations
 
 import csv
-import glob as globlib
+import itertools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batch_pipelines.core import config
 from batch_pipelines.core.contract import resolve_under_roots
-from batch_pipelines.core.errors import ItemError
+from batch_pipelines.core.errors import ItemError, QueryTimeoutError
 from batch_pipelines.core.execution import ExecutionSettings
+from batch_pipelines.core.globs import GlobError, glob_under_roots
 
 PRIORITIES = {"low": -10, "normal": 0, "high": 10, "critical": 20}
+MAX_DEPTH = 64  # no real manifest nests deeper; deeper ones would exhaust recursion later
 Priority = Literal["low", "normal", "high", "critical"]
 
 
@@ -116,12 +118,33 @@ def _mapping(data: Any, problem: str) -> dict[str, Any]:  # noqa: ANN401
     return data
 
 
+def _too_deep(source: str) -> ManifestError:
+    return ManifestError([("", f"{source} is nested too deeply (more than {MAX_DEPTH} levels)")])
+
+
+def _check_depth(data: dict[str, Any], source: str) -> dict[str, Any]:
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _too_deep(source)
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return data
+
+
 def parse_text(text: str, source: str = "manifest") -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ManifestError([("", f"{source} is not valid YAML or JSON: {exc}")]) from exc
-    return _mapping(data, f"{source} must be a mapping with an 'operation' field")
+    except RecursionError:
+        raise _too_deep(source) from None
+    return _check_depth(
+        _mapping(data, f"{source} must be a mapping with an 'operation' field"), source
+    )
 
 
 def read_manifest_file(path: Path) -> dict[str, Any]:
@@ -135,7 +158,9 @@ def read_manifest_file(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError([("", f"{path.name} is not valid JSON: {exc}")]) from exc
-    return _mapping(data, f"{path.name} must be a JSON object")
+    except RecursionError:
+        raise _too_deep(path.name) from None
+    return _check_depth(_mapping(data, f"{path.name} must be a JSON object"), path.name)
 
 
 def load_manifest(source: Mapping[str, Any] | str | Path) -> Manifest:
@@ -147,6 +172,7 @@ def load_manifest(source: Mapping[str, Any] | str | Path) -> Manifest:
         data = parse_text(source)
     else:
         data = dict(source)
+        _check_depth(data, "manifest")
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
@@ -160,24 +186,29 @@ def resolve_items(manifest: Manifest, paths: config.Paths | None = None) -> list
         return [dict(i) for i in manifest.items]
     src = manifest.items_from
     assert src is not None
+    # One more than the limit is enough for prepare_batch to refuse the batch: reading
+    # further would only spend memory on a batch that is refused anyway.
+    enough = config.max_items() + 1
     try:
         if src.glob:
-            pattern = src.glob
-            if not Path(pattern).is_absolute():
-                pattern = str(paths.data.parent / pattern)
-            matches = sorted(globlib.glob(pattern, recursive=True))
-            items = []
-            for m in matches:
-                if Path(m).is_file():
-                    resolve_under_roots(m, paths, field_name="items_from.glob")
-                    items.append({"path": str(Path(m).resolve())})
-            if not items:
+            try:
+                matches = glob_under_roots(
+                    src.glob,
+                    paths.allowed_roots,
+                    base_dir=paths.data.parent,
+                    max_visits=config.glob_max_files(),
+                    max_matches=enough - 1,
+                    visits_hint=" or raise BATCH_PIPELINES_GLOB_MAX_FILES",
+                )
+            except GlobError as exc:
+                raise ManifestError([("items_from.glob", str(exc))]) from None
+            if not matches:
                 raise ManifestError([("items_from.glob", f"no file matches {src.glob!r}")])
-            return items
+            return [{"path": str(m)} for m in matches]
         if src.csv:
             path = resolve_under_roots(src.csv, paths, field_name="items_from.csv")
             with path.open(newline="", encoding="utf-8") as fh:
-                return [dict(row) for row in csv.DictReader(fh)]
+                return [dict(row) for row in itertools.islice(csv.DictReader(fh), enough)]
         if src.sql:
             return _items_from_sql(src.sql, paths)
     except ItemError as exc:
@@ -198,10 +229,14 @@ def _items_from_sql(query: str, paths: config.Paths) -> list[dict[str, Any]]:
     except ValueError as exc:
         raise ManifestError([("items_from.sql", str(exc))]) from exc
     try:
-        with warehouse.connect(paths.warehouse, read_only=True) as con:
+        with warehouse.connect(
+            paths.warehouse, read_only=True, query_timeout_s=config.query_timeout_s()
+        ) as con:
             rel = con.execute(query)
             names = [d[0] for d in rel.description]
             rows = rel.fetchmany(config.max_items() + 1)
+    except QueryTimeoutError as exc:
+        raise ManifestError([("items_from.sql", str(exc))]) from exc
     except duckdb.Error as exc:
         raise ManifestError([("items_from.sql", str(exc).splitlines()[0])]) from exc
     return [

@@ -53,5 +53,14 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     return applied
 
 
+def pending_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The ids of the migrations this warehouse has not seen, read without writing."""
+    try:
+        done = {row[0] for row in con.execute("select id from schema_migrations").fetchall()}
+    except duckdb.CatalogException:
+        done = set()
+    return [migration_id for migration_id, _ in all_migrations() if migration_id not in done]
+
+
 def schema_version(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in con.execute("select id from schema_migrations order by id").fetchall()]

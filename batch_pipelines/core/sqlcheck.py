@@ -139,3 +139,32 @@ def _inspect(tree: object) -> list[str]:
         names = ", ".join(repr(f) for f in sorted(files))
         problems.append(f"query may only read tables and views by name, not files or URLs: {names}")
     return problems
+
+
+# Statements that reach outside the warehouse: files, other databases, extensions.
+_SIDE_EFFECTS = frozenset(
+    {"COPY", "COPY_DATABASE", "EXPORT", "ATTACH", "DETACH", "LOAD", "EXTENSION"}
+)
+
+
+def refuse_side_effects(query: str) -> None:
+    """Raise ``ValueError`` if any statement of ``query`` would write a file, attach a
+    database or install or load an extension. A query that does not parse passes: running it
+    gives DuckDB's own message."""
+    con = duckdb.connect(":memory:")
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error:
+        return
+    finally:
+        con.close()
+    for statement in statements:
+        if statement.type.name in _SIDE_EFFECTS:
+            words = statement.query.split()
+            verb = words[0].upper() if words else statement.type.name
+            if verb == "FORCE" and len(words) > 1:
+                verb = words[1].upper()
+            raise ValueError(
+                f"read-only: {verb} statements are not allowed here "
+                "(files are written by the export operation)"
+            )

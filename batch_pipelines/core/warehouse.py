@@ -8,6 +8,12 @@ always closes both. Work that takes long (parsing a file, calling a model) happe
 the lock; only the short write of its results happens inside. Connections from tools outside
 the project (the ``duckdb`` shell) do not take the lock, so the DuckDB open is retried with
 backoff as well.
+
+A process brings the schema up to date on its first connection, under an exclusive lock
+taken only when a migration is pending (checked read-only first), so a long read never
+holds up a process that only wants to read. Reads may be bounded in time
+(``query_timeout_s``): DuckDB is interrupted and :class:`QueryTimeoutError` raised. A busy
+or unreadable warehouse raises a :class:`WarehouseError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -24,14 +30,29 @@ from pathlib import Path
 import duckdb
 
 from batch_pipelines.core import config
-from batch_pipelines.core.schema import migrate
+from batch_pipelines.core.errors import (
+    QueryTimeoutError,
+    WarehouseBusyError,
+    WarehouseError,
+    WarehouseUnreadableError,
+)
+from batch_pipelines.core.schema import migrate, pending_migrations
+
+__all__ = [
+    "QueryTimeoutError",
+    "WarehouseBusyError",
+    "WarehouseError",
+    "WarehouseUnreadableError",
+    "connect",
+    "file_lock",
+    "forget_migrations",
+]
 
 _process_lock = threading.RLock()
 _migrated: set[str] = set()
-
-
-class WarehouseBusyError(RuntimeError):
-    """The warehouse stayed locked by another process for longer than the lock timeout."""
+# Reads that cannot touch anything but the warehouse: no file, extension, URL or ATTACH, and
+# no SET to turn that back on.
+SANDBOX = {"enable_external_access": False, "lock_configuration": True}
 
 
 def _lock_path(path: Path) -> Path:
@@ -65,7 +86,9 @@ def file_lock(path: Path, exclusive: bool, timeout_s: float) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the flock
 
 
-def _open(path: Path, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+def _open(
+    path: Path, read_only: bool, timeout_s: float, sandbox: bool = False
+) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + timeout_s
     delay = 0.05
     while True:
@@ -75,14 +98,72 @@ def _open(path: Path, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConne
             return duckdb.connect(
                 str(path),
                 read_only=read_only,
-                config={"memory_limit": config.duckdb_memory_limit()},
+                config={
+                    "memory_limit": config.duckdb_memory_limit(),
+                    **(SANDBOX if sandbox else {}),
+                },
             )
         except duckdb.IOException as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "lock" not in first_line.lower():
+                raise WarehouseUnreadableError(
+                    f"cannot open the warehouse {path}: {first_line}"
+                ) from None
             # Another process outside our lock (a duckdb shell) holds the file.
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
+            if time.monotonic() > deadline:
+                raise WarehouseBusyError(
+                    f"warehouse {path} is held by another program for more than "
+                    f"{timeout_s:.0f}s: {first_line}"
+                ) from None
             time.sleep(delay + random.random() * delay)
             delay = min(delay * 2, 2.0)
+        except duckdb.Error as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WarehouseUnreadableError(
+                f"cannot open the warehouse {path}: {first_line}"
+            ) from None
+
+
+def _schema_is_current(path: Path, timeout_s: float) -> bool:
+    """Whether every migration is applied, asked read-only under a shared lock."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with file_lock(path, exclusive=False, timeout_s=timeout_s):
+        con = _open(path, True, timeout_s)
+        try:
+            return not pending_migrations(con)
+        finally:
+            con.close()
+
+
+@contextlib.contextmanager
+def _time_limit(con: duckdb.DuckDBPyConnection, seconds: float | None) -> Iterator[None]:
+    """Interrupt ``con`` after ``seconds`` and turn whatever the block raises then into a
+    QueryTimeoutError."""
+    if not seconds:
+        yield
+        return
+    fired = threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        with contextlib.suppress(Exception):
+            con.interrupt()
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except Exception as exc:
+        if fired.is_set():
+            raise QueryTimeoutError(
+                f"the query ran longer than {seconds:g}s and was stopped "
+                "(BATCH_PIPELINES_QUERY_TIMEOUT_S)"
+            ) from exc
+        raise
+    finally:
+        timer.cancel()
 
 
 @contextlib.contextmanager
@@ -91,11 +172,16 @@ def connect(
     *,
     read_only: bool = False,
     timeout_s: float | None = None,
+    query_timeout_s: float | None = None,
+    sandbox: bool = False,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse under the project's cross-process lock; always closes it.
 
     A read-only connection to a warehouse that does not exist yet creates it first, so
-    readers never fail on a fresh checkout.
+    readers never fail on a fresh checkout. ``query_timeout_s`` bounds the time the block
+    may spend in DuckDB; ``sandbox`` (read-only connections) refuses files, extensions and
+    ATTACH. Raises a :class:`WarehouseError` when the warehouse stays locked or cannot be
+    opened.
     """
     path = Path(path) if path is not None else config.get_paths().warehouse
     timeout_s = config.lock_timeout_s() if timeout_s is None else timeout_s
@@ -103,18 +189,21 @@ def connect(
     with _process_lock:
         if key not in _migrated or not path.exists():
             # First use in this process (or a new file): bring the schema up to date with a
-            # short read-write connection, whatever the caller asked for.
-            with file_lock(path, exclusive=True, timeout_s=timeout_s):
-                con = _open(path, False, timeout_s)
-                try:
-                    migrate(con)
-                finally:
-                    con.close()
+            # short read-write connection, whatever the caller asked for, but only when a
+            # migration is pending: the exclusive lock would wait for every running read.
+            if not _schema_is_current(path, timeout_s):
+                with file_lock(path, exclusive=True, timeout_s=timeout_s):
+                    con = _open(path, False, timeout_s)
+                    try:
+                        migrate(con)
+                    finally:
+                        con.close()
             _migrated.add(key)
         with file_lock(path, exclusive=not read_only, timeout_s=timeout_s):
-            con = _open(path, read_only, timeout_s)
+            con = _open(path, read_only, timeout_s, sandbox=sandbox and read_only)
             try:
-                yield con
+                with _time_limit(con, query_timeout_s):
+                    yield con
             finally:
                 con.close()
 

@@ -64,6 +64,8 @@ def inbox_sensor(context: SensorEvaluationContext) -> SkipReason:
         if result.batch_id:
             accepted.append(f"{f.path.name} -> {result.batch_id}")
             context.log.info(f"registered {f.path.name} as batch {result.batch_id}")
+        elif result.moved_to == f.path:
+            context.log.warning(f"kept {f.path.name} for a later tick: {result.error}")
         else:
             rejected.append(f"{f.path.name}: {result.error}")
             context.log.warning(f"rejected {f.path.name}: {result.error}")

@@ -29,6 +29,7 @@ from batch_pipelines.core.sql import (
     validate_identifier,
     validate_table_name,
 )
+from batch_pipelines.core.targets import ItemTarget, item_table_name
 
 Format = Literal["auto", "csv", "tsv", "json", "ndjson", "parquet"]
 EXTENSIONS = {
@@ -295,9 +296,7 @@ def handle_import(ctx: ItemContext) -> ItemResult:
         with path.open("rb") as fh:
             if looks_binary(fh.read(65536)):
                 raise ValidationItemError(f"{path.name} is not a {fmt} file: binary content")
-    target = options.target_table.replace(
-        "{item_id}", slugify(ctx.item_id).replace(".", "_").replace("-", "_")
-    )
+    target = item_table_name(options.target_table, ctx.item_id)
     validate_table_name(target, "target_table")
     # Appending to an existing table: parse with its column types, so values that do not fit
     # become rejects with a reason instead of failing the whole file at commit.
@@ -448,4 +447,5 @@ SPEC = OperationSpec(
     item_model=ImportItem,
     handler=handle_import,
     detail_tables=("import_files", "import_rejects"),
+    item_targets=(ItemTarget("options.target_table", lambda options, _: options.target_table),),
 )

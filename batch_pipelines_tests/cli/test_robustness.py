@@ -1,0 +1,248 @@
+"""What a manifest, a slow query, a busy or broken warehouse or a full disk does to the real
+CLI: a clear one-line answer with the documented exit code, never a traceback, a wedge or a
+silent overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from batch_pipelines.core import warehouse
+from batch_pipelines_tests.conftest import CLI
+
+pytestmark = pytest.mark.e2e
+
+SLOW_QUERY = "select count(*)::varchar as path from range(100000000) a, range(100000000) b"
+
+
+def cli(env, *args: str, timeout: int = 180, **extra: str) -> subprocess.CompletedProcess:  # noqa: ANN001
+    environ = {**env.environ(), "COLUMNS": "200", **extra}
+    return subprocess.run(
+        [CLI, *args], env=environ, cwd=env.root, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_line_error(p: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+# {item_id} in a target table
+
+
+def test_item_id_tables_that_collide_are_refused_at_submit(samples: Path, env) -> None:  # noqa: ANN001
+    items = [
+        {"id": "a.b", "path": "data/samples/penguins_2007.csv"},
+        {"id": "a-b", "path": "data/samples/penguins_2008.tsv"},
+        {"id": "\U0001f642", "path": "data/samples/penguins_2009.json"},
+        {"id": "\U0001f643", "path": "data/samples/penguins_2010.ndjson"},
+        {"id": "Penguins", "path": "data/samples/penguins_2011.parquet"},
+        {"id": "penguins", "path": "data/samples/penguins_2012_messy.csv"},
+    ]
+    (env.data / "items.json").write_text(json.dumps(items))
+    p = cli(
+        env,
+        "submit",
+        "import",
+        "--items-json",
+        str(env.data / "items.json"),
+        "--option",
+        "target_table=raw_{item_id}",
+        "--wait",
+    )
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    assert "options.target_table" in p.stderr
+    for pair in (("a.b", "a-b"), ("\U0001f642", "\U0001f643"), ("Penguins", "penguins")):
+        assert any(pair[0] in line and pair[1] in line for line in p.stderr.splitlines()), (
+            pair,
+            p.stderr,
+        )
+    assert env.sql("select count(*) from batches") == [(0,)]
+
+    # Ids that give distinct tables are fine.
+    p = cli(
+        env,
+        "submit",
+        "import",
+        "--item",
+        json.dumps(items[0]),
+        "--item",
+        json.dumps(items[2]),
+        "--option",
+        "target_table=raw_{item_id}",
+        "--wait",
+        "--json",
+    )
+    assert p.returncode == 0, p.stderr
+    tables = {r[0] for r in env.sql("select table_name from duckdb_tables()")}
+    assert {"raw_a_b", "raw_item"} <= tables
+
+
+# Slow reads, busy and broken warehouses
+
+
+def test_manifest_sql_is_bounded_by_the_query_timeout(env) -> None:  # noqa: ANN001
+    manifest = env.data / "slow.yaml"
+    manifest.write_text(
+        f"operation: import\noptions: {{target_table: t}}\nitems_from: {{sql: '{SLOW_QUERY}'}}\n"
+    )
+    started = time.monotonic()
+    p = cli(env, "submit", str(manifest), timeout=90, BATCH_PIPELINES_QUERY_TIMEOUT_S="2")
+    assert time.monotonic() - started < 60
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "items_from.sql" in p.stderr and "BATCH_PIPELINES_QUERY_TIMEOUT_S" in p.stderr
+
+
+def test_sql_command_is_bounded_by_the_query_timeout(env) -> None:  # noqa: ANN001
+    p = cli(env, "sql", SLOW_QUERY, timeout=90, BATCH_PIPELINES_QUERY_TIMEOUT_S="2")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "BATCH_PIPELINES_QUERY_TIMEOUT_S" in one_line_error(p)
+
+
+def test_a_long_read_blocks_neither_new_readers_nor_gives_writers_a_traceback(
+    samples: Path,
+    env,  # noqa: ANN001
+) -> None:
+    assert env.sql("select count(*) from batches") == [(0,)]  # the warehouse exists, migrated
+    with warehouse.connect(env.warehouse, read_only=True):  # a long read in another process
+        p = cli(env, "list", "--json", BATCH_PIPELINES_LOCK_TIMEOUT_S="3")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout) == []
+        p = cli(
+            env, "sql", "select 42 as n", "--format", "json", BATCH_PIPELINES_LOCK_TIMEOUT_S="3"
+        )
+        assert p.returncode == 0 and json.loads(p.stdout) == [{"n": 42}], p.stderr
+
+        p = cli(
+            env,
+            "submit",
+            "import",
+            "--items",
+            "data/samples/penguins_2007.csv",
+            "--option",
+            "target_table=t",
+            BATCH_PIPELINES_LOCK_TIMEOUT_S="3",
+        )
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "locked by another process" in one_line_error(p)
+    assert env.sql("select count(*) from batches") == [(0,)]
+
+
+def test_a_corrupt_warehouse_is_one_line(env) -> None:  # noqa: ANN001
+    env.warehouse.write_bytes(b"this is not a database" * 1000)
+    for args in (("list",), ("status", "import-20260101-000000-abcdef"), ("sql", "select 1")):
+        p = cli(env, *args)
+        assert p.returncode == 1, p.stdout + p.stderr
+        line = one_line_error(p)
+        assert str(env.warehouse) in line and "not a valid DuckDB database" in line
+
+
+# Lower-impact cases
+
+
+def test_items_csv_is_read_only_up_to_the_item_limit(env) -> None:  # noqa: ANN001
+    listing = env.data / "many.csv"
+    with listing.open("wb") as fh:
+        fh.write(b"path\n")
+        fh.write(b"data/samples/penguins_2007.csv\n" * 1000)
+        fh.write(b"\xff\xfe not utf-8 past the limit\n")
+    p = cli(
+        env,
+        "submit",
+        "import",
+        "--items-csv",
+        str(listing),
+        "--option",
+        "target_table=t",
+        BATCH_PIPELINES_MAX_ITEMS="10",
+    )
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "more than the maximum of 10" in p.stderr, p.stderr
+    assert "codec" not in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("query", "what"),
+    [
+        ("copy (select 42) to '{tmp}/stolen.csv'", "COPY"),
+        ("export database '{tmp}/dump'", "EXPORT"),
+        ("attach '{tmp}/other.duckdb' as other", "ATTACH"),
+        ("install httpfs", "INSTALL"),
+        ("load httpfs", "LOAD"),
+        ("select 1; copy (select 42) to '{tmp}/stolen.csv'", "COPY"),
+    ],
+)
+def test_sql_refuses_statements_with_side_effects(env, query: str, what: str) -> None:  # noqa: ANN001
+    assert env.sql("select 1") == [(1,)]
+    p = cli(env, "sql", query.format(tmp=env.root), timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert what in p.stderr and "read-only" in p.stderr
+    assert sorted(p.name for p in env.root.iterdir()) == ["dagster_home", "data"]
+
+
+def test_sql_cannot_read_files_outside_the_warehouse(env) -> None:  # noqa: ANN001
+    secret = env.root / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    p = cli(env, "sql", f"select * from read_csv('{secret}')")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "hunter2" not in p.stdout
+
+
+def _can_mount_private_tmpfs() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_private_tmpfs(), reason="needs unshare and tmpfs mounts")
+def test_a_full_disk_is_a_transient_error(env) -> None:  # noqa: ANN001
+    big = env.data / "big.csv"
+    with big.open("w") as fh:
+        fh.write("id,blob\n")
+        for i in range(60_000):
+            fh.write(f"{i},{secrets.token_hex(32)}\n")
+    staging = env.data / "staging"
+    staging.mkdir()
+    command = [
+        CLI,
+        "submit",
+        "import",
+        "--items",
+        str(big),
+        "--option",
+        "target_table=big",
+        "--max-retries",
+        "0",
+        "--in-process",
+        "--json",
+    ]
+    script = f'mount -t tmpfs -o size=512k tmpfs "{staging}" && exec "$@"'
+    p = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", *command],
+        env={**env.environ(), "COLUMNS": "200"},
+        cwd=env.root,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert p.returncode == 1, p.stdout + p.stderr
+    rows = env.sql("select error_category, error from batch_items")
+    assert len(rows) == 1
+    category, error = rows[0]
+    assert "No space left on device" in error, error
+    assert category == "transient", rows
+    assert os.path.ismount(staging) is False
