@@ -165,6 +165,6 @@ def refuse_side_effects(query: str) -> None:
             if verb == "FORCE" and len(words) > 1:
                 verb = words[1].upper()
             raise ValueError(
-                f"read-only: {verb} statements are not allowed here "
-                "(files are written by the export operation)"
+                f"the warehouse is read-only here: {verb} statements are not allowed "
+                "(write files with the export operation)"
             )

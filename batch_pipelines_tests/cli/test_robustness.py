@@ -109,6 +109,29 @@ def test_sql_command_is_bounded_by_the_query_timeout(env) -> None:  # noqa: ANN0
     assert "BATCH_PIPELINES_QUERY_TIMEOUT_S" in one_line_error(p)
 
 
+def test_export_queries_are_bounded_by_the_query_timeout(env) -> None:  # noqa: ANN001
+    slow = {"id": "slow", "query": SLOW_QUERY.replace("::varchar as path", "")}
+    started = time.monotonic()
+    p = cli(
+        env,
+        "submit",
+        "export",
+        "--item",
+        json.dumps(slow),
+        "--max-retries",
+        "0",
+        "--item-timeout",
+        "3600",
+        "--in-process",
+        timeout=90,
+        BATCH_PIPELINES_QUERY_TIMEOUT_S="2",
+    )
+    assert time.monotonic() - started < 60
+    assert p.returncode == 1, p.stdout + p.stderr
+    [(category, error)] = env.sql("select error_category, error from batch_items")
+    assert category == "timeout" and "BATCH_PIPELINES_QUERY_TIMEOUT_S" in error, error
+
+
 def test_a_long_read_blocks_neither_new_readers_nor_gives_writers_a_traceback(
     samples: Path,
     env,  # noqa: ANN001
