@@ -11,11 +11,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from batch_pipelines.core import config
 from batch_pipelines.core.errors import WarehouseError
 from batch_pipelines.core.manifest import ManifestError
 
 MANIFEST_SUFFIXES = (".json", ".yaml", ".yml")
 SETTLE_SECONDS = 1.0  # a file modified more recently may still be being written
+# Dagster gives a sensor tick 60 s: files left when this much has gone wait for the next tick.
+TICK_BUDGET_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,12 @@ def pick_manifests(files: Iterable[InboxFile], now: float, limit: int = 20) -> l
     return sorted(ready, key=lambda f: (f.mtime, f.path.name))[:limit]
 
 
+def tick_deadline() -> float:
+    """The ``time.monotonic()`` after which a tick takes no further file (it takes one at
+    least)."""
+    return time.monotonic() + TICK_BUDGET_S
+
+
 def _unique_destination(folder: Path, name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / name
@@ -89,7 +98,10 @@ def take(
         except OSError as exc:
             return _reject(f, inbox, {"error": f"cannot read manifest: {exc}"})
         try:
-            batch_id = submit(f.path, idempotency_key(f, content))
+            with config.query_time_limit(
+                config.inbox_query_timeout_s(), "BATCH_PIPELINES_INBOX_QUERY_TIMEOUT_S"
+            ):
+                batch_id = submit(f.path, idempotency_key(f, content))
         except ManifestError as exc:
             return _reject(f, inbox, exc.to_dict())
         except WarehouseError as exc:

@@ -12,13 +12,18 @@ the current directory by accident. Environment variables (all optional):
 - ``BATCH_PIPELINES_LOCK_TIMEOUT_S``: how long a process waits for the warehouse (default 300).
 - ``BATCH_PIPELINES_QUERY_TIMEOUT_S``: the longest a read of the warehouse may run: a manifest's
   ``items_from.sql``, ``batch-pipelines sql``, an operation's reads (default 300; 0: no limit).
+- ``BATCH_PIPELINES_INBOX_QUERY_TIMEOUT_S``: the same for a manifest's ``items_from.sql`` taken
+  from the inbox, whose sensor must finish within Dagster's 60 s (default 20).
 - ``BATCH_PIPELINES_GLOB_MAX_FILES``: the most files and folders an ``items_from.glob`` may look
   at (default 200000).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,16 +112,50 @@ def max_batches_per_hour() -> int:
     return _int_env("BATCH_PIPELINES_MAX_BATCHES_PER_HOUR", 0)
 
 
-def query_timeout_s() -> float | None:
-    """The longest a read of the warehouse may run, or None for no limit."""
-    raw = os.environ.get("BATCH_PIPELINES_QUERY_TIMEOUT_S")
+QUERY_TIMEOUT_SETTING = "BATCH_PIPELINES_QUERY_TIMEOUT_S"
+_query_limit: ContextVar[tuple[float, str] | None] = ContextVar("query_limit", default=None)
+
+
+def _seconds_env(name: str, default: float) -> float | None:
+    raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
-        return 300.0
+        return default
     try:
         value = float(raw)
     except ValueError as exc:
-        raise ValueError(f"BATCH_PIPELINES_QUERY_TIMEOUT_S must be a number, got {raw!r}") from exc
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
     return value if value > 0 else None
+
+
+def query_timeout_s() -> float | None:
+    """The longest a read of the warehouse may run now, or None for no limit."""
+    limit = _query_limit.get()
+    return limit[0] if limit else _seconds_env(QUERY_TIMEOUT_SETTING, 300.0)
+
+
+def query_timeout_setting() -> str:
+    """The setting that chose :func:`query_timeout_s`, to name in a timeout message."""
+    limit = _query_limit.get()
+    return limit[1] if limit else QUERY_TIMEOUT_SETTING
+
+
+def inbox_query_timeout_s() -> float | None:
+    return _seconds_env("BATCH_PIPELINES_INBOX_QUERY_TIMEOUT_S", 20.0)
+
+
+@contextlib.contextmanager
+def query_time_limit(seconds: float | None, setting: str) -> Iterator[None]:
+    """Reads started in this block (this thread) stop after ``seconds``, or after the general
+    limit if that is shorter."""
+    general = query_timeout_s()
+    if seconds is None or (general is not None and general <= seconds):
+        yield
+        return
+    token = _query_limit.set((seconds, setting))
+    try:
+        yield
+    finally:
+        _query_limit.reset(token)
 
 
 def glob_max_files() -> int:

@@ -159,7 +159,7 @@ def _time_limit(con: duckdb.DuckDBPyConnection, seconds: float | None) -> Iterat
         if fired.is_set():
             raise QueryTimeoutError(
                 f"the query ran longer than {seconds:g}s and was stopped "
-                "(BATCH_PIPELINES_QUERY_TIMEOUT_S)"
+                f"({config.query_timeout_setting()})"
             ) from exc
         raise
     finally:

@@ -28,7 +28,7 @@ from batch_pipelines.app.dispatch import (
     plan_launches,
     plan_reaping,
 )
-from batch_pipelines.app.inbox import list_inbox, pick_manifests, take
+from batch_pipelines.app.inbox import list_inbox, pick_manifests, take, tick_deadline
 from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.webhooks import failure_payload, post_webhook
@@ -59,7 +59,10 @@ def inbox_sensor(context: SensorEvaluationContext) -> SkipReason:
         return submit_batch(path, instance=context.instance, source="inbox", idempotency_key=key)
 
     accepted, rejected = [], []
-    for f in picked:
+    deadline = tick_deadline()
+    for n, f in enumerate(picked):
+        if n and time.monotonic() > deadline:
+            break
         result = take(f, submit, paths.inbox)
         if result.batch_id:
             accepted.append(f"{f.path.name} -> {result.batch_id}")

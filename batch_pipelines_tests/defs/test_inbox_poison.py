@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -185,3 +186,51 @@ def test_an_unexpected_error_rejects_that_file_only_and_a_busy_warehouse_keeps_i
     assert "RuntimeError: something nobody expected" in err["error"]
     assert (inbox / "busy.yaml").exists()
     assert not (inbox / "rejected" / "busy.yaml").exists()
+
+
+def test_a_slow_items_from_sql_is_stopped_within_the_tick(
+    samples: Path,
+    env,  # noqa: ANN001
+    instance,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dagster ends a sensor tick after 60 s; a manifest whose query runs longer must be
+    rejected inside the tick, not retried by every tick."""
+    inbox = env.data / "inbox"
+    monkeypatch.setenv("BATCH_PIPELINES_INBOX_QUERY_TIMEOUT_S", "2")
+    query = "select count(*)::varchar as path from range(100000000) a, range(100000000) b"
+    write_at(
+        inbox / "slow.yaml",
+        f"operation: import\noptions: {{target_table: t}}\nitems_from: {{sql: '{query}'}}\n",
+        age_s=20,
+    )
+    write_at(inbox / "good.yaml", GOOD, age_s=10)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(tick(instance)), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(timeout=50)
+    assert not worker.is_alive(), "the inbox tick is still running after 50 s"
+    assert time.monotonic() - started < 50
+    assert processed(inbox) == ["good.yaml"]
+    problems = rejection(inbox, "slow.yaml")["problems"]
+    assert problems[0]["field"] == "items_from.sql"
+    assert "BATCH_PIPELINES_INBOX_QUERY_TIMEOUT_S" in problems[0]["message"]
+
+
+def test_a_tick_stops_taking_files_after_its_budget(
+    samples: Path,
+    env,  # noqa: ANN001
+    instance,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batch_pipelines.app import inbox as inbox_mod
+
+    inbox = env.data / "inbox"
+    monkeypatch.setattr(inbox_mod, "TICK_BUDGET_S", 0.0)
+    write_at(inbox / "first.yaml", GOOD, age_s=20)
+    write_at(inbox / "second.yaml", GOOD.replace("good", "second"), age_s=10)
+    tick(instance)
+    assert processed(inbox) == ["first.yaml"]
+    tick(instance)
+    assert processed(inbox) == ["first.yaml", "second.yaml"]
