@@ -43,11 +43,11 @@ def import_penguins(instance: Any, table: str = "penguins", **manifest: Any) -> 
     return batch_id
 
 
-def cli(env: Env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """``batch-pipelines ARGS`` on ``env``, in a wide terminal."""
+def cli(env: Env, *args: str, timeout: float = 180, **environ: str) -> subprocess.CompletedProcess:
+    """``batch-pipelines ARGS`` on ``env``, in a wide terminal, with ``environ`` added."""
     return subprocess.run(
         [CLI, *args],
-        env={**env.environ(), "COLUMNS": "200"},
+        env={**env.environ(), "COLUMNS": "200", **environ},
         cwd=env.root,
         capture_output=True,
         text=True,

@@ -16,17 +16,11 @@ import pytest
 
 from batch_pipelines.core import warehouse
 from batch_pipelines_tests.conftest import CLI
+from batch_pipelines_tests.helpers import cli
 
 pytestmark = pytest.mark.e2e
 
 SLOW_QUERY = "select count(*)::varchar as path from range(100000000) a, range(100000000) b"
-
-
-def cli(env, *args: str, timeout: int = 180, **extra: str) -> subprocess.CompletedProcess:  # noqa: ANN001
-    environ = {**env.environ(), "COLUMNS": "200", **extra}
-    return subprocess.run(
-        [CLI, *args], env=environ, cwd=env.root, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def one_line_error(p: subprocess.CompletedProcess) -> str:
