@@ -13,7 +13,7 @@ from batch_pipelines.defs.jobs import (
 from batch_pipelines.defs.resources import WarehouseResource
 from batch_pipelines.defs.schedules import nightly_cleanup
 from batch_pipelines.defs.sensors import batch_dispatcher, inbox_sensor, run_failure_recorder
-from batch_pipelines.operations.annotate.backends import AnnotatorResource
+from batch_pipelines.operations.annotate.resource import AnnotatorResource
 
 defs = Definitions(
     assets=[*OPERATION_ASSETS.values(), *ANALYTICS_ASSETS],

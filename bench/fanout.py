@@ -82,7 +82,7 @@ def plain_loop(n: int) -> dict[str, float]:
     in this process (one DuckDB transaction per item, like the runner)."""
     from batch_pipelines.core import config, warehouse
     from batch_pipelines.core.contract import CommitContext, ItemContext
-    from batch_pipelines.operations.annotate.handler import SPEC
+    from batch_pipelines.operations.annotate import SPEC
 
     paths = config.get_paths()
     options = SPEC.options_model()

@@ -9,6 +9,8 @@ What it patches or borrows, all about how Dagster stores runs and events:
   storage as one batch of events.
 - ``AUTO_RETRY_RUN_ID_TAG``, ``RETRY_NUMBER_TAG``, ``WILL_RETRY_TAG``: the run tags through
   which Dagster's run retry daemon records its retries (no public equivalent).
+- :func:`delete_dynamic_partitions`: deletes many dynamic partition keys with one SQL
+  statement per chunk, where the public API makes one storage call per key.
 
 Every item of a batch costs Dagster two asset events: a ``ASSET_MATERIALIZATION_PLANNED`` when
 its chunk run is created (the daemon writes one per partition, which is what lets the UI show a
@@ -35,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster._check as check
+import sqlalchemy as db
 from dagster import AssetMaterialization, DagsterEvent, OpExecutionContext
 from dagster._core.events import (
     DagsterEventBatchMetadata,
@@ -42,7 +45,8 @@ from dagster._core.events import (
     generate_event_batch_id,
 )
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
+from dagster._core.storage.event_log.schema import DynamicPartitionsTable, SqlEventLogStorageTable
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
@@ -63,8 +67,10 @@ __all__ = [
     "BatchingSqliteEventLogStorage",
     "BatchingSqliteStorage",
     "buffer_materialization_batch",
+    "delete_dynamic_partitions",
 ]
 
+PARTITION_DELETE_CHUNK = 500
 BATCHED_EVENT_TYPES = frozenset(
     {
         DagsterEventType.ASSET_MATERIALIZATION,
@@ -181,3 +187,28 @@ def buffer_materialization_batch(
             )
         )
     return True
+
+
+def delete_dynamic_partitions(instance: Any, partitions_def_name: str, keys: Sequence[str]) -> int:
+    """Delete dynamic partition keys with one SQL ``DELETE ... WHERE partition IN (...)`` per
+    chunk through the instance's event log storage (what ``delete_dynamic_partition`` does
+    for one key); returns the rows deleted. Raises ``NotImplementedError`` for storages that
+    are not SQL, so the caller can fall back to the public API."""
+    storage = instance.event_log_storage
+    if not isinstance(storage, SqlEventLogStorage):
+        raise NotImplementedError(f"{type(storage).__name__} is not a SQL event log storage")
+    deleted = 0
+    unique = list(dict.fromkeys(keys))
+    with storage.index_connection() as conn:
+        for start in range(0, len(unique), PARTITION_DELETE_CHUNK):
+            chunk = unique[start : start + PARTITION_DELETE_CHUNK]
+            result = conn.execute(
+                DynamicPartitionsTable.delete().where(
+                    db.and_(
+                        DynamicPartitionsTable.c.partitions_def_name == partitions_def_name,
+                        DynamicPartitionsTable.c.partition.in_(chunk),
+                    )
+                )
+            )
+            deleted += max(0, result.rowcount or 0)
+    return deleted

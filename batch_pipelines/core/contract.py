@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,14 @@ class CommitContext:
 
 
 CommitFn = Callable[[duckdb.DuckDBPyConnection, CommitContext], "str | None"]
+
+# What the host (the operation asset) puts in every ItemContext.resources, besides the
+# Dagster resources an operation declares in OperationSpec.resources:
+DELETE_PARTITIONS = "delete_partitions"  # a PartitionDeleter bound to the run's instance
+DETAIL_TABLES = "detail_tables"  # tuple[str, ...]: every registered operation's detail tables
+PartitionDeleter = Callable[[str, Sequence[str]], str]
+"""``(operation, partition_keys) -> how``: deletes Dagster dynamic partitions of an
+operation, returning the path it took (``"sql"``, ``"per_key"`` or ``"none"``)."""
 
 
 @dataclass

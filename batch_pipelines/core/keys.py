@@ -49,6 +49,11 @@ def partition_key(batch_id: str, item_id: str) -> str:
     return key
 
 
+def partitions_def_name(operation: str) -> str:
+    """The name of an operation's DynamicPartitionsDefinition (and of its asset)."""
+    return f"{operation}_items"
+
+
 def batch_id_of(key: str) -> str:
     """The batch id a partition key belongs to."""
     return key.split("~", 1)[0]

@@ -1,15 +1,14 @@
 """Failure notifications: a JSON POST to the webhook in ``BATCH_PIPELINES_WEBHOOK_URL``
-(read when a failure happens, never at import time), with a timeout and a few retries."""
+(read when a failure happens, never at import time), through :mod:`batch_pipelines.core.http`
+with a timeout and a few retries."""
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
+
+from batch_pipelines.core import http
 
 WEBHOOK_ENV = "BATCH_PIPELINES_WEBHOOK_URL"
 
@@ -38,22 +37,16 @@ def post_webhook(
         return False, f"{WEBHOOK_ENV} is not set"
     if not url.startswith(("http://", "https://")):
         return False, f"{WEBHOOK_ENV} must be an http(s) URL, got {url!r}"
-    body = json.dumps(payload, default=str).encode()
-    detail = ""
-    for attempt in range(attempts):
-        request = urllib.request.Request(
-            url, data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-                if 200 <= response.status < 300:
-                    return True, f"HTTP {response.status}"
-                detail = f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            detail = f"HTTP {exc.code}"
-            if exc.code < 500 and exc.code != 429:
-                return False, detail
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            detail = str(exc)
-        time.sleep(min(2**attempt * 0.5, 5))
-    return False, detail
+    retry = http.Retry(
+        max_retries=max(0, attempts - 1), backoff_base_s=0.5, backoff_max_s=5, on_timeout=True
+    )
+    try:
+        with http.HttpClient(timeout_s=timeout_s, retry=retry) as client:
+            response = client.post_json(url, payload)
+    except http.HttpStatusError as exc:
+        return False, f"HTTP {exc.status}"
+    except http.HttpError as exc:
+        return False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a notification must never fail its caller
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, f"HTTP {response.status}"

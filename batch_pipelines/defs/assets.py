@@ -40,6 +40,7 @@ from dagster import (
 from batch_pipelines.app.dagster_storage import buffer_materialization_batch
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG
 from batch_pipelines.app.partitions import PARTITIONS
+from batch_pipelines.app.services import host_resources
 from batch_pipelines.core import ledger, warehouse
 from batch_pipelines.core.contract import ItemCheck, OperationSpec
 from batch_pipelines.core.runner import ExecutionSettings, WorkItem, run_chunk
@@ -298,6 +299,7 @@ def build_operation_asset(spec: OperationSpec) -> AssetsDefinition:
     )
     def _operation_asset(context: AssetExecutionContext) -> Iterator[Any]:
         resources = {k: getattr(context.resources, k) for k in spec.resources}
+        resources.update(host_resources(context.instance))
         yield from execute_partitions(spec, context, context.resources.warehouse, resources)
 
     return _operation_asset

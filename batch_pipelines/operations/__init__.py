@@ -1,30 +1,43 @@
-"""The operations: one module each, registered here by name."""
+"""The operation registry: the one list of operations and of the detail tables they own.
+
+Each operation is a package ``operations/<name>/`` whose ``__init__`` exports ``SPEC``
+(:class:`batch_pipelines.core.contract.OperationSpec`): ``models.py`` (options and item
+models), ``handler.py`` (the item handler), ``tables.py`` (its detail tables), and its own
+extras. Operations never import each other; what they share lives in
+:mod:`batch_pipelines.operations.relations` or in ``core``.
+"""
 
 from __future__ import annotations
 
 from batch_pipelines.core.contract import OperationSpec
-from batch_pipelines.operations.annotate import handler as annotate_op
-from batch_pipelines.operations.cleanup import handler as cleanup_op
-from batch_pipelines.operations.export import handler as export_op
-from batch_pipelines.operations.import_ import handler as import_op
-from batch_pipelines.operations.report import handler as report_op
-from batch_pipelines.operations.transform import handler as transform_op
-from batch_pipelines.operations.validate import handler as validate_op
-
-OPERATION_NAMES = ("annotate", "import", "export", "transform", "report", "validate", "cleanup")
+from batch_pipelines.operations import (
+    annotate,
+    cleanup,
+    export,
+    import_,
+    report,
+    transform,
+    validate,
+)
 
 REGISTRY: dict[str, OperationSpec] = {
     spec.name: spec
     for spec in (
-        annotate_op.SPEC,
-        import_op.SPEC,
-        export_op.SPEC,
-        transform_op.SPEC,
-        validate_op.SPEC,
-        report_op.SPEC,
-        cleanup_op.SPEC,
+        annotate.SPEC,
+        import_.SPEC,
+        export.SPEC,
+        transform.SPEC,
+        report.SPEC,
+        validate.SPEC,
+        cleanup.SPEC,
     )
 }
+OPERATION_NAMES: tuple[str, ...] = tuple(REGISTRY)
+# Every operation's detail tables, in registry order: what cleanup may delete a batch's rows
+# from (the host hands it over as the detail_tables resource).
+DETAIL_TABLES: tuple[str, ...] = tuple(
+    dict.fromkeys(table for spec in REGISTRY.values() for table in spec.detail_tables)
+)
 
 
 def get_operation(name: str) -> OperationSpec:

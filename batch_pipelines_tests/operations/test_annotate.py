@@ -9,6 +9,7 @@ time, or turns one bad item into a failed batch; re-runs that duplicate annotati
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from batch_pipelines.core import warehouse
+from batch_pipelines.core import http, warehouse
 from batch_pipelines.core.contract import ItemContext
 from batch_pipelines.core.errors import (
     NOT_FOUND,
@@ -32,14 +33,15 @@ from batch_pipelines.core.errors import (
     ValidationItemError,
     classify,
 )
-from batch_pipelines.operations.annotate import backends as A
+from batch_pipelines.operations.annotate import resource as R
+from batch_pipelines.operations.annotate.backends import local as L
+from batch_pipelines.operations.annotate.backends import openai as O
 from batch_pipelines.operations.annotate.handler import (
-    AnnotateItem,
-    AnnotateOptions,
     handle_annotate,
     html_to_text,
     markdown_to_text,
 )
+from batch_pipelines.operations.annotate.models import AnnotateItem, AnnotateOptions
 from batch_pipelines_tests.helpers import cli, item_context, run_batch, run_item
 
 # --- the local annotator ---------------------------------------------------------------
@@ -65,15 +67,15 @@ SENTENCES = {
 
 @pytest.mark.parametrize("lang", sorted(SENTENCES))
 def test_language_detection(lang: str) -> None:
-    found, confidence = A.detect_language(A.tokenize(SENTENCES[lang]))
+    found, confidence = L.detect_language(L.tokenize(SENTENCES[lang]))
     assert found == lang
     assert 0 < confidence <= 1
 
 
 def test_unknown_language_and_empty_text() -> None:
-    assert A.detect_language(A.tokenize("Xylophone quartz jumps 42 1234"))[0] == "unknown"
-    assert A.detect_language([]) == ("unknown", 0.0)
-    out = A.local_annotate("zzz")
+    assert L.detect_language(L.tokenize("Xylophone quartz jumps 42 1234"))[0] == "unknown"
+    assert L.detect_language([]) == ("unknown", 0.0)
+    out = L.local_annotate("zzz")
     assert out["language"] == "unknown" and out["category"] == "other"
     assert 0 <= out["confidence"] <= 1
 
@@ -97,7 +99,7 @@ def test_bundled_texts_are_labelled(samples: Path) -> None:
             if name.endswith(".md")
             else raw
         )
-        out = A.LocalAnnotator().annotate(text)
+        out = L.LocalAnnotator().annotate(text)
         assert (out["language"], out["category"]) == (lang, category), (name, out)
         assert out["keywords"] and len(out["keywords"]) <= 8
         assert out["confidence"] > 0.5
@@ -110,27 +112,27 @@ def test_keywords_summary_and_determinism() -> None:
         "the warehouse every night. When the pipeline fails, machine learning models see "
         "stale data. Engineers therefore monitor pipelines closely."
     )
-    first = A.local_annotate(text, max_keywords=3, summary_max_chars=120)
-    assert first == A.local_annotate(text, max_keywords=3, summary_max_chars=120)
+    first = L.local_annotate(text, max_keywords=3, summary_max_chars=120)
+    assert first == L.local_annotate(text, max_keywords=3, summary_max_chars=120)
     assert len(first["keywords"]) == 3
     assert any("machine learning" in k for k in first["keywords"])
     assert len(first["summary"]) <= 120 and first["summary"] in text or first["summary"]
     for sentence in first["summary"].split(". "):
         assert sentence.rstrip(".") in text
     long_sentence = "word " * 200
-    short = A.local_annotate(long_sentence, summary_max_chars=50)["summary"]
+    short = L.local_annotate(long_sentence, summary_max_chars=50)["summary"]
     assert len(short) <= 50 and short.endswith("…")
 
 
 def test_custom_taxonomy_and_phrases() -> None:
     taxonomy = {"penguins": ["penguin", "flipper length"], "birds": ["bird", "feather"]}
-    out = A.local_annotate(
+    out = L.local_annotate(
         "Penguins are birds. The flipper length of each penguin was measured.",
         taxonomy=taxonomy,
     )
     assert out["category"] == "penguins"
     assert out["category_scores"]["penguins"] > out["category_scores"]["birds"]
-    assert A.local_annotate("Nothing matches here.", taxonomy=taxonomy)["category"] == "other"
+    assert L.local_annotate("Nothing matches here.", taxonomy=taxonomy)["category"] == "other"
 
 
 def test_html_and_markdown_are_reduced_to_prose() -> None:
@@ -149,7 +151,7 @@ def test_html_and_markdown_are_reduced_to_prose() -> None:
 
 def test_local_annotator_throughput() -> None:
     texts = [f"{SENTENCES[lang]} Item {i}." for i in range(300) for lang in sorted(SENTENCES)]
-    annotator = A.LocalAnnotator()
+    annotator = L.LocalAnnotator()
     started = time.perf_counter()
     for text in texts:
         annotator.annotate(text)
@@ -184,7 +186,7 @@ def test_item_model() -> None:
 
 
 def make_ctx(env, payload: dict, annotator: Any = None, **options: Any) -> ItemContext:  # noqa: ANN001
-    resources = {"annotator": annotator or A.LocalAnnotator()}
+    resources = {"annotator": annotator or L.LocalAnnotator()}
     return item_context(env, "annotate", payload, options, resources=resources)
 
 
@@ -345,7 +347,7 @@ def llm() -> Iterator[FakeLLM]:
     server.close()
 
 
-def http_annotator(url: str, **kw: Any) -> A.OpenAICompatibleAnnotator:
+def http_annotator(url: str, **kw: Any) -> O.OpenAICompatibleAnnotator:
     settings = {
         "base_url": url,
         "model": "test-model",
@@ -357,7 +359,7 @@ def http_annotator(url: str, **kw: Any) -> A.OpenAICompatibleAnnotator:
         "backoff_max_s": 0.05,
     }
     settings.update(kw)
-    return A.OpenAICompatibleAnnotator(**settings)
+    return O.OpenAICompatibleAnnotator(**settings)
 
 
 def test_http_normal_response(llm: FakeLLM) -> None:
@@ -430,93 +432,48 @@ def test_http_unreachable_backend() -> None:
 
 
 def test_http_missing_settings_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in (A.ENV_BASE_URL, A.ENV_MODEL, A.ENV_API_KEY):
+    for var in (O.ENV_BASE_URL, O.ENV_MODEL, O.ENV_API_KEY):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ItemError, match="BATCH_PIPELINES_LLM_BASE_URL"):
-        A.OpenAICompatibleAnnotator().annotate("x")
-    monkeypatch.setenv(A.ENV_BASE_URL, "http://127.0.0.1:1")
+        O.OpenAICompatibleAnnotator().annotate("x")
+    monkeypatch.setenv(O.ENV_BASE_URL, "http://127.0.0.1:1")
     with pytest.raises(ItemError, match="BATCH_PIPELINES_LLM_MODEL"):
-        A.OpenAICompatibleAnnotator().annotate("x")
+        O.OpenAICompatibleAnnotator().annotate("x")
 
 
 def test_resource_reads_environment_at_run_time(
     llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(A.ENV_BACKEND, raising=False)
-    resource = A.AnnotatorResource()  # built before the environment is set
+    monkeypatch.delenv(R.ENV_BACKEND, raising=False)
+    resource = R.AnnotatorResource()  # built before the environment is set
     assert resource.annotate("The bank raised rates.")["backend"] == "local"
-    monkeypatch.setenv(A.ENV_BACKEND, "openai")
-    monkeypatch.setenv(A.ENV_BASE_URL, llm.url)
-    monkeypatch.setenv(A.ENV_MODEL, "env-model")
-    monkeypatch.setenv(A.ENV_API_KEY, "sk-env")
+    monkeypatch.setenv(R.ENV_BACKEND, "openai")
+    monkeypatch.setenv(O.ENV_BASE_URL, llm.url)
+    monkeypatch.setenv(O.ENV_MODEL, "env-model")
+    monkeypatch.setenv(O.ENV_API_KEY, "sk-env")
     out = resource.annotate("The bank raised rates.")
     assert out["backend"] == "openai" and out["model"] == "env-model"
     assert llm.requests[-1]["auth"] == "Bearer sk-env"
-    monkeypatch.setenv(A.ENV_BACKEND, "gpt")
+    monkeypatch.setenv(R.ENV_BACKEND, "gpt")
     with pytest.raises(ItemError, match="not one of local, openai"):
         resource.annotate("x")
 
 
 def test_retry_after_and_backoff() -> None:
-    assert A.parse_retry_after("7") == 7.0
-    assert A.parse_retry_after(None) is None and A.parse_retry_after("soon") is None
+    assert http.parse_retry_after("7") == 7.0
+    assert http.parse_retry_after(None) is None and http.parse_retry_after("soon") is None
     from datetime import UTC, datetime
 
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-    assert A.parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now) == 30.0
+    assert http.parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now) == 30.0
     annotator = http_annotator("http://x", backoff_base_s=1, backoff_max_s=8, max_retry_after_s=60)
-    assert [annotator._delay(n, None) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 8]
-    assert annotator._delay(1, 30.0) == 30.0  # Retry-After wins when longer
-    assert annotator._delay(1, 600.0) == 60.0  # but is capped
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def test_token_bucket_paces_requests() -> None:
-    clock = FakeClock()
-    bucket = A.TokenBucket(60, burst=2, clock=clock, sleep=clock.sleep)  # 1 per second
-    start = clock.now
-    for _ in range(10):
-        bucket.acquire()
-    # 2 go at once from the full bucket, the other 8 wait one second each.
-    assert clock.now - start == pytest.approx(8.0)
-    clock.now += 100  # idle: the bucket refills to its burst, no more
-    t = clock.now
-    for _ in range(3):
-        bucket.acquire()
-    assert clock.now - t == pytest.approx(1.0)
-
-
-def test_token_bucket_is_shared_across_threads() -> None:
-    clock = FakeClock()  # frozen: only reservations move the schedule
-    bucket = A.TokenBucket(600, burst=1, clock=clock, sleep=lambda s: None)  # 10 per second
-    waits: list[float] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        for _ in range(5):
-            w = bucket.reserve()
-            with lock:
-                waits.append(w)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    # 40 requests at 10/s: every slot handed out exactly once, the last 3.9 s out.
-    assert sorted(round(w, 6) for w in waits) == [round(i / 10, 6) for i in range(40)]
-    assert A.shared_bucket("u", "m", 60, 1) is A.shared_bucket("u", "m", 60, 1)
-    assert A.shared_bucket("u", "m", 60, 1) is not A.shared_bucket("u", "m2", 60, 1)
+    policy = dataclasses.replace(annotator.retry_policy(), jitter=0)
+    assert [policy.delay(n, None) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 8]
+    assert policy.delay(1, 30.0) == 30.0  # Retry-After wins when longer
+    assert policy.delay(1, 600.0) == 60.0  # but is capped
+    jittered = annotator.retry_policy()  # 25% of each backoff is taken off at random
+    assert all(0.75 * b <= jittered.delay(n) <= b for n, b in ((1, 1), (3, 4), (5, 8)))
+    assert jittered.delay(3, rand=lambda: 1.0) == 3.0
 
 
 # --- through the asset (submit + run in process) ---------------------------------------------
@@ -575,12 +532,12 @@ def test_asset_http_backend_failure_is_per_item(
     llm.default = answer
     # The resource comes from definitions.py (60 requests per minute, 4 retries with 1 s base
     # backoff): no real waits here.
-    monkeypatch.setattr(A.OpenAICompatibleAnnotator, "_delay", lambda self, n, ra: 0.0)
-    monkeypatch.setattr(A, "shared_bucket", lambda *args: A.TokenBucket(60000, burst=100))
-    monkeypatch.setenv(A.ENV_BACKEND, "openai")
-    monkeypatch.setenv(A.ENV_BASE_URL, llm.url)
-    monkeypatch.setenv(A.ENV_MODEL, "m")
-    monkeypatch.setenv(A.ENV_API_KEY, "k")
+    monkeypatch.setattr(http.Retry, "delay", lambda self, n, ra=None, rand=None: 0.0)
+    monkeypatch.setattr(http, "shared_bucket", lambda *args: http.TokenBucket(60000, burst=100))
+    monkeypatch.setenv(R.ENV_BACKEND, "openai")
+    monkeypatch.setenv(O.ENV_BASE_URL, llm.url)
+    monkeypatch.setenv(O.ENV_MODEL, "m")
+    monkeypatch.setenv(O.ENV_API_KEY, "k")
     batch = run_batch(
         {
             "operation": "annotate",

@@ -16,16 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from batch_pipelines.app import dagster_storage, partitions
+from batch_pipelines.app.services import host_resources
 from batch_pipelines.core import warehouse
 from batch_pipelines.core.contract import ItemContext
-from batch_pipelines.core.errors import ValidationItemError
-from batch_pipelines.operations.cleanup import handler as C
+from batch_pipelines.core.errors import ItemError, ValidationItemError
+from batch_pipelines.operations.cleanup.files import safe_unlink, walk_files
+from batch_pipelines.operations.cleanup.handler import handle_cleanup
+from batch_pipelines.operations.cleanup.models import CleanupItem, CleanupOptions
 from batch_pipelines_tests.helpers import cli, import_penguins, item_context, run_batch, run_item
 
 
 def make_ctx(env, payload: dict, instance=None, **options) -> ItemContext:  # noqa: ANN001, ANN003
-    resources = {"dagster_instance": instance} if instance is not None else {}
-    return item_context(env, "cleanup", payload, options, resources=resources)
+    return item_context(env, "cleanup", payload, options, resources=host_resources(instance))
 
 
 def run_cleanup(env, payload: dict, instance=None, **options) -> dict:  # noqa: ANN001, ANN003
@@ -55,17 +58,17 @@ def age_batches(env, batch_ids: list[str], days: float) -> None:  # noqa: ANN001
 
 
 def test_item_model() -> None:
-    assert C.CleanupItem(kind="old_batches", older_than_days=30).id == "old_batches:30d"
-    assert C.CleanupItem(kind="orphan_files", root="reports").id == "orphan_files:reports"
+    assert CleanupItem(kind="old_batches", older_than_days=30).id == "old_batches:30d"
+    assert CleanupItem(kind="orphan_files", root="reports").id == "orphan_files:reports"
     with pytest.raises(ValueError, match="needs older_than_days"):
-        C.CleanupItem(kind="old_batches")
+        CleanupItem(kind="old_batches")
     with pytest.raises(ValueError, match="needs root"):
-        C.CleanupItem(kind="old_files", older_than_days=1)
+        CleanupItem(kind="old_files", older_than_days=1)
     with pytest.raises(ValueError, match="does not take root"):
-        C.CleanupItem(kind="temp_tables", root="exports")
+        CleanupItem(kind="temp_tables", root="exports")
     with pytest.raises(ValueError):
-        C.CleanupItem(kind="old_files", root="samples", older_than_days=1)
-    assert C.CleanupOptions().dry_run is True
+        CleanupItem(kind="old_files", root="samples", older_than_days=1)
+    assert CleanupOptions().dry_run is True
 
 
 def test_safe_unlink_refuses_everything_outside_the_root(tmp_path: Path) -> None:
@@ -84,12 +87,12 @@ def test_safe_unlink_refuses_everything_outside_the_root(tmp_path: Path) -> None
         (tmp_path / "outside" / "secret.txt", "outside"),
     ]:
         with pytest.raises(ValueError, match=reason):
-            C.safe_unlink(bad, root)
+            safe_unlink(bad, root)
     assert outside.read_text() == "keep me"
-    assert C.safe_unlink(root / "b1" / "link_in", root) == 0  # the link, not its target
+    assert safe_unlink(root / "b1" / "link_in", root) == 0  # the link, not its target
     assert inside.exists() and not (root / "b1" / "link_in").is_symlink()
-    assert C.safe_unlink(inside, root) == 1 and not inside.exists()
-    walked = sorted(p.name for p, _ in C.walk_files(root, root))
+    assert safe_unlink(inside, root) == 1 and not inside.exists()
+    walked = sorted(p.name for p, _ in walk_files(root, root))
     assert walked == ["dir_out", "link_out"]  # never descends through a symlinked folder
 
 
@@ -119,7 +122,7 @@ def test_old_files_never_leave_the_root(env, tmp_path: Path) -> None:  # noqa: A
     assert log == [("file", str(old), False, False)]
 
     with pytest.raises(ValidationItemError, match="outside the exports root"):
-        C.handle_cleanup(
+        handle_cleanup(
             make_ctx(
                 env,
                 {
@@ -131,14 +134,14 @@ def test_old_files_never_leave_the_root(env, tmp_path: Path) -> None:  # noqa: A
             )
         )
     with pytest.raises(ValidationItemError, match="outside the allowed roots"):
-        C.handle_cleanup(
+        handle_cleanup(
             make_ctx(
                 env,
                 {"kind": "orphan_files", "root": "exports", "path": "data/../../elsewhere"},
             )
         )
     with pytest.raises(ValidationItemError, match="linkdir.*outside the allowed roots"):
-        C.handle_cleanup(
+        handle_cleanup(
             make_ctx(
                 env, {"kind": "orphan_files", "root": "exports", "path": "data/exports/linkdir"}
             )
@@ -294,19 +297,23 @@ def test_partition_delete_paths(instance) -> None:  # noqa: ANN001
     keys = [f"cleanup-20260101-000000-abcdef~k{i}~{i:08x}" for i in range(5000)]
     instance.add_dynamic_partitions(name, [*keys, "keep-me"])
     started = time.perf_counter()
-    assert C.delete_partitions_fast(instance, name, keys) == 5000
+    assert dagster_storage.delete_dynamic_partitions(instance, name, keys) == 5000
     bulk = time.perf_counter() - started
     assert instance.get_dynamic_partitions(name) == ["keep-me"]
     sample = keys[:300]
     instance.add_dynamic_partitions(name, sample)
     started = time.perf_counter()
-    C.delete_partitions_per_key(instance, name, sample)
+    partitions.delete_keys_per_key(instance, "cleanup", sample)
     per_key = (time.perf_counter() - started) / len(sample) * len(keys)
     assert instance.get_dynamic_partitions(name) == ["keep-me"]
     print(
         f"\ndelete 5,000 dynamic partitions: bulk SQL {bulk:.3f}s, one call per key "
         f"~{per_key:.1f}s (scaled from 300 keys): {per_key / bulk:.0f}x"
     )
+    instance.add_dynamic_partitions(name, keys[:3])
+    assert partitions.delete_keys(instance, "cleanup", keys[:3]) == "sql"
+    assert partitions.delete_keys(instance, "cleanup", []) == "none"
+    assert instance.get_dynamic_partitions(name) == ["keep-me"]
 
     class NotSql:
         event_log_storage = object()
@@ -315,11 +322,29 @@ def test_partition_delete_paths(instance) -> None:  # noqa: ANN001
             self.deleted: list[str] = []
 
         def delete_dynamic_partition(self, n: str, key: str) -> None:
+            assert n == name
             self.deleted.append(key)
 
     fake = NotSql()
-    assert C.delete_partitions(fake, name, ["a", "b", "a"]) == "per_key"
+    assert partitions.delete_keys(fake, "cleanup", ["a", "b", "a"]) == "per_key"
     assert fake.deleted == ["a", "b"]
+
+
+def test_real_run_without_a_partition_deleter_fails_before_deleting(
+    env,
+    samples: Path,
+    instance,  # noqa: ANN001
+) -> None:
+    old_id = import_penguins(instance)
+    age_batches(env, [old_id], 40)
+    ctx = make_ctx(env, {"kind": "old_batches", "older_than_days": 30}, dry_run=False)
+    assert "delete_partitions" not in ctx.resources  # no instance: no deleter
+    with pytest.raises(ItemError, match="needs the 'delete_partitions' resource"):
+        handle_cleanup(ctx)
+    assert env.sql("select count(*) from batches where batch_id = ?", [old_id]) == [(1,)]
+    ctx.resources.clear()
+    with pytest.raises(ItemError, match="needs the 'detail_tables' resource"):
+        handle_cleanup(ctx)
 
 
 # --- through the asset and the CLI -----------------------------------------------------------

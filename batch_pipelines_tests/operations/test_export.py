@@ -19,6 +19,7 @@ from batch_pipelines.core import warehouse
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.sqlcheck import ensure_predicate, ensure_read_only_select
 from batch_pipelines.operations.export import handler as export_op
+from batch_pipelines.operations.export import models as export_models
 from batch_pipelines_tests.helpers import (
     cli,
     commit_item,
@@ -100,17 +101,17 @@ def test_predicate_must_be_one_expression() -> None:
 
 def test_models_name_the_field() -> None:
     with pytest.raises(ValidationError, match="exactly one of table or query"):
-        export_op.ExportItem.model_validate({"table": "a", "query": "select 1"})
+        export_models.ExportItem.model_validate({"table": "a", "query": "select 1"})
     with pytest.raises(ValidationError, match="exactly one of table or query"):
-        export_op.ExportItem.model_validate({"id": "x"})
+        export_models.ExportItem.model_validate({"id": "x"})
     with pytest.raises(ValidationError, match="not a valid table name"):
-        export_op.ExportItem.model_validate({"table": "a; drop table b"})
+        export_models.ExportItem.model_validate({"table": "a; drop table b"})
     with pytest.raises(ValidationError, match="unknown placeholder"):
-        export_op.ExportOptions.model_validate({"filename": "{path}.csv"})
+        export_models.ExportOptions.model_validate({"filename": "{path}.csv"})
     with pytest.raises(ValidationError, match="a file name, not a path"):
-        export_op.ExportOptions.model_validate({"filename": "../x"})
+        export_models.ExportOptions.model_validate({"filename": "../x"})
     with pytest.raises(ValidationError, match="does not apply to csv"):
-        export_op.ExportOptions.model_validate({"format": "csv", "compression": "snappy"})
+        export_models.ExportOptions.model_validate({"format": "csv", "compression": "snappy"})
 
 
 @pytest.mark.parametrize(

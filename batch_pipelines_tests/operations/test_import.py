@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batch_pipelines.core.errors import ValidationItemError
-from batch_pipelines.operations.import_.handler import detect_format, looks_binary
+from batch_pipelines.core.files import detect_format, looks_binary
 from batch_pipelines_tests.helpers import run_batch
 
 

@@ -18,7 +18,8 @@ import pytest
 
 from batch_pipelines.core import warehouse
 from batch_pipelines.core.errors import NOT_FOUND, ItemError, ValidationItemError
-from batch_pipelines.operations.report.handler import ReportItem, handle_report
+from batch_pipelines.operations.report.handler import handle_report
+from batch_pipelines.operations.report.models import ReportItem
 from batch_pipelines_tests.helpers import (
     cli,
     handler_batch_id,

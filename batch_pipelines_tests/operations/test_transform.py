@@ -17,6 +17,7 @@ from batch_pipelines.core import warehouse
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.operations.transform import functions as transforms
 from batch_pipelines.operations.transform import handler as transform_op
+from batch_pipelines.operations.transform import models as transform_models
 from batch_pipelines.operations.transform.functions import (
     NormalizeColumnsOptions,
     normalize_columns,
@@ -83,15 +84,15 @@ def test_normalize_columns_chunk() -> None:
 
 def test_models_name_the_field() -> None:
     with pytest.raises(ValidationError, match="exactly one of sql or transform"):
-        transform_op.TransformItem.model_validate({"source": "a", "target": "b"})
+        transform_models.TransformItem.model_validate({"source": "a", "target": "b"})
     with pytest.raises(ValidationError, match="exactly one of sql or transform"):
-        transform_op.TransformItem.model_validate(
+        transform_models.TransformItem.model_validate(
             {"source": "a", "target": "b", "sql": "select 1", "transform": "dedupe_latest"}
         )
     with pytest.raises(ValidationError, match="target 'b c' is not a valid table name"):
-        transform_op.TransformItem.model_validate({"source": "a", "target": "b c", "sql": "x"})
+        transform_models.TransformItem.model_validate({"source": "a", "target": "b c", "sql": "x"})
     with pytest.raises(ValidationError, match="apply to a registered transform only"):
-        transform_op.TransformItem.model_validate(
+        transform_models.TransformItem.model_validate(
             {"source": "a", "target": "b", "sql": "select 1", "transform_options": {"x": 1}}
         )
 

@@ -11,131 +11,23 @@ an item replaces exactly its own rows.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import uuid
 from pathlib import Path
-from typing import Literal
 
 import duckdb
-from pydantic import BaseModel, Field, field_validator, model_validator
 
-from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult, OperationSpec
+from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult
 from batch_pipelines.core.errors import ValidationItemError
+from batch_pipelines.core.files import detect_format, looks_binary, sha256_file
 from batch_pipelines.core.keys import slugify
-from batch_pipelines.core.sql import (
-    quote_ident,
-    quote_literal,
-    validate_identifier,
-    validate_table_name,
-)
-from batch_pipelines.core.targets import ItemTarget, item_table_name
+from batch_pipelines.core.sql import quote_ident, quote_literal, validate_table_name
+from batch_pipelines.core.targets import item_table_name
+from batch_pipelines.operations.import_ import tables
+from batch_pipelines.operations.import_.models import ImportItem, ImportOptions
 
-Format = Literal["auto", "csv", "tsv", "json", "ndjson", "parquet"]
-EXTENSIONS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".json": "json",
-    ".ndjson": "ndjson",
-    ".jsonl": "ndjson",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 MAX_STORED_REJECTS = 1000
 _DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-
-
-class ImportOptions(BaseModel, extra="forbid"):
-    """Options of an import batch."""
-
-    target_table: str = Field(
-        description="Table to load into; may contain {item_id} for one table per item"
-    )
-    mode: Literal["append", "replace", "upsert"] = "append"
-    key_columns: list[str] = Field(default_factory=list, description="Keys for mode upsert")
-    format: Format = "auto"
-    delimiter: str | None = Field(None, min_length=1, max_length=1)
-    header: bool | None = None
-    skip_identical: bool = True
-    lineage_columns: bool = True
-    max_reject_ratio: float | None = Field(
-        None, ge=0, le=1, description="Fail the item if more than this share of rows is rejected"
-    )
-
-    @field_validator("target_table")
-    @classmethod
-    def _table(cls, value: str) -> str:
-        validate_table_name(value.replace("{item_id}", "x"), "target_table")
-        return value
-
-    @field_validator("key_columns")
-    @classmethod
-    def _keys(cls, value: list[str]) -> list[str]:
-        return [validate_identifier(v, "key column") for v in value]
-
-    @model_validator(mode="after")
-    def _upsert_needs_keys(self) -> ImportOptions:
-        if self.mode == "upsert" and not self.key_columns:
-            raise ValueError("key_columns is required when mode is upsert")
-        return self
-
-
-class ImportItem(BaseModel, extra="forbid"):
-    """One file to import."""
-
-    id: str | None = None
-    path: str = Field(min_length=1)
-    format: Format | None = None
-
-
-def sha256_file(path: Path, ctx: ItemContext | None = None) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for i, block in enumerate(iter(lambda: fh.read(1 << 20), b"")):
-            digest.update(block)
-            if ctx is not None and i % 64 == 0:
-                ctx.check()
-    return digest.hexdigest()
-
-
-def looks_binary(head: bytes) -> bool:
-    """True for content that is not text: NUL bytes, or many control bytes, or not UTF-8."""
-    if not head:
-        return False
-    if b"\x00" in head:
-        return True
-    control = sum(1 for b in head if b < 9 or 13 < b < 32)
-    if control / len(head) > 0.05:
-        return True
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start < len(head) - 4  # a multi-byte character cut at the end is fine
-    return False
-
-
-def detect_format(path: Path, requested: str = "auto") -> str:
-    """The file's format: as requested, else from its extension, else from its content."""
-    if requested != "auto":
-        return requested
-    by_ext = EXTENSIONS.get(path.suffix.lower())
-    if by_ext:
-        return by_ext
-    with path.open("rb") as fh:
-        head = fh.read(65536)
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    if looks_binary(head):
-        raise ValidationItemError(f"cannot detect the format of {path.name}: binary content")
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
-    if text.startswith("["):
-        return "json"
-    if text.startswith("{"):
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        return "ndjson" if len(lines) > 1 and lines[1].lstrip().startswith("{") else "json"
-    first = text.splitlines()[0] if text else ""
-    return "tsv" if first.count("\t") > max(first.count(","), first.count(";")) else "csv"
 
 
 def _csv_source(
@@ -336,51 +228,29 @@ def handle_import(ctx: ItemContext) -> ItemResult:
 
     def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> str | None:
         status = "imported"
-        if options.skip_identical:
-            same = con.execute(
-                "select batch_id, item_id from import_files where target_table = ? and "
-                "sha256 = ? and status = 'imported' and not (batch_id = ? and item_id = ?) "
-                "limit 1",
-                [target, sha256, cc.batch_id, cc.item_id],
-            ).fetchone()
-            if same:
-                status = "skipped"
-                metrics["skipped_because"] = (
-                    f"identical file already imported into {target} by batch {same[0]} "
-                    f"item {same[1]}"
-                )
-        if status == "imported":
-            _load(con, cc, target, stage, options)
-        con.execute(
-            "delete from import_files where batch_id = ? and item_id = ?", [cc.batch_id, cc.item_id]
-        )
-        con.execute(
-            "insert into import_files values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-            [
-                cc.batch_id,
-                cc.item_id,
-                str(path),
-                fmt,
-                target,
-                options.mode,
-                status,
-                rows if status == "imported" else 0,
-                rejected,
-                len(columns),
-                json.dumps(columns),
-                size,
-                sha256,
-            ],
-        )
-        con.execute(
-            "delete from import_rejects where batch_id = ? and item_id = ?",
-            [cc.batch_id, cc.item_id],
-        )
-        if rejects and status == "imported":
-            con.executemany(
-                "insert into import_rejects values (?, ?, ?, ?, ?, ?)",
-                [[cc.batch_id, cc.item_id, r[0], r[1], r[2], r[3]] for r in rejects],
+        same = tables.identical_import(con, cc, target, sha256) if options.skip_identical else None
+        if same:
+            status = "skipped"
+            metrics["skipped_because"] = (
+                f"identical file already imported into {target} by batch {same[0]} item {same[1]}"
             )
+        else:
+            _load(con, cc, target, stage, options)
+        tables.replace_file_row(
+            con,
+            cc,
+            path=str(path),
+            fmt=fmt,
+            target=target,
+            mode=options.mode,
+            status=status,
+            rows=rows if status == "imported" else 0,
+            rejected=rejected,
+            columns=columns,
+            size=size,
+            sha256=sha256,
+        )
+        tables.replace_rejects(con, cc, rejects if status == "imported" else [])
         return "skipped" if status == "skipped" else None
 
     def cleanup() -> None:
@@ -434,18 +304,3 @@ def _load(
         raise ValidationItemError(
             f"file does not fit table {target}: {str(exc).splitlines()[0]}"
         ) from exc
-
-
-SPEC = OperationSpec(
-    name="import",
-    description=(
-        "Import files (CSV, TSV, JSON, NDJSON, Parquet) into warehouse tables, one partition "
-        "per file. Rows DuckDB cannot parse land in import_rejects; identical files already "
-        "imported into the same table are skipped. Details per file: import_files."
-    ),
-    options_model=ImportOptions,
-    item_model=ImportItem,
-    handler=handle_import,
-    detail_tables=("import_files", "import_rejects"),
-    item_targets=(ItemTarget("options.target_table", lambda options, _: options.target_table),),
-)

@@ -19,62 +19,25 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
-from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult, OperationSpec
+from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.keys import slugify
-from batch_pipelines.core.sql import quote_ident, quote_literal, validate_table_name
+from batch_pipelines.core.sql import quote_ident, quote_literal
 from batch_pipelines.core.sqlcheck import ensure_read_only_select
 from batch_pipelines.operations.relations import describe_table, relation_kind
+from batch_pipelines.operations.transform import tables
 from batch_pipelines.operations.transform.functions import RegisteredTransform, get_transform
+from batch_pipelines.operations.transform.models import TransformItem, TransformOptions
 
-Mode = Literal["replace", "append"]
 LINEAGE = ("_batch_id", "_item_id")
-
-
-class TransformOptions(BaseModel, extra="forbid"):
-    """Options of a transform batch."""
-
-    mode: Mode = Field(
-        "replace",
-        description="replace: the target becomes the result; append: the result's rows are "
-        "added (tagged with _batch_id and _item_id so re-runs replace them)",
-    )
-    chunk_rows: int = Field(
-        50_000, ge=100, le=5_000_000, description="Rows per chunk for chunk transforms"
-    )
-
-
-class TransformItem(BaseModel, extra="forbid"):
-    """One transformation: source table -> target table, by SQL or a registered transform."""
-
-    id: str | None = None
-    source: str = Field(description="The table (or view) to read")
-    target: str = Field(description="The table to write")
-    sql: str | None = Field(None, description="One SELECT reading the source as `source`")
-    transform: str | None = Field(None, description="A registered transform's name")
-    transform_options: dict[str, Any] = Field(default_factory=dict)
-    mode: Mode | None = Field(None, description="Overrides options.mode")
-
-    @field_validator("source", "target")
-    @classmethod
-    def _table(cls, value: str, info: Any) -> str:
-        return validate_table_name(value, info.field_name)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> TransformItem:
-        if (self.sql is None or not self.sql.strip()) == (self.transform is None):
-            raise ValueError("give exactly one of sql or transform")
-        if self.transform_options and self.transform is None:
-            raise ValueError("transform_options apply to a registered transform only")
-        return self
 
 
 def _registered(item: TransformItem) -> tuple[RegisteredTransform, BaseModel]:
@@ -254,27 +217,21 @@ def handle_transform(ctx: ItemContext) -> ItemResult:
             _swap_in(con, item.target, staged)
         else:
             _append(con, cc, item.target, staged, out_columns)
-        con.execute(
-            "delete from transforms where batch_id = ? and item_id = ?", [cc.batch_id, cc.item_id]
-        )
-        con.execute(
-            "insert into transforms values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-            [
-                cc.batch_id,
-                cc.item_id,
-                item.source,
-                item.target,
-                kind,
-                name,
-                json.dumps(transform_options.model_dump(mode="json"))
-                if transform_options
-                else None,
-                mode,
-                rows_in,
-                rows_out,
-                len(out_columns),
-                duration_ms,
-            ],
+        tables.replace_transform_row(
+            con,
+            cc,
+            source=item.source,
+            target=item.target,
+            kind=kind,
+            name=name,
+            transform_options=json.dumps(transform_options.model_dump(mode="json"))
+            if transform_options
+            else None,
+            mode=mode,
+            rows_in=rows_in,
+            rows_out=rows_out,
+            columns=len(out_columns),
+            duration_ms=duration_ms,
         )
 
     def cleanup() -> None:
@@ -341,18 +298,3 @@ def _append(
         raise ValidationItemError(
             f"the result does not fit table {target}: {str(exc).splitlines()[0]}"
         ) from exc
-
-
-SPEC = OperationSpec(
-    name="transform",
-    description=(
-        "Build warehouse tables from other tables, one partition per source -> target: a "
-        "read-only SELECT over `source`, or a registered Python transform applied in chunks "
-        "(normalize_columns, dedupe_latest, ...). The target is swapped in atomically. Rows "
-        "in and out per item: transforms."
-    ),
-    options_model=TransformOptions,
-    item_model=TransformItem,
-    handler=handle_transform,
-    detail_tables=("transforms",),
-)
