@@ -6,8 +6,8 @@ An item is a target:
   errors, failed, cancelled) that finished more than N days ago: their ledger rows
   (``batches``, ``batch_items``, ``item_attempts``, ``batch_events``), their rows in every
   operation detail table that exists with a ``batch_id`` column, their Dagster dynamic
-  partitions, and their files under
-  ``data/exports/<batch_id>/``, ``data/reports/<batch_id>/`` and ``data/staging/<batch_id>/``.
+  partitions, and their files under ``data/exports/<batch_id>/``,
+  ``data/reports/<batch_id>/`` and ``data/staging/<batch_id>/``.
   ``cleanup_log`` itself is never cleaned (it is the audit trail); imported data tables keep
   their rows.
 - ``{kind: old_files, root: exports|reports, older_than_days, path?}``: files under the root
@@ -115,10 +115,10 @@ def _delete_batches(
     return still
 
 
-def _drop_tables(con: duckdb.DuckDBPyConnection, tables: Sequence[str]) -> list[str]:
+def _drop_tables(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> list[str]:
     current = {f"{s}.{n}" for s, n in temp_tables(con)}
     dropped = []
-    for full in tables:
+    for full in names:
         if full in current:  # re-checked: the name still matches the temp-table pattern
             con.execute(f"drop table if exists {quote_ident(full)}")
             dropped.append(full)
@@ -223,16 +223,6 @@ def handle_cleanup(ctx: ItemContext) -> ItemResult:
         tables.log_objects(con, cc, item.kind, objects, options.dry_run)
 
     return ItemResult(metrics=metrics, commit=commit)
-
-
-def _summarize(objects: Sequence[Planned]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = defaultdict(lambda: {"count": 0, "rows": 0, "bytes": 0})
-    for o in objects:
-        s = out[o.object_type]
-        s["count"] += 1
-        s["rows"] += o.rows or 0
-        s["bytes"] += o.bytes or 0
-    return out
 
 
 def _summarize(objects: Sequence[Planned]) -> dict[str, dict[str, int]]:
