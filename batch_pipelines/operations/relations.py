@@ -1,4 +1,5 @@
-"""Warehouse relations as the export, transform and validate operations see them."""
+"""Warehouse relations as operations see them (shared here: operations never import each
+other)."""
 
 from __future__ import annotations
 

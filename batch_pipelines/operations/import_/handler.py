@@ -25,6 +25,7 @@ from batch_pipelines.core.sql import quote_ident, quote_literal, validate_table_
 from batch_pipelines.core.targets import item_table_name
 from batch_pipelines.operations.import_ import tables
 from batch_pipelines.operations.import_.models import ImportItem, ImportOptions
+from batch_pipelines.operations.relations import table_exists
 
 MAX_STORED_REJECTS = 1000
 _DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
@@ -146,21 +147,9 @@ def _stage(
     return rows, columns, rejected, rejects
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    parts = table.split(".")
-    schema, name = (parts[-2], parts[-1]) if len(parts) > 1 else ("main", parts[0])
-    return bool(
-        con.execute(
-            "select count(*) from information_schema.tables where table_schema = ? "
-            "and table_name = ?",
-            [schema, name],
-        ).fetchone()[0]
-    )
-
-
 def _target_types(ctx: ItemContext, target: str) -> dict[str, str]:
     with ctx.read_warehouse() as con:
-        if not _table_exists(con, target):
+        if not table_exists(con, target):
             return {}
         return {
             name: typ
@@ -284,7 +273,7 @@ def _load(
     table = quote_ident(target)
     if "." in target:
         con.execute(f"create schema if not exists {quote_ident(target.rsplit('.', 1)[0])}")
-    if options.mode == "replace" or not _table_exists(con, target):
+    if options.mode == "replace" or not table_exists(con, target):
         con.execute(f"create or replace table {table} as {source}")
         return
     existing = _columns(con, target)

@@ -10,6 +10,7 @@ import duckdb
 from batch_pipelines.core import ledger
 from batch_pipelines.core.errors import NOT_FOUND, ItemError, ValidationItemError
 from batch_pipelines.core.sql import quote_ident, validate_table_name
+from batch_pipelines.operations.relations import table_exists
 from batch_pipelines.operations.report.models import (
     Chart,
     Report,
@@ -200,24 +201,11 @@ def _histogram(
     return [lo + i * width for i in range(bins)], [found.get(i, 0) for i in range(bins)]
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    parts = table.split(".")
-    schema, name = (parts[-2], parts[-1]) if len(parts) > 1 else ("main", parts[0])
-    return bool(
-        _one(
-            con,
-            "select count(*) from information_schema.tables where table_schema = ? "
-            "and table_name = ?",
-            [schema, name],
-        )[0]
-    )
-
-
 def table_profile_report(
     con: duckdb.DuckDBPyConnection, table: str, options: ReportOptions
 ) -> Report:
     validate_table_name(table, "table")
-    if not _table_exists(con, table):
+    if not table_exists(con, table):
         raise ValidationItemError(f"table {table!r} does not exist in the warehouse")
     src = quote_ident(table)
     described = _rows(con, f"describe {src}")
