@@ -9,6 +9,7 @@ import duckdb
 
 from batch_pipelines.core import ledger
 from batch_pipelines.core.errors import NOT_FOUND, ItemError, ValidationItemError
+from batch_pipelines.core.fmt import round_figure
 from batch_pipelines.core.sql import quote_ident, validate_table_name
 from batch_pipelines.operations.relations import table_exists
 from batch_pipelines.operations.report.models import (
@@ -33,14 +34,6 @@ def _rows(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] = ()
 
 def _one(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] = ()) -> tuple:
     return con.execute(query, list(params)).fetchone()
-
-
-def _fmt(value: Any, digits: int = 3) -> Any:
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return None
-        return round(value, digits)
-    return value
 
 
 def batch_report(con: duckdb.DuckDBPyConnection, batch_id: str, options: ReportOptions) -> Report:
@@ -109,12 +102,12 @@ def batch_report(con: duckdb.DuckDBPyConnection, batch_id: str, options: ReportO
         ("cancelled", counts.get("cancelled", 0)),
         ("pending/running", counts.get("pending", 0) + counts.get("running", 0)),
         ("attempts", attempts or 0),
-        ("duration p50 (ms)", _fmt(p50)),
-        ("duration p95 (ms)", _fmt(p95)),
-        ("duration p99 (ms)", _fmt(p99)),
-        ("duration mean (ms)", _fmt(davg)),
-        ("duration max (ms)", _fmt(dmax)),
-        ("mean quality", _fmt(qmean, 4)),
+        ("duration p50 (ms)", round_figure(p50)),
+        ("duration p95 (ms)", round_figure(p95)),
+        ("duration p99 (ms)", round_figure(p99)),
+        ("duration mean (ms)", round_figure(davg)),
+        ("duration max (ms)", round_figure(dmax)),
+        ("mean quality", round_figure(qmean, 4)),
         ("created", batch["created_at"]),
         ("started", batch["started_at"]),
         ("completed", batch["completed_at"]),
@@ -123,9 +116,13 @@ def batch_report(con: duckdb.DuckDBPyConnection, batch_id: str, options: ReportO
         "batch_id": batch_id,
         "status": batch["status"],
         "counts": counts,
-        "duration_ms": {"p50": _fmt(p50), "p95": _fmt(p95), "p99": _fmt(p99)},
+        "duration_ms": {
+            "p50": round_figure(p50),
+            "p95": round_figure(p95),
+            "p99": round_figure(p99),
+        },
         "errors_by_category": dict(errors),
-        "mean_quality": _fmt(qmean, 4),
+        "mean_quality": round_figure(qmean, 4),
     }
     report.tables.append(Table("Items by status", ["status", "items"], by_status))
     if errors:
@@ -226,7 +223,14 @@ def table_profile_report(
         nulls = total - non_null
         base = typ.split("(")[0].upper()
         is_numeric = base in NUMERIC_TYPES or base == "DECIMAL"
-        row = [name, typ, non_null, nulls, _fmt(nulls / total if total else 0.0, 4), distinct]
+        row = [
+            name,
+            typ,
+            non_null,
+            nulls,
+            round_figure(nulls / total if total else 0.0, 4),
+            distinct,
+        ]
         c = quote_ident(name)
         if is_numeric and non_null:
             mn, mx, mean, sd, qs = _one(
@@ -234,9 +238,12 @@ def table_profile_report(
                 f"select min({c})::double, max({c})::double, avg({c}::double), "
                 f"stddev_samp({c}::double), quantile_cont({c}::double, {qlist}) from {src}",
             )
-            row += [_fmt(mn), _fmt(mx), _fmt(mean), _fmt(sd)] + [_fmt(q) for q in qs]
+            row += [round_figure(mn), round_figure(mx), round_figure(mean), round_figure(sd)] + [
+                round_figure(q) for q in qs
+            ]
             numeric_rows.append(
-                [name, _fmt(mn), _fmt(mx), _fmt(mean), _fmt(sd)] + list(map(_fmt, qs))
+                [name, round_figure(mn), round_figure(mx), round_figure(mean), round_figure(sd)]
+                + list(map(round_figure, qs))
             )
             if len(charts) < options.max_charts:
                 edges, counts = _histogram(con, table, name, options.histogram_bins)
@@ -373,12 +380,12 @@ def operation_window_report(
         ("processed", processed),
         ("succeeded", succeeded),
         ("failed", failed),
-        ("success rate", _fmt(succeeded / processed, 4) if processed else None),
-        ("item duration p50 (ms)", _fmt(p50)),
-        ("item duration p95 (ms)", _fmt(p95)),
-        ("mean quality", _fmt(quality, 4)),
-        ("throughput (items/min while running)", _fmt(per_min_busy)),
-        ("throughput (items/min, first start to last end)", _fmt(per_min_span)),
+        ("success rate", round_figure(succeeded / processed, 4) if processed else None),
+        ("item duration p50 (ms)", round_figure(p50)),
+        ("item duration p95 (ms)", round_figure(p95)),
+        ("mean quality", round_figure(quality, 4)),
+        ("throughput (items/min while running)", round_figure(per_min_busy)),
+        ("throughput (items/min, first start to last end)", round_figure(per_min_span)),
     ]
     report.summary = {
         "operation": item.operation,
@@ -388,7 +395,7 @@ def operation_window_report(
         "by_status": {s: c for s, c, _ in by_status},
         "items": total,
         "processed": processed,
-        "throughput_per_min": _fmt(per_min_busy),
+        "throughput_per_min": round_figure(per_min_busy),
     }
     report.tables.append(Table("Batches by status", ["status", "batches", "items"], by_status))
     report.charts.append(

@@ -10,6 +10,7 @@ import io
 from datetime import datetime
 from typing import Any
 
+from batch_pipelines.core.fmt import TIME_FORMAT
 from batch_pipelines.operations.report.models import Report, ReportOptions, Table
 
 
@@ -19,7 +20,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        return value.strftime(TIME_FORMAT)
     return str(value)
 
 
