@@ -63,7 +63,6 @@ from batch_pipelines.operations.cleanup.files import (
 )
 from batch_pipelines.operations.cleanup.models import CleanupItem, CleanupOptions, Planned
 from batch_pipelines.operations.cleanup.plan import (
-    LEDGER_TABLES,
     Plan,
     detail_tables,
     make_plan,
@@ -94,24 +93,16 @@ def _delete_batches(
     the ids deleted."""
     if not ids:
         return []
-    terminal = list(ledger.TERMINAL_BATCH_STATUSES)
-    with registered_ids(con, "_cleanup_ids", ids):
-        still = [
-            r[0]
-            for r in con.execute(
-                "select batch_id from batches where batch_id in (select batch_id from "
-                f"_cleanup_ids) and status in ({', '.join('?' for _ in terminal)})",
-                terminal,
-            ).fetchall()
-        ]
+    still = ledger.finished_among(con, ids)
     if not still:
         return []
     with registered_ids(con, "_cleanup_doomed", still):
-        for table in (*detail_tables(con, declared), *LEDGER_TABLES):
+        for table in detail_tables(con, declared):
             con.execute(
                 f"delete from {quote_ident(table)} "
                 "where batch_id in (select batch_id from _cleanup_doomed)"
             )
+    ledger.delete_finished_batches(con, still)
     return still
 
 

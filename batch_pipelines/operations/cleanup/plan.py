@@ -26,8 +26,7 @@ from batch_pipelines.operations.cleanup.files import check_inside, roots, walk_f
 from batch_pipelines.operations.cleanup.models import CleanupItem, Planned
 from batch_pipelines.operations.cleanup.tables import CLEANUP_LOG
 
-LEDGER_TABLES = ("item_attempts", "batch_events", "batch_items", "batches")
-NEVER_CLEANED = frozenset({CLEANUP_LOG, *LEDGER_TABLES})  # cleanup_log is the audit trail
+NEVER_CLEANED = frozenset({CLEANUP_LOG, *ledger.TABLES})  # cleanup_log is the audit trail
 TEMP_TABLE_SCHEMAS = ("staging",)
 WRITING_OPERATIONS = ("transform", "import")
 
@@ -134,31 +133,21 @@ def plan_old_batches(ctx: ItemContext, days: float, declared: Sequence[str]) -> 
     rts = roots(paths)
     plan = Plan([], [], {}, [], [], [], [], [])
     cutoff = _cutoff(days)
-    terminal = list(ledger.TERMINAL_BATCH_STATUSES)
     with ctx.read_warehouse() as con:
-        batches = con.execute(
-            "select batch_id, operation, total_items from batches where status in "
-            f"({', '.join('?' for _ in terminal)}) and coalesce(completed_at, updated_at, "
-            "created_at) < ? and batch_id <> ? order by created_at, batch_id",
-            [*terminal, cutoff, ctx.batch_id],
-        ).fetchall()
+        batches = ledger.finished_before(con, cutoff, exclude=ctx.batch_id)
         ids = [b[0] for b in batches]
         plan.batch_ids = ids
         if not ids:
             return plan
+        counts = ledger.row_counts(con, ids)
         with registered_ids(con, "_cleanup_ids", ids):
-            counts: dict[tuple[str, str], int] = {}
-            for table in (*LEDGER_TABLES[:-1], *detail_tables(con, declared)):
+            for table in detail_tables(con, declared):
                 for bid, n in con.execute(
                     f"select batch_id, count(*) from {quote_ident(table)} "
                     "where batch_id in (select batch_id from _cleanup_ids) group by 1"
                 ).fetchall():
                     counts[(table, bid)] = n
-            keys = con.execute(
-                "select i.batch_id, b.operation, i.partition_key from batch_items i "
-                "join batches b using (batch_id) "
-                "where i.batch_id in (select batch_id from _cleanup_ids) order by i.batch_id, i.seq"
-            ).fetchall()
+        keys = ledger.partition_keys(con, ids)
         files = recorded_files(con, declared, ids)
     per_batch_keys: dict[str, int] = defaultdict(int)
     for bid, operation, key in keys:
@@ -239,7 +228,7 @@ def plan_orphan_files(ctx: ItemContext, item: CleanupItem, declared: Sequence[st
     root, folder = _scope(ctx, item)
     rts = roots(ctx.paths)
     with ctx.read_warehouse() as con:
-        known = {r[0] for r in con.execute("select batch_id from batches").fetchall()}
+        known = ledger.known_batch_ids(con)
         recorded = set()
         for raw in recorded_files(con, declared):
             with contextlib.suppress(OSError, ValueError):
@@ -274,11 +263,7 @@ def temp_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
 def plan_temp_tables(ctx: ItemContext) -> Plan:
     plan = Plan([], [], {}, [], [], [], [], [])
     with ctx.read_warehouse() as con:
-        running = con.execute(
-            "select count(*) from batches where status in ('running', 'queued') and "
-            f"operation in ({', '.join('?' for _ in WRITING_OPERATIONS)}) and batch_id <> ?",
-            [*WRITING_OPERATIONS, ctx.batch_id],
-        ).fetchone()[0]
+        running = ledger.count_active(con, WRITING_OPERATIONS, exclude=ctx.batch_id)
         tables = temp_tables(con)
         if running:
             plan.notes.append(
@@ -304,13 +289,7 @@ def plan_staging(ctx: ItemContext, item: CleanupItem) -> Plan:
     if not folders:
         return plan
     with ctx.read_warehouse() as con:
-        status = dict(
-            con.execute(
-                "select batch_id, status from batches where batch_id in "
-                f"({', '.join('?' for _ in folders)})",
-                [d.name for d in folders],
-            ).fetchall()
-        )
+        status = ledger.statuses_of(con, [d.name for d in folders])
     cutoff = time.time() - float(item.older_than_days or 0) * 86400
     seen: set[Path] = set()
     for d in folders:
