@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 
 from batch_pipelines.core import ledger, warehouse
+from batch_pipelines.core.redact import redact_optional
 
 VIEWS = (
     "batch_metrics",
@@ -98,19 +99,34 @@ def batch_errors(
         "first_seen_at, last_seen_at"
     )
     order = "count desc, error_category, fingerprint"
-    return _batch_rows(con, "error_distribution", columns, order, batch_id, limit)
+    return _redacted(con, _batch_rows(con, "error_distribution", columns, order, batch_id, limit))
 
 
 def most_frequent_errors(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, Any]]:
     """The most frequent (category, fingerprint) pairs across all batches."""
-    return query_rows(
+    return _redacted(
         con,
-        "select error_category, fingerprint, sum(count)::bigint as count, "
-        "count(distinct batch_id) as batches, min(example_error) as example_error "
-        "from error_distribution group by error_category, fingerprint "
-        "order by count desc, error_category, fingerprint limit ?",
-        [limit],
+        query_rows(
+            con,
+            "select error_category, fingerprint, sum(count)::bigint as count, "
+            "count(distinct batch_id) as batches, min(example_error) as example_error "
+            "from error_distribution group by error_category, fingerprint "
+            "order by count desc, error_category, fingerprint limit ?",
+            [limit],
+        ),
     )
+
+
+def _redacted(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Errors are redacted when stored; a ledger older than that may still hold secrets, in
+    its example errors and in the fingerprints made of them (so those are made again)."""
+    for row in rows:
+        example = redact_optional(row["example_error"])
+        if example != row["example_error"]:
+            row["example_error"] = example
+            (row["fingerprint"],) = con.execute("select error_fingerprint(?)", [example]).fetchone()
+        row["fingerprint"] = redact_optional(row["fingerprint"])
+    return rows
 
 
 def quality_buckets(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from batch_pipelines.core.redact import redact
+
 TRANSIENT = "transient"
 TIMEOUT = "timeout"
 VALIDATION = "validation"
@@ -94,8 +96,10 @@ class Classified:
 
 
 def classify(exc: BaseException) -> Classified:
-    """Map any exception raised while processing an item to a category and severity."""
+    """Map any exception raised while processing an item to a category and severity; the
+    message has its credentials redacted (it is stored and logged)."""
     message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ItemError) else str(exc)
+    message = redact(message)
     if isinstance(exc, ItemCancelledError | ItemTimeoutError):
         category = exc.category
     elif is_disk_full(exc):

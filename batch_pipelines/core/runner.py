@@ -36,6 +36,7 @@ from batch_pipelines.core.execution import (
     run_item,
 )
 from batch_pipelines.core.ledger import BatchStatus, ItemOutcome, ItemStatus
+from batch_pipelines.core.redact import redact
 
 __all__ = [
     "AUTO_CHUNK_MAX",
@@ -124,7 +125,11 @@ def _commit_together(
             p.outcome.status = status
             if p.outcome.attempts:
                 p.outcome.attempts[-1].outcome = last
-        log.info("grouped commit of %d items failed (%s); committing one by one", len(pending), exc)
+        log.info(
+            "grouped commit of %d items failed (%s); committing one by one",
+            len(pending),
+            redact(str(exc)),
+        )
         return False
 
 

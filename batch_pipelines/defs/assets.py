@@ -43,6 +43,7 @@ from batch_pipelines.app.partitions import PARTITIONS
 from batch_pipelines.app.services import host_resources
 from batch_pipelines.core import ledger, warehouse
 from batch_pipelines.core.contract import ItemCheck, OperationSpec
+from batch_pipelines.core.redact import redact_optional
 from batch_pipelines.core.runner import ExecutionSettings, WorkItem, run_chunk
 from batch_pipelines.defs.resources import WarehouseResource
 
@@ -249,7 +250,11 @@ def execute_partitions(
                 context.instance.add_run_tags(
                     context.run_id, {HANDED_OVER_TAG: str(len(summary.handed_over))}
                 )
-        failed += [f"{o.item_id}: {o.error}" for o in summary.outcomes if o.status == "failed"]
+        failed += [
+            f"{o.item_id}: {redact_optional(o.error)}"
+            for o in summary.outcomes
+            if o.status == "failed"
+        ]
     for check in checks:
         key = AssetCheckKey(context.asset_key, check.name)
         yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))

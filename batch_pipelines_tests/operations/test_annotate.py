@@ -379,6 +379,14 @@ def test_http_normal_response(llm: FakeLLM) -> None:
     assert req["messages"][1]["content"] == "Rates stay where they are."
 
 
+def test_completions_url_keeps_the_query_after_the_path() -> None:
+    assert O.completions_url("https://h/v1") == "https://h/v1/chat/completions"
+    assert (
+        O.completions_url("https://h/openai/deployments/d/?api-version=2024-06-01")
+        == "https://h/openai/deployments/d/chat/completions?api-version=2024-06-01"
+    )
+
+
 def test_http_429_storm_then_success(llm: FakeLLM) -> None:
     llm.script = [(429, {"Retry-After": "0"}, {"error": "slow down"})] * 3
     out = http_annotator(llm.url, max_retries=4).annotate("text")
@@ -474,6 +482,91 @@ def test_retry_after_and_backoff() -> None:
     jittered = annotator.retry_policy()  # 25% of each backoff is taken off at random
     assert all(0.75 * b <= jittered.delay(n) <= b for n, b in ((1, 1), (3, 4), (5, 8)))
     assert jittered.delay(3, rand=lambda: 1.0) == 3.0
+
+
+class Flood:
+    """A server on 127.0.0.1 that answers every request with an endless body of JSON-ish bytes,
+    chunked (``length`` None) or under a ``Content-Length: length`` that lies, and counts the
+    bytes it managed to send before the client hung up."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, length: int | None, limit: int = 512 * 1024 * 1024) -> None:
+        self.sent = 0
+        self.done = threading.Event()
+        flood = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                if length is None:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+                data = b'{"choices": [' + b" " * (flood.CHUNK - 13)
+                try:
+                    while flood.sent < limit:
+                        if length is None:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        else:
+                            self.wfile.write(data)
+                        flood.sent += len(data)
+                        data = b" " * flood.CHUNK
+                except OSError:  # the client hung up, as it should
+                    pass
+                finally:
+                    flood.done.set()
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("length", "error"),
+    [
+        (None, "response is larger than the 8388608 bytes accepted"),
+        (2**40, "response of 1099511627776 bytes is larger than the 8388608 accepted"),
+        (4096, "returned a non-JSON response"),  # the body goes on past what it declared
+    ],
+    ids=["chunked", "content-length-too-big", "content-length-lies-small"],
+)
+def test_asset_oversized_llm_response_fails_the_item_unread(
+    env,  # noqa: ANN001
+    instance,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+    length: int | None,
+    error: str,
+) -> None:
+    flood = Flood(length)
+    monkeypatch.setenv(R.ENV_BACKEND, "openai")
+    monkeypatch.setenv(O.ENV_BASE_URL, flood.url)
+    monkeypatch.setenv(O.ENV_MODEL, "m")
+    try:
+        batch = run_batch({"operation": "annotate", "items": [{"id": "a", "text": "t"}]}, instance)
+        assert flood.done.wait(10), "the client never hung up"
+    finally:
+        flood.close()
+    assert batch["failed_items"] == 1
+    (row,) = env.sql("select attempts, error_category, error from batch_items")
+    assert row[:2] == (1, "permanent") and error in row[2], row
+    # What the sender got into the socket before the client hung up: the cap and the kernel's
+    # buffers, not the 512 MiB on offer.
+    assert flood.sent < 48 * 1024 * 1024, flood.sent
 
 
 # --- through the asset (submit + run in process) ---------------------------------------------
@@ -580,3 +673,127 @@ def test_cli_annotates_the_bundled_texts(env, samples: Path) -> None:  # noqa: A
     assert [r[0] for r in rows] == ["de", "en", "es", "fr", "it", "nl", "pt"]
     assert {r[2] for r in rows} == {"file"}
     assert dict((r[0], r[1]) for r in rows)["en"] == "finance"
+
+
+# --- secrets never stored -----------------------------------------------------------------
+
+API_KEY = "sk-live-Zq8xAPIKEYsecret0123456789"
+URL_PASSWORD = "pw-Hunter2-URLPASSWORD"
+QUERY_KEY = "qk-QUERYKEYsecret-42"
+SECRETS = (API_KEY, URL_PASSWORD, QUERY_KEY)
+
+
+def leaked(text: str | bytes) -> list[str]:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return [s for s in SECRETS if s in text]
+
+
+def where_secrets_are(env, instance, tables: bool = True) -> dict[str, list[str]]:  # noqa: ANN001
+    """Every place a secret was found: a warehouse table (all columns of all tables), the
+    Dagster event log, a file under data/reports or DAGSTER_HOME."""
+    found: dict[str, list[str]] = {}
+    if tables:
+        with warehouse.connect(env.warehouse, read_only=True) as con:
+            names = con.execute(
+                "select schema_name, table_name from duckdb_tables() "
+                "where database_name = current_database()"
+            ).fetchall()
+            assert {"batch_items", "item_attempts", "batch_events", "reports"} <= {
+                t for _, t in names
+            }
+            for schema, table in names:
+                rows = con.execute(f'select * from "{schema}"."{table}"').fetchall()
+                if hits := leaked(repr(rows)):
+                    found[f"table {schema}.{table}"] = hits
+        for run in instance.get_runs():
+            for event in instance.all_logs(run.run_id):
+                if hits := leaked(repr(event)):
+                    found[f"event log of run {run.run_id} ({run.job_name})"] = hits
+    for root in (env.paths.reports, env.dagster_home) if tables else (env.paths.reports,):
+        for path in root.rglob("*"):
+            if path.is_file() and (hits := leaked(path.read_bytes())):
+                found[str(path.relative_to(env.root))] = hits
+    return found
+
+
+def report_on(batch_id: str, instance, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A report batch on ``batch_id``, and the analytics reports focused on it."""
+    from dagster import materialize
+
+    from batch_pipelines.defs.analytics_assets import ANALYTICS_ASSETS, analytics_run_config
+    from batch_pipelines.defs.resources import WarehouseResource
+
+    monkeypatch.setenv(R.ENV_BACKEND, "local")
+    report = run_batch(
+        {"operation": "report", "items": [{"kind": "batch", "batch_id": batch_id}]}, instance
+    )
+    assert report["status"] == "completed"
+    result = materialize(
+        ANALYTICS_ASSETS,
+        instance=instance,
+        resources={"warehouse": WarehouseResource()},
+        run_config=analytics_run_config(batch_id),
+    )
+    assert result.success
+
+
+def test_secrets_never_reach_the_ledger_the_event_log_or_reports(
+    env,  # noqa: ANN001
+    instance,  # noqa: ANN001
+    llm: FakeLLM,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The endpoint's URL carries a password and a key; the server rejects the request and
+    # echoes the bearer key and the path it was asked for, as real ones do.
+    def reject(body: dict) -> Any:
+        asked = llm.requests[-1]["path"]
+        return (401, {}, {"error": {"message": f"Incorrect API key {API_KEY} for {asked}"}})
+
+    llm.default = reject
+    host = llm.url.removeprefix("http://")
+    monkeypatch.setenv(R.ENV_BACKEND, "openai")
+    monkeypatch.setenv(O.ENV_BASE_URL, f"http://user:{URL_PASSWORD}@{host}?api-key={QUERY_KEY}")
+    monkeypatch.setenv(O.ENV_MODEL, "m")
+    monkeypatch.setenv(O.ENV_API_KEY, API_KEY)
+    batch = run_batch({"operation": "annotate", "items": [{"id": "a", "text": "one"}]}, instance)
+    assert batch["failed_items"] == 1
+    (error,) = env.sql("select error from batch_items where item_id = 'a'")[0]
+    assert "HTTP 401" in error
+    report_on(batch["batch_id"], instance, monkeypatch)
+
+    found = where_secrets_are(env, instance)
+    assert (env.paths.reports / "analytics" / "error_report.md").exists()
+    assert list(env.paths.reports.rglob(f"batch_{batch['batch_id']}.md"))
+    assert not found, "secrets found in:\n" + "\n".join(f"{k}: {v}" for k, v in found.items())
+    # What was hidden is marked, and the rest of the message still tells what happened.
+    assert error == (
+        f"annotator backend http://***@{host}/chat/completions?api-key=*** returned HTTP 401: "
+        '{"error": {"message": "Incorrect API key *** for /v1/chat/completions?api-key=***"}}'
+    )
+
+
+def test_reports_redact_errors_a_ledger_stored_before_redaction(
+    env,  # noqa: ANN001
+    instance,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batch = run_batch(
+        {
+            "operation": "annotate",
+            "items": [
+                {"table": "missing", "id_column": "id", "id_value": "a1", "text_column": "body"}
+            ],
+        },
+        instance,
+    )
+    old = f"backend https://user:{URL_PASSWORD}@h/v1?api-key={QUERY_KEY} said {API_KEY}"
+    with warehouse.connect(env.warehouse) as con:
+        con.execute("update batch_items set error = ?", [old])
+    report_on(batch["batch_id"], instance, monkeypatch)
+    assert not where_secrets_are(env, instance, tables=False)
+    (md,) = env.paths.reports.rglob(f"batch_{batch['batch_id']}.md")
+    assert "https://***@h/v1?api-key=*** said " in md.read_text()
+    assert (
+        "| backend <url> said " in (env.paths.reports / "analytics" / "error_report.md").read_text()
+    )

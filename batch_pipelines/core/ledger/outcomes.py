@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from batch_pipelines.core.ledger.models import ItemOutcome, ItemStatus, to_json
 from batch_pipelines.core.ledger.store import add_event, write
+from batch_pipelines.core.redact import redact_optional
 
 
 def _failed_event(con: duckdb.DuckDBPyConnection, outcome: ItemOutcome, run_id: str | None) -> None:
@@ -41,7 +42,7 @@ def record_outcome(
             outcome.duration_ms,
             outcome.quality_score,
             to_json(outcome.result),
-            outcome.error,
+            redact_optional(outcome.error),
             outcome.error_category,
             outcome.severity,
             outcome.started_at,
@@ -67,7 +68,7 @@ def record_outcome(
                 a.finished_at,
                 a.duration_ms,
                 a.outcome,
-                a.error,
+                redact_optional(a.error),
                 a.error_category,
                 a.severity,
                 run_id,
@@ -126,7 +127,7 @@ def record_outcomes(
                 "duration_ms": o.duration_ms,
                 "quality_score": o.quality_score,
                 "result": to_json(o.result),
-                "error": o.error,
+                "error": redact_optional(o.error),
                 "error_category": o.error_category,
                 "severity": o.severity,
                 "started_at": o.started_at,
@@ -146,7 +147,7 @@ def record_outcomes(
                 "finished_at": a.finished_at,
                 "duration_ms": a.duration_ms,
                 "outcome": a.outcome,
-                "error": a.error,
+                "error": redact_optional(a.error),
                 "error_category": a.error_category,
                 "severity": a.severity,
             }

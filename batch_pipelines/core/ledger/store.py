@@ -24,6 +24,7 @@ from batch_pipelines.core.ledger.models import (
     utcnow,
 )
 from batch_pipelines.core.ledger.reads import finished_among, one, registered_ids
+from batch_pipelines.core.redact import redact_optional, redact_value
 
 
 def write(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> int:
@@ -46,7 +47,7 @@ def add_event(
         con,
         'insert into batch_events (batch_id, item_id, event, "at", actor, detail) '
         "values (?, ?, ?, ?, ?, ?)",
-        [batch_id, item_id, event, at or utcnow(), actor, to_json(detail)],
+        [batch_id, item_id, event, at or utcnow(), actor, to_json(redact_value(detail))],
     )
 
 
@@ -144,7 +145,7 @@ def set_batch_status(
         [
             new,
             at,
-            error,
+            redact_optional(error),
             new in (BatchStatus.FAILED, BatchStatus.CANCELLED),
             new == BatchStatus.QUEUED,
             at,
@@ -216,7 +217,7 @@ def cancel_pending(
         con,
         "update batch_items set status = ?, error = ?, error_category = 'cancelled', "
         f"finished_at = ? where batch_id = ? and status in ({placeholders})",
-        [ItemStatus.CANCELLED, reason, utcnow(), batch_id, *statuses],
+        [ItemStatus.CANCELLED, redact_optional(reason), utcnow(), batch_id, *statuses],
     )
 
 
@@ -332,7 +333,7 @@ def reap_items(
             "coalesce(run_id, '') = ? and status = ?",
             [
                 ItemStatus.FAILED,
-                f"run crashed: {reason}",
+                redact_optional(f"run crashed: {reason}"),
                 utcnow(),
                 batch_id,
                 chunk_no,

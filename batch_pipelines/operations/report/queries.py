@@ -10,6 +10,7 @@ import duckdb
 from batch_pipelines.core import ledger
 from batch_pipelines.core.errors import NOT_FOUND, ItemError, ValidationItemError
 from batch_pipelines.core.fmt import round_figure
+from batch_pipelines.core.redact import redact_optional
 from batch_pipelines.core.sql import quote_ident, validate_table_name
 from batch_pipelines.operations.relations import table_exists
 from batch_pipelines.operations.report.models import (
@@ -34,6 +35,11 @@ def _rows(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] = ()
 
 def _one(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] = ()) -> tuple:
     return con.execute(query, list(params)).fetchone()
+
+
+def _redact_column(rows: list[tuple], index: int) -> list[tuple]:
+    """Errors are redacted when stored; a ledger older than that may still hold secrets."""
+    return [(*r[:index], redact_optional(r[index]), *r[index + 1 :]) for r in rows]
 
 
 def batch_report(con: duckdb.DuckDBPyConnection, batch_id: str, options: ReportOptions) -> Report:
@@ -67,6 +73,7 @@ def batch_report(con: duckdb.DuckDBPyConnection, batch_id: str, options: ReportO
         "group by 1, 2 order by 3 desc, 1, 2 limit 20",
         [batch_id],
     )
+    messages = _redact_column(messages, 1)
     quality = dict(
         _rows(
             con,
@@ -85,6 +92,7 @@ def batch_report(con: duckdb.DuckDBPyConnection, batch_id: str, options: ReportO
         "where batch_id = ? order by seq",
         [batch_id],
     )
+    items = _redact_column(items, 6)
     n_dur, dmin, davg, p50, p95, p99, dmax, dsum, qmean, nq, attempts = d
     counts = {s: n for s, n in by_status}
     report = Report(

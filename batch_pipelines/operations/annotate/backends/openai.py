@@ -17,11 +17,13 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field
 
 from batch_pipelines.core import http
 from batch_pipelines.core.errors import ItemError, ItemTimeoutError, TransientItemError
+from batch_pipelines.core.redact import register_secret
 from batch_pipelines.operations.annotate.backends.base import (
     OTHER_CATEGORY,
     UNKNOWN_LANGUAGE,
@@ -34,6 +36,13 @@ ENV_BASE_URL = "BATCH_PIPELINES_LLM_BASE_URL"
 ENV_MODEL = "BATCH_PIPELINES_LLM_MODEL"
 ENV_API_KEY = "BATCH_PIPELINES_LLM_API_KEY"
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+def completions_url(base_url: str) -> str:
+    """``base_url`` + ``/chat/completions``, keeping a query string (``?api-version=…``) where
+    it belongs, after the path."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
 
 
 def extract_json_object(content: str) -> dict[str, Any]:
@@ -148,6 +157,7 @@ class OpenAICompatibleAnnotator(BaseModel, Annotator):
                 f"annotator backend openai: no model (set {ENV_MODEL} or the resource's model)",
                 category="permanent",
             )
+        register_secret(api_key)
         return base_url.rstrip("/"), model, api_key
 
     def retry_policy(self) -> http.Retry:
@@ -223,7 +233,7 @@ class OpenAICompatibleAnnotator(BaseModel, Annotator):
     def annotate(self, text: str, options: Any = None) -> dict[str, Any]:
         s = settings(options)
         base_url, model, api_key = self.resolved()
-        url = f"{base_url}/chat/completions"
+        url = completions_url(base_url)
         response = self.post(url, self._request_body(model, text, s), api_key, model)
         try:
             content = response["choices"][0]["message"]["content"]
