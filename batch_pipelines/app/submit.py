@@ -25,7 +25,7 @@ from batch_pipelines.core.manifest import (
     problems_from_validation,
     resolve_items,
 )
-from batch_pipelines.core.targets import colliding_targets
+from batch_pipelines.core.targets import colliding_targets, refused_targets
 from batch_pipelines.operations import get_operation
 
 
@@ -104,6 +104,7 @@ def prepare_batch(
         if len(problems) > 50:
             break
     if options is not None and not problems:
+        problems += refused_targets(spec.item_targets, options, items, where)
         problems += colliding_targets(spec.item_targets, options, items)
     if problems or options is None:
         raise ManifestError(problems)

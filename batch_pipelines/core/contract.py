@@ -208,6 +208,7 @@ class OperationSpec:
     # one by one again if any of them fails. Leave False when a commit has side effects
     # outside DuckDB that a rollback cannot undo.
     group_commits: bool = False
-    # Targets named from the item id (one table per item): two items of a batch that would
-    # write to the same one are refused at submit.
+    # Every table an item writes or replaces: one batch_pipelines owns, or one that two
+    # items of the batch would both write ({item_id} templates), is refused at submit, and
+    # again by the runner before the item runs.
     item_targets: tuple[ItemTarget, ...] = ()

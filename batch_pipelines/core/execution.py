@@ -21,9 +21,11 @@ from batch_pipelines.core.errors import (
     CANCELLED,
     ItemCancelledError,
     ItemTimeoutError,
+    ValidationItemError,
     classify,
 )
 from batch_pipelines.core.ledger import Attempt, ItemOutcome, ItemStatus, utcnow
+from batch_pipelines.core.targets import refused_target
 
 log = logging.getLogger("batch_pipelines.core.runner")
 
@@ -138,6 +140,18 @@ def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemRe
     return box["result"]
 
 
+def _refused_target(
+    spec: OperationSpec, options: BaseModel, work: WorkItem
+) -> ValidationItemError | None:
+    # Checked at submit too; this catches a batch recorded under older rules, or an old
+    # partition materialized by hand.
+    for target in spec.item_targets:
+        problem = refused_target(target, options, work.item_id, work.payload)
+        if problem is not None:
+            return ValidationItemError(f"{target.field}: {problem}")
+    return None
+
+
 def run_item(
     spec: OperationSpec,
     work: WorkItem,
@@ -154,10 +168,15 @@ def run_item(
     """Run one item to its final outcome (all attempts), without touching the warehouse."""
     outcome = ItemOutcome(batch_id=work.batch_id, item_id=work.item_id, status=ItemStatus.FAILED)
     outcome.started_at = utcnow()
+    refusal: Exception | None
     try:
         item = spec.item_model.model_validate(work.payload)
     except Exception as exc:  # payload was validated at submit; a re-run may still differ
-        c = classify(ValueError(f"item payload: {exc}"))
+        refusal = ValueError(f"item payload: {exc}")
+    else:
+        refusal = _refused_target(spec, options, work)
+    if refusal is not None:
+        c = classify(refusal)
         now = utcnow()
         outcome.attempts.append(
             Attempt(

@@ -8,12 +8,21 @@ one that has shipped. Timestamps are UTC ``TIMESTAMP`` values.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
+import re
 
 import duckdb
 
 from batch_pipelines.core import migrations as _migrations_pkg
+
+SCHEMA_TABLE = "schema_migrations"
+_CREATES = re.compile(
+    r"\bcreate\s+(?:or\s+replace\s+)?(?:unique\s+)?(table|view|sequence|macro|index)\s+"
+    r"(?:if\s+not\s+exists\s+)?([A-Za-z_][A-Za-z0-9_]*)",
+    re.IGNORECASE,
+)
 
 
 def all_migrations() -> list[tuple[str, list[str]]]:
@@ -29,10 +38,23 @@ def all_migrations() -> list[tuple[str, list[str]]]:
     return found
 
 
+@functools.cache
+def owned_relations() -> dict[str, str]:
+    """Every name the schema creates (lower case) and what it is: ``table``, ``view``,
+    ``sequence``, ``macro`` or ``index``; read from the migrations, so a new one is covered
+    as soon as it exists."""
+    owned = {SCHEMA_TABLE: "table"}
+    for _, statements in all_migrations():
+        for statement in statements:
+            for kind, name in _CREATES.findall(statement):
+                owned.setdefault(name.lower(), kind.lower())
+    return owned
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply the migrations this warehouse has not seen; returns the ids applied."""
     con.execute(
-        "create table if not exists schema_migrations "
+        f"create table if not exists {SCHEMA_TABLE} "
         "(id varchar primary key, applied_at timestamp default current_timestamp)"
     )
     done = {row[0] for row in con.execute("select id from schema_migrations").fetchall()}

@@ -234,3 +234,32 @@ def test_a_tick_stops_taking_files_after_its_budget(
     assert processed(inbox) == ["first.yaml"]
     tick(instance)
     assert processed(inbox) == ["first.yaml", "second.yaml"]
+
+
+def test_a_manifest_writing_a_ledger_table_is_rejected(
+    samples: Path,
+    env,  # noqa: ANN001
+    instance,  # noqa: ANN001
+) -> None:
+    inbox = env.data / "inbox"
+    write_at(
+        inbox / "wipe.yaml",
+        "operation: transform\noptions: {mode: replace}\n"
+        "items:\n  - {source: batches, target: Main.Batch_Events, sql: 'select 1 as a'}\n",
+        age_s=20,
+    )
+    write_at(inbox / "good.yaml", GOOD, age_s=10)
+
+    result = tick(instance)
+
+    assert "registered 1 batch" in result.skip_message, result.skip_message
+    assert processed(inbox) == ["good.yaml"]
+    problems = rejection(inbox, "wipe.yaml")["problems"]
+    assert problems == [
+        {
+            "field": "items[0].target",
+            "message": "'Main.Batch_Events' is a table batch_pipelines owns (the ledger); "
+            "choose another name",
+        }
+    ], problems
+    assert env.sql("select count(*) from batches") == [(1,)]

@@ -15,6 +15,7 @@ import pytest
 
 from batch_pipelines import operations
 from batch_pipelines.core.contract import OperationSpec
+from batch_pipelines.core.targets import owner_of
 
 PACKAGE = Path(operations.__file__).parent
 PACKAGES = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
@@ -31,6 +32,11 @@ def test_registry_is_the_one_list() -> None:
     declared = [t for spec in operations.REGISTRY.values() for t in spec.detail_tables]
     assert len(declared) == len(set(declared)), "a detail table belongs to one operation"
     assert set(operations.DETAIL_TABLES) == set(declared)
+
+
+def test_no_operation_may_write_a_detail_table() -> None:
+    for table in operations.DETAIL_TABLES:
+        assert owner_of(table) == "an operation's detail table", table
 
 
 @pytest.mark.parametrize("package", PACKAGES)

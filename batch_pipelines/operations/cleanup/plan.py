@@ -22,12 +22,12 @@ from batch_pipelines.core.contract import ItemContext
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.keys import is_batch_id, partitions_def_name
 from batch_pipelines.core.sql import quote_ident
+from batch_pipelines.core.targets import TEMP_TABLE_MARK, TEMP_TABLE_SCHEMAS, owner_of
 from batch_pipelines.operations.cleanup.files import check_inside, roots, walk_files
 from batch_pipelines.operations.cleanup.models import CleanupItem, Planned
 from batch_pipelines.operations.cleanup.tables import CLEANUP_LOG
 
 NEVER_CLEANED = frozenset({CLEANUP_LOG, *ledger.TABLES})  # cleanup_log is the audit trail
-TEMP_TABLE_SCHEMAS = ("staging",)
 WRITING_OPERATIONS = ("transform", "import")
 
 
@@ -247,17 +247,19 @@ def plan_orphan_files(ctx: ItemContext, item: CleanupItem, declared: Sequence[st
     return plan
 
 
-_TEMP_NAME = r"%\_\_tmp\_%"
+_TEMP_NAME = "%" + TEMP_TABLE_MARK.replace("_", "\\_") + "%"
 
 
 def temp_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     schemas = ", ".join("?" for _ in TEMP_TABLE_SCHEMAS)
-    return con.execute(
+    found = con.execute(
         "select table_schema, table_name from information_schema.tables "
         "where table_type = 'BASE TABLE' and table_catalog = current_database() and "
         f"(table_name like ? escape '\\' or table_schema in ({schemas})) order by 1, 2",
         [_TEMP_NAME, *TEMP_TABLE_SCHEMAS],
     ).fetchall()
+    # Write targets obey the same rule, so an owned name here was not left by an operation.
+    return [(schema, name) for schema, name in found if owner_of(name) is None]
 
 
 def plan_temp_tables(ctx: ItemContext) -> Plan:

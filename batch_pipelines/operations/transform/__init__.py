@@ -1,6 +1,7 @@
 """The transform operation: warehouse tables built from other tables, by SQL or Python."""
 
 from batch_pipelines.core.contract import OperationSpec
+from batch_pipelines.core.targets import ItemTarget
 from batch_pipelines.operations.transform.handler import handle_transform
 from batch_pipelines.operations.transform.models import TransformItem, TransformOptions
 from batch_pipelines.operations.transform.tables import DETAIL_TABLES
@@ -17,6 +18,7 @@ SPEC = OperationSpec(
     item_model=TransformItem,
     handler=handle_transform,
     detail_tables=DETAIL_TABLES,
+    item_targets=(ItemTarget("target", lambda _, payload: payload.get("target")),),
 )
 
 __all__ = ["SPEC"]

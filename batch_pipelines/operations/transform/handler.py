@@ -32,6 +32,7 @@ from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.keys import slugify
 from batch_pipelines.core.sql import quote_ident, quote_literal
 from batch_pipelines.core.sqlcheck import ensure_read_only_select
+from batch_pipelines.core.targets import TEMP_TABLE_MARK
 from batch_pipelines.operations.relations import describe_table, relation_kind
 from batch_pipelines.operations.transform import tables
 from batch_pipelines.operations.transform.functions import RegisteredTransform, get_transform
@@ -250,7 +251,7 @@ def _swap_in(con: duckdb.DuckDBPyConnection, target: str, staged: str) -> None:
     onto it, all in the caller's transaction."""
     schema = _schema_of(target)
     base = target.rsplit(".", 1)[-1]
-    tmp_name = f"{base}__tmp_{uuid.uuid4().hex[:8]}"
+    tmp_name = f"{base}{TEMP_TABLE_MARK}{uuid.uuid4().hex[:8]}"
     tmp = f"{schema}.{tmp_name}" if schema else tmp_name
     if schema:
         con.execute(f"create schema if not exists {quote_ident(schema)}")
