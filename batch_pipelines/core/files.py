@@ -1,12 +1,16 @@
-"""Data files as operations read them: format detection and content hashing."""
+"""Data files as operations read them: format detection, content hashing, and noticing a
+file that changed while it was read."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from batch_pipelines.core.contract import ItemContext
-from batch_pipelines.core.errors import ValidationItemError
+from batch_pipelines.core.errors import TransientItemError, ValidationItemError
 
 EXTENSIONS = {
     ".csv": "csv",
@@ -28,6 +32,55 @@ def sha256_file(path: Path, ctx: ItemContext | None = None) -> str:
             if ctx is not None and i % 64 == 0:
                 ctx.check()
     return digest.hexdigest()
+
+
+class FileState(NamedTuple):
+    """What a write, a truncation or a replacement of a file changes."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+
+def file_state(path: Path) -> FileState:
+    st = path.stat()
+    return FileState(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+@contextlib.contextmanager
+def unchanged_while_read(path: Path, before: FileState) -> Iterator[None]:
+    """Raise a transient error (so the item is retried and the file read again) if ``path``
+    is no longer as ``before`` once the block has read it. A validation error from a file
+    cut short while it was read is that transient error too."""
+    try:
+        yield
+    except ValidationItemError:
+        _check_unchanged(path, before)
+        raise
+    _check_unchanged(path, before)
+
+
+def _check_unchanged(path: Path, before: FileState) -> None:
+    try:
+        after = file_state(path)
+    except OSError:
+        after = None
+    if after == before:
+        return
+    if after is None:
+        what = "it is gone"
+    elif (after.inode, after.device) != (before.inode, before.device):
+        what = "replaced by another file"
+    elif after.size != before.size:
+        what = f"{before.size} -> {after.size} bytes"
+    else:
+        what = "modified"
+    raise TransientItemError(
+        f"{path.name} changed while it was being read ({what}), so nothing was loaded from "
+        "it; a retry reads it again"
+    )
 
 
 def looks_binary(head: bytes) -> bool:

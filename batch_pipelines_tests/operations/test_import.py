@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from batch_pipelines.core.errors import ValidationItemError
-from batch_pipelines.core.files import detect_format, looks_binary
+from batch_pipelines.core.errors import TransientItemError, ValidationItemError
+from batch_pipelines.core.files import (
+    detect_format,
+    file_state,
+    looks_binary,
+    unchanged_while_read,
+)
 from batch_pipelines_tests.helpers import run_batch
 
 
@@ -215,3 +220,80 @@ def test_schema_mismatch_fails_the_item_with_the_reason(samples: Path, env, inst
     error = env.sql("select error from batch_items where batch_id = ?", [b["batch_id"]])[0][0]
     assert "does not fit table t" in error
     assert env.sql("select count(*) from t") == [(110,)]
+
+
+def test_a_file_that_changes_while_it_is_read_is_read_again_not_remembered(
+    env,  # noqa: ANN001
+    instance,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sha256 that skips identical files must be the one of the rows loaded: a file cut
+    short between its hash and its load must not make the whole file "already imported"."""
+    from batch_pipelines.operations.import_ import handler
+
+    data = env.data / "big.csv"
+    whole = "id,value\n" + "".join(f"{i},{i * 7}\n" for i in range(5000))
+    data.write_text(whole)
+    real_sha256 = handler.sha256_file
+    cuts: list[int] = []
+
+    def hash_then_cut(path: Path, ctx=None) -> str:  # noqa: ANN001
+        digest = real_sha256(path, ctx)
+        if not cuts:  # the writer truncates the file right after the hash, once
+            path.write_text(whole[: len(whole) // 10].rsplit("\n", 1)[0] + "\n")
+            cuts.append(1)
+        return digest
+
+    monkeypatch.setattr(handler, "sha256_file", hash_then_cut)
+    manifest = {
+        "operation": "import",
+        "options": {"target_table": "t"},
+        "items": [{"path": "data/big.csv"}],
+        "settings": {"max_retries": 2, "retry_base_delay_s": 0},
+    }
+    first = run_batch(manifest, instance)
+    cut_rows = env.sql("select count(*) from t")[0][0]
+    data.write_text(whole)
+    again = run_batch(manifest, instance)
+
+    assert again["skipped_items"] == 0, env.sql(
+        "select result->>'skipped_because' from batch_items where batch_id = ?",
+        [again["batch_id"]],
+    )
+    assert env.sql("select count(*) from t where _batch_id = ?", [again["batch_id"]]) == [(5000,)]
+    assert first["status"] == "completed", first
+    attempts = env.sql(
+        "select attempt, outcome, error_category, error from item_attempts "
+        "where batch_id = ? order by attempt",
+        [first["batch_id"]],
+    )
+    assert [a[:3] for a in attempts] == [(1, "failed", "transient"), (2, "succeeded", None)]
+    assert "big.csv changed while it was being read" in attempts[0][3], attempts
+    assert (
+        cut_rows == env.sql("select count(*) from t where _batch_id = ?", [first["batch_id"]])[0][0]
+    )
+
+
+def test_a_parse_error_from_a_file_cut_while_read_is_transient(tmp_path: Path) -> None:
+    data = tmp_path / "x.csv"
+    data.write_text("a\n1\n2\n")
+    unchanged = file_state(data)
+    with (
+        pytest.raises(ValidationItemError, match="really bad"),
+        unchanged_while_read(data, unchanged),
+    ):
+        raise ValidationItemError("really bad")
+    with (
+        pytest.raises(TransientItemError, match=r"x.csv changed .* \(6 -> 2 bytes\)"),
+        unchanged_while_read(data, unchanged),
+    ):
+        data.write_text("a\n")
+        raise ValidationItemError("cannot parse x.csv as csv")
+    before = file_state(data)
+    (tmp_path / "new.csv").write_text("b\n")
+    (tmp_path / "new.csv").replace(data)
+    with (
+        pytest.raises(TransientItemError, match="replaced by another file"),
+        unchanged_while_read(data, before),
+    ):
+        pass

@@ -19,7 +19,13 @@ import duckdb
 
 from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult
 from batch_pipelines.core.errors import ValidationItemError
-from batch_pipelines.core.files import detect_format, looks_binary, sha256_file
+from batch_pipelines.core.files import (
+    detect_format,
+    file_state,
+    looks_binary,
+    sha256_file,
+    unchanged_while_read,
+)
 from batch_pipelines.core.keys import slugify
 from batch_pipelines.core.sql import quote_ident, quote_literal, validate_table_name
 from batch_pipelines.core.targets import item_table_name
@@ -168,15 +174,10 @@ def handle_import(ctx: ItemContext) -> ItemResult:
     path = ctx.resolve_path(item.path, field_name="items.path")
     if not path.is_file():
         raise ValidationItemError(f"path: {item.path!r} is not a regular file")
-    size = path.stat().st_size
+    before = file_state(path)
+    size = before.size
     if size == 0:
         raise ValidationItemError(f"{path.name} is empty (0 bytes)")
-    sha256 = sha256_file(path, ctx)
-    fmt = detect_format(path, item.format or options.format)
-    if fmt in ("csv", "tsv", "json", "ndjson"):
-        with path.open("rb") as fh:
-            if looks_binary(fh.read(65536)):
-                raise ValidationItemError(f"{path.name} is not a {fmt} file: binary content")
     target = item_table_name(options.target_table, ctx.item_id)
     validate_table_name(target, "target_table")
     # Appending to an existing table: parse with its column types, so values that do not fit
@@ -184,9 +185,20 @@ def handle_import(ctx: ItemContext) -> ItemResult:
     types = _target_types(ctx, target) if options.mode != "replace" else {}
     stage = ctx.staging_dir / f"{slugify(ctx.item_id)}-{uuid.uuid4().hex[:8]}.parquet"
     try:
-        rows, columns, rejected, rejects = _stage(ctx, path, fmt, options, stage, types)
-        if fmt in ("csv", "tsv"):
-            _check_delimiter(path, fmt, len(columns), options)
+        # The sha256 skips identical files later, so it must be the one of the rows staged:
+        # a file written to while it is hashed or parsed is read again on a retry.
+        with unchanged_while_read(path, before):
+            sha256 = sha256_file(path, ctx)
+            fmt = detect_format(path, item.format or options.format)
+            if fmt in ("csv", "tsv", "json", "ndjson"):
+                with path.open("rb") as fh:
+                    if looks_binary(fh.read(65536)):
+                        raise ValidationItemError(
+                            f"{path.name} is not a {fmt} file: binary content"
+                        )
+            rows, columns, rejected, rejects = _stage(ctx, path, fmt, options, stage, types)
+            if fmt in ("csv", "tsv"):
+                _check_delimiter(path, fmt, len(columns), options)
         if rows == 0 and rejected:
             first = rejects[0][2] if rejects else "unknown error"
             raise ValidationItemError(f"all {rejected} rows were rejected; first: {first}")
