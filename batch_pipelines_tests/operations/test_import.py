@@ -297,3 +297,46 @@ def test_a_parse_error_from_a_file_cut_while_read_is_transient(tmp_path: Path) -
         unchanged_while_read(data, before),
     ):
         pass
+
+
+def test_a_file_with_its_own_lineage_columns_is_refused_unless_lineage_is_off(env) -> None:  # noqa: ANN001
+    """The _batch_id/_item_id an import adds say which item wrote a row (a re-run deletes by
+    them): a file's own columns of those names must not take their place."""
+    from batch_pipelines_tests.helpers import cli
+
+    (env.data / "own.csv").write_text(
+        "id,_Batch_Id,_item_id\n1,import-20250101-000000-aaaaaa,victim\n2,x,y\n"
+    )
+    p = cli(
+        env, "submit", "import", "--items", "data/own.csv", "--option", "target_table=t", "--wait"
+    )
+    assert p.returncode == 1, p.stdout + p.stderr
+    ((category, error),) = env.sql(
+        "select error_category, error from batch_items where status = 'failed'"
+    )
+    assert category == "validation"
+    assert error == (
+        "own.csv has columns _Batch_Id, _item_id, the lineage columns import adds to every "
+        "row; rename them in the file, or import with lineage_columns: false to keep them "
+        "as in the file"
+    )
+    tables = [r[0] for r in env.sql("select table_name from duckdb_tables()")]
+    assert "t" not in tables
+
+    p = cli(
+        env,
+        "submit",
+        "import",
+        "--items",
+        "data/own.csv",
+        "--option",
+        "target_table=t",
+        "--option",
+        "lineage_columns=false",
+        "--wait",
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert env.sql("select * from t order by id") == [
+        (1, "import-20250101-000000-aaaaaa", "victim"),
+        (2, "x", "y"),
+    ]

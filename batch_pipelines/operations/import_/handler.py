@@ -5,7 +5,7 @@ DuckDB cannot parse go to ``import_rejects`` with the reason); the commit then l
 staged rows into the target table under the lock, in the item's transaction. A file whose
 sha256 was already imported into the same table by another item is ``skipped``. With
 ``lineage_columns`` (default) every row carries ``_batch_id`` and ``_item_id``, so re-running
-an item replaces exactly its own rows.
+an item replaces exactly its own rows (a file with columns of those names is refused).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from batch_pipelines.operations.import_.models import ImportItem, ImportOptions
 from batch_pipelines.operations.relations import table_exists
 
 MAX_STORED_REJECTS = 1000
+LINEAGE_COLUMNS = ("_batch_id", "_item_id")
 _DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
@@ -153,6 +154,22 @@ def _stage(
     return rows, columns, rejected, rejects
 
 
+def _refuse_own_lineage(path: Path, columns: list[str], options: ImportOptions) -> None:
+    # Re-runs delete an item's rows by these columns: a file's own values there would make a
+    # re-run delete rows of another item, or keep this item's old rows.
+    own = [c for c in columns if c.lower() in LINEAGE_COLUMNS]
+    if not own or not options.lineage_columns:
+        return
+    if len(own) == 1:
+        what, them = f"column {own[0]}, a lineage column", "it"
+    else:
+        what, them = f"columns {', '.join(own)}, the lineage columns", "them"
+    raise ValidationItemError(
+        f"{path.name} has {what} import adds to every row; rename {them} in the file, or "
+        f"import with lineage_columns: false to keep {them} as in the file"
+    )
+
+
 def _target_types(ctx: ItemContext, target: str) -> dict[str, str]:
     with ctx.read_warehouse() as con:
         if not table_exists(con, target):
@@ -160,7 +177,7 @@ def _target_types(ctx: ItemContext, target: str) -> dict[str, str]:
         return {
             name: typ
             for name, typ, *_ in con.execute(f"describe {quote_ident(target)}").fetchall()
-            if name not in ("_batch_id", "_item_id")
+            if name not in LINEAGE_COLUMNS
         }
 
 
@@ -199,6 +216,7 @@ def handle_import(ctx: ItemContext) -> ItemResult:
             rows, columns, rejected, rejects = _stage(ctx, path, fmt, options, stage, types)
             if fmt in ("csv", "tsv"):
                 _check_delimiter(path, fmt, len(columns), options)
+        _refuse_own_lineage(path, columns, options)
         if rows == 0 and rejected:
             first = rejects[0][2] if rejects else "unknown error"
             raise ValidationItemError(f"all {rejected} rows were rejected; first: {first}")
@@ -290,7 +308,7 @@ def _load(
         return
     existing = _columns(con, target)
     if options.lineage_columns:
-        for col in ("_batch_id", "_item_id"):
+        for col in LINEAGE_COLUMNS:
             if col not in existing:
                 con.execute(f"alter table {table} add column {col} varchar")
         con.execute(
