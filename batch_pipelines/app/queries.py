@@ -4,12 +4,9 @@ the CLI's read-only verbs start fast."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from typing import Any
 
 from batch_pipelines.core import ledger, warehouse
-
-LIST_LIMIT_MAX = 100
 
 
 def get_batch(batch_id: str) -> dict[str, Any] | None:
@@ -18,33 +15,14 @@ def get_batch(batch_id: str) -> dict[str, Any] | None:
         return ledger.get_batch(con, batch_id)
 
 
-def list_batches(
-    *,
-    status: Iterable[str] | None = None,
-    operation: Iterable[str] | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> list[dict[str, Any]]:
-    """Batches, newest first, filtered; ``limit`` is 1..100."""
-    if not 1 <= limit <= LIST_LIMIT_MAX:
-        raise ValueError(f"limit must be between 1 and {LIST_LIMIT_MAX}, got {limit}")
-    if offset < 0:
-        raise ValueError(f"offset must be 0 or more, got {offset}")
-    for s in status or ():
-        if s not in ledger.BATCH_STATUSES:
-            raise ValueError(f"status {s!r} is not one of {', '.join(ledger.BATCH_STATUSES)}")
+def list_batches(**filters: Any) -> list[dict[str, Any]]:  # noqa: ANN401
+    """Batches, newest first; ``filters`` are the fields of
+    :class:`~batch_pipelines.core.ledger.BatchFilter` (``status``, ``operation``,
+    ``created_after``, ``created_before``, ``limit`` 1..100, ``offset``). A bad value raises
+    ValueError."""
+    where = ledger.BatchFilter(**filters)
     with warehouse.connect(read_only=True) as con:
-        return ledger.list_batches(
-            con,
-            status=status,
-            operation=operation,
-            created_after=created_after,
-            created_before=created_before,
-            limit=limit,
-            offset=offset,
-        )
+        return ledger.list_batches(con, where)
 
 
 def may_have_active_runs(batch: Mapping[str, Any]) -> bool:

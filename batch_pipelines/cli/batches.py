@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -230,43 +231,30 @@ def status(batch_id: str, follow: bool, as_json: bool) -> None:
         sys.exit(EXIT_OK if batch["status"] == "completed" else EXIT_FAILED)
 
 
+def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    return parse_date(value, param.opts[0])
+
+
 @click.command("list")
 @click.option(
     "--status",
-    "statuses",
     multiple=True,
     type=click.Choice(list(ledger.BATCH_STATUSES)),
     help="Filter (repeatable).",
 )
-@click.option("--operation", "operations", multiple=True, type=OperationChoice())
-@click.option("--created-after", help="YYYY-MM-DD or ISO timestamp (UTC).")
-@click.option("--created-before", help="YYYY-MM-DD or ISO timestamp (UTC).")
+@click.option("--operation", multiple=True, type=OperationChoice())
+@click.option("--created-after", callback=_date, help="YYYY-MM-DD or ISO timestamp (UTC).")
+@click.option("--created-before", callback=_date, help="YYYY-MM-DD or ISO timestamp (UTC).")
 @click.option("--limit", type=int, default=50, show_default=True, help="1 to 100.")
 @click.option("--offset", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def list_cmd(
-    statuses: tuple[str, ...],
-    operations: tuple[str, ...],
-    created_after: str | None,
-    created_before: str | None,
-    limit: int,
-    offset: int,
-    as_json: bool,
-) -> None:
+def list_cmd(as_json: bool, **filters: Any) -> None:  # noqa: ANN401
     """List batches, newest first."""
-    after = parse_date(created_after, "--created-after")
-    before = parse_date(created_before, "--created-before")
+    after, before = filters["created_after"], filters["created_before"]
     if after and before and after >= before:
         raise BadInput("--created-after must be earlier than --created-before")
     try:
-        batches = list_batches(
-            status=statuses,
-            operation=operations,
-            created_after=after,
-            created_before=before,
-            limit=limit,
-            offset=offset,
-        )
+        batches = list_batches(**filters)
     except ValueError as exc:
         raise BadInput(f"--limit/--offset: {exc}") from None
     if as_json:

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from batch_pipelines.core import config, warehouse
 from batch_pipelines.core.errors import ItemCancelledError, ItemTimeoutError, ValidationItemError
+from batch_pipelines.core.sql import quote_ident
 from batch_pipelines.core.targets import ItemTarget
 
 
@@ -33,6 +34,21 @@ class CommitContext:
         self.batch_id = batch_id
         self.item_id = item_id
         self.run_id = run_id
+
+    def replace_row(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        **values: Any,  # noqa: ANN401 - a column's value
+    ) -> None:
+        """Make ``values`` (by column name) the item's one row in the detail table ``table``,
+        keyed by ``batch_id`` and ``item_id``: what an earlier run of the item wrote goes."""
+        key = [self.batch_id, self.item_id]
+        target = quote_ident(table)
+        columns = ", ".join(quote_ident(c) for c in ("batch_id", "item_id", *values))
+        marks = ", ".join("?" for _ in range(len(values) + 2))
+        con.execute(f"delete from {target} where batch_id = ? and item_id = ?", key)
+        con.execute(f"insert into {target} ({columns}) values ({marks})", [*key, *values.values()])
 
 
 CommitFn = Callable[[duckdb.DuckDBPyConnection, CommitContext], "str | None"]

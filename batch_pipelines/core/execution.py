@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -19,6 +20,7 @@ from batch_pipelines.core import config
 from batch_pipelines.core.contract import ItemContext, ItemResult, OperationSpec
 from batch_pipelines.core.errors import (
     CANCELLED,
+    Classified,
     ItemCancelledError,
     ItemTimeoutError,
     ValidationItemError,
@@ -86,6 +88,20 @@ def backoff_delay(
     if settings.retry_jitter:
         delay *= 1 + rng.uniform(-settings.retry_jitter, settings.retry_jitter)
     return max(0.0, delay)
+
+
+def _attempt(
+    attempt_no: int,
+    started_at: datetime,
+    started: float,
+    status: str,
+    c: Classified | None = None,
+) -> Attempt:
+    """The attempt that began at ``started_at`` (``started`` on the monotonic clock) and ends
+    now; ``c`` is its error."""
+    error = (c.message, c.category, c.severity) if c else (None, None, None)
+    elapsed_ms = (time.monotonic() - started) * 1000
+    return Attempt(attempt_no, started_at, utcnow(), elapsed_ms, status, *error)
 
 
 @dataclass
@@ -223,25 +239,7 @@ def run_item(
                 )
         except Exception as exc:
             c = classify(exc)
-            finished_at = utcnow()
-            outcome.attempts.append(
-                Attempt(
-                    attempt_no,
-                    started_at,
-                    finished_at,
-                    (time.monotonic() - started) * 1000,
-                    ItemStatus.FAILED,
-                    c.message,
-                    c.category,
-                    c.severity,
-                )
-            )
-            outcome.error, outcome.error_category, outcome.severity = (
-                c.message,
-                c.category,
-                c.severity,
-            )
-            outcome.finished_at = finished_at
+            outcome.record(_attempt(attempt_no, started_at, started, ItemStatus.FAILED, c))
             stopping = batch_stop is not None and batch_stop.is_set()
             if c.category == CANCELLED:
                 outcome.status = ItemStatus.CANCELLED
@@ -266,20 +264,8 @@ def run_item(
             else:
                 sleep(delay)
             continue
-        finished_at = utcnow()
-        outcome.attempts.append(
-            Attempt(
-                attempt_no,
-                started_at,
-                finished_at,
-                (time.monotonic() - started) * 1000,
-                result.status,
-            )
-        )
-        outcome.status = result.status
+        outcome.record(_attempt(attempt_no, started_at, started, result.status))
         outcome.result = result.metrics
         outcome.quality_score = result.quality_score
-        outcome.error = outcome.error_category = outcome.severity = None
-        outcome.finished_at = finished_at
         return PendingCommit(outcome, result)
     raise AssertionError("unreachable")

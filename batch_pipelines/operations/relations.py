@@ -9,6 +9,16 @@ import duckdb
 
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.sql import quote_ident, validate_table_name
+from batch_pipelines.core.sqlcheck import ensure_read_only_select
+
+
+def read_only_select(sql: str, field: str) -> str:
+    """``sql`` if it is one read-only SELECT (normalised); otherwise a validation error of the
+    item, prefixed with the item's ``field`` that holds it."""
+    try:
+        return ensure_read_only_select(sql)
+    except ValueError as exc:
+        raise ValidationItemError(f"{field}: {exc}") from None
 
 
 def describe_table(

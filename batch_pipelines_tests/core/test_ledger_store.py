@@ -141,6 +141,25 @@ def test_public_reads_are_the_dicts_of_the_typed_rows(con) -> None:  # noqa: ANN
     assert ledger.get_batch(con, "nope") is None and ledger.batch_status(con, "nope") is None
 
 
+def test_batch_filter_is_checked_once_and_reads_its_iterables_again(con) -> None:  # noqa: ANN001
+    add_batch(con, "b1")
+    add_batch(con, "b2", status="failed")
+    where = ledger.BatchFilter(status=(s for s in ["failed", "queued"]), operation=iter(["import"]))
+    assert where.status == ("failed", "queued") and where.operation == ("import",)
+    assert {b["batch_id"] for b in ledger.list_batches(con, where)} == {"b1", "b2"}
+    assert len(ledger.list_batches(con, where)) == 2
+    only_failed = ledger.BatchFilter(status=["failed"], limit=1)
+    assert [b["batch_id"] for b in ledger.list_batches(con, only_failed)] == ["b2"]
+    for bad, message in (
+        ({"limit": 0}, "limit must be between 1 and 100"),
+        ({"limit": 101}, "limit must be between 1 and 100"),
+        ({"offset": -1}, "offset must be 0 or more"),
+        ({"status": ["done"]}, "status 'done' is not one of"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ledger.BatchFilter(**bad)
+
+
 def test_submit_rollback_and_cleanup_deletes(con) -> None:  # noqa: ANN001
     add_batch(con, "b1")
     add_batch(con, "b2")

@@ -8,10 +8,11 @@ compare equal to those strings and serialise to them in JSON.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, Self
 
 TABLES = ("batches", "batch_items", "item_attempts", "batch_events")
 
@@ -101,9 +102,36 @@ class ItemOutcome:
             return None
         return sum(a.duration_ms for a in self.attempts)
 
+    def record(self, attempt: Attempt) -> None:
+        """Add ``attempt`` as the latest: its outcome, error and end become the item's."""
+        self.attempts.append(attempt)
+        self.status = attempt.outcome
+        self.error = attempt.error
+        self.error_category = attempt.error_category
+        self.severity = attempt.severity
+        self.finished_at = attempt.finished_at
+
+
+class _Row:
+    """A ledger row as a dataclass with its ``status`` as an enum; the public reads give the
+    same row as a dict with the status as a plain string."""
+
+    status_type: ClassVar[type[StrEnum]]
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Self:
+        """From the dict the public reads (:func:`~.reads.get_batch`, ``get_items``) return."""
+        return cls(**{**row, "status": cls.status_type(row["status"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as the public reads return it (the status as a plain string)."""
+        row = dict(self.__dict__)
+        row["status"] = str(row["status"])
+        return row
+
 
 @dataclass
-class Batch:
+class Batch(_Row):
     """A row of ``batches``: what was submitted, its counts, progress and status.
 
     ``stopped`` is set when the batch was stopped (cancelled, stopped on its first error, over
@@ -138,20 +166,11 @@ class Batch:
     updated_at: datetime | None
     error: str | None
 
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> Batch:
-        """From the dict :func:`~.reads.get_batch` returns."""
-        return cls(**{**row, "status": BatchStatus(row["status"])})
-
-    def to_dict(self) -> dict[str, Any]:
-        """The row as the public reads return it (statuses as plain strings)."""
-        row = dict(self.__dict__)
-        row["status"] = str(self.status)
-        return row
+    status_type: ClassVar[type[StrEnum]] = BatchStatus
 
 
 @dataclass
-class Item:
+class Item(_Row):
     """A row of ``batch_items``: one item of a batch, its payload and its latest outcome."""
 
     batch_id: str
@@ -172,15 +191,35 @@ class Item:
     finished_at: datetime | None
     run_id: str | None
 
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> Item:
-        """From a dict :func:`~.reads.get_items` returns."""
-        return cls(**{**row, "status": ItemStatus(row["status"])})
+    status_type: ClassVar[type[StrEnum]] = ItemStatus
 
-    def to_dict(self) -> dict[str, Any]:
-        row = dict(self.__dict__)
-        row["status"] = str(self.status)
-        return row
+
+@dataclass(frozen=True)
+class BatchFilter:
+    """Which batches a listing returns, newest first: any of ``status``, any of
+    ``operation``, created in [``created_after``, ``created_before``), a page of ``limit``
+    (1 to 100) rows from ``offset``. A bad value raises ValueError when the filter is made."""
+
+    status: Iterable[str] = ()
+    operation: Iterable[str] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    limit: int = 50
+    offset: int = 0
+
+    LIMIT_MAX: ClassVar[int] = 100
+
+    def __post_init__(self) -> None:
+        # Frozen, and iterables become tuples so the filter can be read more than once.
+        object.__setattr__(self, "status", tuple(self.status or ()))
+        object.__setattr__(self, "operation", tuple(self.operation or ()))
+        if not 1 <= self.limit <= self.LIMIT_MAX:
+            raise ValueError(f"limit must be between 1 and {self.LIMIT_MAX}, got {self.limit}")
+        if self.offset < 0:
+            raise ValueError(f"offset must be 0 or more, got {self.offset}")
+        for s in self.status:
+            if s not in BATCH_STATUSES:
+                raise ValueError(f"status {s!r} is not one of {', '.join(BATCH_STATUSES)}")
 
 
 def column_list(model: type[Batch] | type[Item]) -> str:

@@ -19,6 +19,7 @@ import pyarrow as pa
 from batch_pipelines.core.ledger.models import (
     TERMINAL_BATCH_STATUSES,
     Batch,
+    BatchFilter,
     BatchStatus,
     Item,
     ItemStatus,
@@ -77,36 +78,27 @@ def load_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> Batch | None:
 
 
 def list_batches(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    status: Iterable[str] | None = None,
-    operation: Iterable[str] | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    limit: int = 50,
-    offset: int = 0,
+    con: duckdb.DuckDBPyConnection, where: BatchFilter | None = None
 ) -> list[dict[str, Any]]:
-    where, params = [], []
-    if status:
-        status = list(status)
-        where.append(f"status in {_in(status)}")
-        params += status
-    if operation:
-        operation = list(operation)
-        where.append(f"operation in {_in(operation)}")
-        params += operation
-    if created_after:
-        where.append("created_at >= ?")
-        params.append(created_after)
-    if created_before:
-        where.append("created_at < ?")
-        params.append(created_before)
-    clause = f"where {' and '.join(where)}" if where else ""
+    where = where or BatchFilter()
+    clauses, params = [], []
+    for column in ("status", "operation"):
+        values = getattr(where, column)
+        if values:
+            clauses.append(f"{column} in {_in(values)}")
+            params += values
+    if where.created_after:
+        clauses.append("created_at >= ?")
+        params.append(where.created_after)
+    if where.created_before:
+        clauses.append("created_at < ?")
+        params.append(where.created_before)
+    clause = f"where {' and '.join(clauses)}" if clauses else ""
     return _batches(
         con,
         f"select {_BATCH_COLUMNS} from batches {clause} order by created_at desc, batch_id desc "
         "limit ? offset ?",
-        [*params, limit, offset],
+        [*params, where.limit, where.offset],
     )
 
 
@@ -142,15 +134,9 @@ def get_items(
 
 
 def load_items(
-    con: duckdb.DuckDBPyConnection,
-    batch_id: str,
-    *,
-    status: Iterable[str] | None = None,
-    limit: int | None = None,
-    offset: int = 0,
+    con: duckdb.DuckDBPyConnection, batch_id: str, *, status: Iterable[str] | None = None
 ) -> list[Item]:
-    rows = get_items(con, batch_id, status=status, limit=limit, offset=offset)
-    return [Item.from_dict(r) for r in rows]
+    return [Item.from_dict(r) for r in get_items(con, batch_id, status=status)]
 
 
 def batch_status(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus | None:

@@ -11,6 +11,7 @@ replaces the item's row in ``annotations``. The confidence is the item's quality
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from html.parser import HTMLParser
 from typing import Any
@@ -19,6 +20,7 @@ import duckdb
 
 from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult
 from batch_pipelines.core.errors import NOT_FOUND, ItemError, ValidationItemError
+from batch_pipelines.core.ledger import utcnow
 from batch_pipelines.core.sql import quote_ident, validate_identifier, validate_table_name
 from batch_pipelines.operations.annotate import tables
 from batch_pipelines.operations.annotate.backends.base import Annotator
@@ -222,6 +224,23 @@ def handle_annotate(ctx: ItemContext) -> ItemResult:
         metrics["source_ref"] = loaded["source_ref"]
 
     def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> None:
-        tables.replace_annotation(con, cc, loaded, result, keywords, confidence, sha)
+        cc.replace_row(
+            con,
+            tables.ANNOTATIONS,
+            source=loaded["source"],
+            source_ref=loaded["source_ref"],
+            language=result.get("language"),
+            language_confidence=result.get("language_confidence"),
+            keywords=json.dumps(keywords, ensure_ascii=False),
+            category=result.get("category"),
+            category_scores=json.dumps(result.get("category_scores") or {}, ensure_ascii=False),
+            summary=result.get("summary"),
+            confidence=confidence,
+            backend=result.get("backend"),
+            model=result.get("model"),
+            text_chars=loaded["chars"],
+            text_sha256=sha,
+            annotated_at=utcnow(),
+        )
 
     return ItemResult(metrics=metrics, quality_score=confidence, commit=commit)

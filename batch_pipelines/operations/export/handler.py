@@ -20,8 +20,8 @@ from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.files import sha256_file
 from batch_pipelines.core.keys import slugify
+from batch_pipelines.core.ledger import utcnow
 from batch_pipelines.core.sql import quote_ident, quote_literal
-from batch_pipelines.core.sqlcheck import ensure_read_only_select
 from batch_pipelines.operations.export import tables
 from batch_pipelines.operations.export.models import (
     EXTENSIONS,
@@ -30,7 +30,7 @@ from batch_pipelines.operations.export.models import (
     ExportOptions,
     check_compression,
 )
-from batch_pipelines.operations.relations import describe_table
+from batch_pipelines.operations.relations import describe_table, read_only_select
 
 
 def _copy_options(fmt: str, compression: str, options: ExportOptions) -> str:
@@ -77,10 +77,7 @@ def handle_export(ctx: ItemContext) -> ItemResult:
     except ValueError as exc:
         raise ValidationItemError(str(exc)) from None
     if item.query is not None:
-        try:
-            select = ensure_read_only_select(item.query)
-        except ValueError as exc:
-            raise ValidationItemError(f"query: {exc}") from None
+        select = read_only_select(item.query, "query")
         source_kind, source = "query", item.query.strip()
     else:
         select = f"select * from {quote_ident(item.table)}\n"
@@ -139,18 +136,19 @@ def handle_export(ctx: ItemContext) -> ItemResult:
                 f"file name {name!r} is already used by item {clash!r} of this batch; "
                 "give each item its own filename (e.g. with {item_id})"
             )
-        tables.replace_export_row(
+        cc.replace_row(
             con,
-            cc,
+            tables.EXPORTS,
             source_kind=source_kind,
             source=source,
-            fmt=fmt,
+            format=fmt,
             compression=compression,
             path=str(final),
             rows=rows,
             columns=columns,
-            size=size,
+            bytes=size,
             sha256=sha256,
+            exported_at=utcnow(),
         )
         # Last, so that a failed insert leaves no file behind and the rename is the commit.
         os.replace(tmp, final)

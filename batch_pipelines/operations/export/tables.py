@@ -19,36 +19,3 @@ def other_item_with_path(
         [cc.batch_id, path, cc.item_id],
     ).fetchone()
     return row[0] if row else None
-
-
-def replace_export_row(
-    con: duckdb.DuckDBPyConnection,
-    cc: CommitContext,
-    *,
-    source_kind: str,
-    source: str,
-    fmt: str,
-    compression: str,
-    path: str,
-    rows: int,
-    columns: int,
-    size: int,
-    sha256: str,
-) -> None:
-    con.execute("delete from exports where batch_id = ? and item_id = ?", [cc.batch_id, cc.item_id])
-    con.execute(
-        "insert into exports values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-        [
-            cc.batch_id,
-            cc.item_id,
-            source_kind,
-            source,
-            fmt,
-            compression,
-            path,
-            rows,
-            columns,
-            size,
-            sha256,
-        ],
-    )

@@ -19,6 +19,7 @@ and are renamed into place by the commit, which also replaces the item's row in 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from pathlib import Path
@@ -104,16 +105,18 @@ def handle_report(ctx: ItemContext) -> ItemResult:
     }
 
     def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> None:
-        tables.replace_report_row(
+        cc.replace_row(
             con,
-            cc,
+            tables.REPORTS,
             kind=item.kind,
             subject=item.subject,
-            paths={ext: str(p) for ext, p in final.items()},
-            size=size,
+            html_path=str(final["html"]),
+            markdown_path=str(final["md"]),
+            csv_path=str(final["csv"]),
+            bytes=size,
             charts=len(report.charts),
             rows=rows,
-            summary=report.summary,
+            summary=json.dumps(report.summary, default=str),
             created_at=generated,
         )
         for ext, tmp in temps.items():

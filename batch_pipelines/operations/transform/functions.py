@@ -14,6 +14,10 @@ Two kinds, both registered by name and both with a pydantic options model (an it
   Use this for work that needs the whole relation (deduplicate, aggregate, window).
 
 Shipped: ``normalize_columns`` (chunk) and ``dedupe_latest`` (relation).
+
+pandas is imported inside the functions that use it, not at the top: the operation registry
+loads this module, and the CLI's fast verbs (``list --operation``, ``--help``) must not pay
+for pandas.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator
 
 from batch_pipelines.core.sql import quote_ident, validate_identifier
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BatchFormat = Literal["pandas", "arrow"]
 
@@ -55,10 +61,30 @@ class RegisteredTransform:
 TRANSFORMS: dict[str, RegisteredTransform] = {}
 
 
-def _register(entry: RegisteredTransform) -> None:
-    if entry.name in TRANSFORMS:
-        raise ValueError(f"transform {entry.name!r} is already registered")
-    TRANSFORMS[entry.name] = entry
+def _registering(
+    name: str,
+    options_model: type[BaseModel],
+    description: str | None,
+    fn_field: str,
+    **fields: Any,  # noqa: ANN401
+) -> Callable[[Callable], Callable]:
+    """The decorator that registers its function as transform ``name``, in ``fn_field``
+    (``chunk_fn`` or ``sql_fn``); the description defaults to the docstring's first line."""
+    validate_identifier(name, "transform name")
+
+    def decorate(fn: Callable) -> Callable:
+        if name in TRANSFORMS:
+            raise ValueError(f"transform {name!r} is already registered")
+        TRANSFORMS[name] = RegisteredTransform(
+            name=name,
+            description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            options_model=options_model,
+            **{fn_field: fn},
+            **fields,
+        )
+        return fn
+
+    return decorate
 
 
 def register_transform(
@@ -72,21 +98,7 @@ def register_transform(
 
     The function may return a pandas DataFrame, a ``pyarrow.RecordBatch`` or a
     ``pyarrow.Table``; every chunk's result must have the same columns."""
-    validate_identifier(name, "transform name")
-
-    def decorate(fn: Callable) -> Callable:
-        _register(
-            RegisteredTransform(
-                name=name,
-                description=description or (fn.__doc__ or "").strip().split("\n")[0],
-                options_model=options_model,
-                chunk_fn=fn,
-                batch_format=batch_format,
-            )
-        )
-        return fn
-
-    return decorate
+    return _registering(name, options_model, description, "chunk_fn", batch_format=batch_format)
 
 
 def register_sql_transform(
@@ -95,20 +107,7 @@ def register_sql_transform(
     """Register ``fn(columns, options) -> "select ... from source"`` as a relation transform;
     ``columns`` are the source's (name, DuckDB type) pairs. The SELECT is checked like a
     user's SQL (one read-only SELECT) before it runs."""
-    validate_identifier(name, "transform name")
-
-    def decorate(fn: Callable) -> Callable:
-        _register(
-            RegisteredTransform(
-                name=name,
-                description=description or (fn.__doc__ or "").strip().split("\n")[0],
-                options_model=options_model,
-                sql_fn=fn,
-            )
-        )
-        return fn
-
-    return decorate
+    return _registering(name, options_model, description, "sql_fn")
 
 
 def get_transform(name: str) -> RegisteredTransform:
@@ -183,6 +182,8 @@ def normalized_names(names: list[str]) -> list[str]:
 
 
 def _is_text(series: pd.Series) -> bool:
+    import pandas as pd
+
     dtype = series.dtype
     if isinstance(dtype, pd.ArrowDtype):
         return pa.types.is_string(dtype.pyarrow_dtype) or pa.types.is_large_string(
@@ -198,6 +199,8 @@ def _is_text(series: pd.Series) -> bool:
 )
 def normalize_columns(chunk: pd.DataFrame, options: NormalizeColumnsOptions) -> pd.DataFrame:
     """Clean a chunk: snake_case names, trimmed strings, NULL for empty strings, casts."""
+    import pandas as pd
+
     if options.snake_case:
         chunk = chunk.set_axis(normalized_names([str(c) for c in chunk.columns]), axis=1)
     missing = sorted(set(options.casts) - {str(c) for c in chunk.columns})

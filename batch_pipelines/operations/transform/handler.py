@@ -9,6 +9,9 @@ table never lands in pandas whole. The commit then swaps the result in, in the i
 transaction: ``replace`` builds ``<target>__tmp_<suffix>``, drops the old target and renames
 the new table onto it, so readers see the old table or the new one, never half of one;
 ``append`` adds the rows (tagged ``_batch_id``/``_item_id``, so a re-run replaces its own rows).
+
+pandas is imported only where a chunk transform needs it, not at the top: the operation
+registry loads this module, and the CLI's fast verbs must not pay for pandas.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
@@ -30,10 +32,15 @@ from pydantic import BaseModel, ValidationError
 from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.keys import slugify
+from batch_pipelines.core.ledger import utcnow
 from batch_pipelines.core.sql import quote_ident, quote_literal
 from batch_pipelines.core.sqlcheck import ensure_read_only_select
 from batch_pipelines.core.targets import TEMP_TABLE_MARK
-from batch_pipelines.operations.relations import describe_table, relation_kind
+from batch_pipelines.operations.relations import (
+    describe_table,
+    read_only_select,
+    relation_kind,
+)
 from batch_pipelines.operations.transform import tables
 from batch_pipelines.operations.transform.functions import RegisteredTransform, get_transform
 from batch_pipelines.operations.transform.models import TransformItem, TransformOptions
@@ -65,7 +72,9 @@ def _with_source(source: str, select: str) -> str:
     return f"with source as (select * from {quote_ident(source)})\nselect * from (\n{select}) as result"
 
 
-def _arrow(result: Any, chunk_no: int) -> pa.Table:
+def _arrow(result: Any, chunk_no: int) -> pa.Table:  # noqa: ANN401 - what a transform returns
+    import pandas as pd
+
     if isinstance(result, pd.DataFrame):
         table = pa.Table.from_pandas(result, preserve_index=False)
     elif isinstance(result, pa.RecordBatch):
@@ -131,6 +140,8 @@ def _apply(
     assert registered.chunk_fn is not None
     chunk: Any = batch
     if registered.batch_format == "pandas":
+        import pandas as pd
+
         chunk = batch.to_pandas(types_mapper=pd.ArrowDtype)
     try:
         result = registered.chunk_fn(chunk, transform_options)
@@ -148,10 +159,7 @@ def handle_transform(ctx: ItemContext) -> ItemResult:
     transform_options: BaseModel | None = None
     select: str | None = None
     if item.sql is not None:
-        try:
-            select = ensure_read_only_select(item.sql)
-        except ValueError as exc:
-            raise ValidationItemError(f"sql: {exc}") from None
+        select = read_only_select(item.sql, "sql")
         kind, name = "sql", item.sql.strip()
     else:
         registered, transform_options = _registered(item)
@@ -218,13 +226,13 @@ def handle_transform(ctx: ItemContext) -> ItemResult:
             _swap_in(con, item.target, staged)
         else:
             _append(con, cc, item.target, staged, out_columns)
-        tables.replace_transform_row(
+        cc.replace_row(
             con,
-            cc,
-            source=item.source,
-            target=item.target,
+            tables.TRANSFORMS,
+            source_table=item.source,
+            target_table=item.target,
             kind=kind,
-            name=name,
+            transform=name,
             transform_options=json.dumps(transform_options.model_dump(mode="json"))
             if transform_options
             else None,
@@ -233,6 +241,7 @@ def handle_transform(ctx: ItemContext) -> ItemResult:
             rows_out=rows_out,
             columns=len(out_columns),
             duration_ms=duration_ms,
+            transformed_at=utcnow(),
         )
 
     def cleanup() -> None:
