@@ -3,23 +3,48 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import click
 from rich.table import Table
 
 from batch_pipelines.cli.utils import EXIT_FAILED, console, err_console, print_json, status_style
-from batch_pipelines.core.analytics import BatchNotFoundError, get_batch_metrics, get_stats
-from batch_pipelines.core.fmt import fmt_value
+from batch_pipelines.core.analytics import (
+    BATCH_ERROR_COLUMNS,
+    DURATION_COLUMNS,
+    OPERATION_COLUMNS,
+    QUALITY_COLUMNS,
+    TIMELINE_COLUMNS,
+    TOP_ERROR_COLUMNS,
+    BatchNotFoundError,
+    get_batch_metrics,
+    get_stats,
+)
+from batch_pipelines.core.fmt import NUMERIC_KINDS, Column, fmt_value
 
 BAR_WIDTH = 24
 TIMELINE_ROWS = 15
+MINUTE = "%Y-%m-%d %H:%M"
 
 
-def _bar(share: float | None) -> str:
-    n = round(BAR_WIDTH * (share or 0.0))
+def _bar(percentage: float | None) -> str:
+    n = round(BAR_WIDTH * (percentage or 0.0) / 100)
     return "█" * n + "░" * (BAR_WIDTH - n)
+
+
+def _rows_table(title: str, columns: Sequence[Column], rows: Iterable[Mapping[str, Any]]) -> Table:
+    """A table of analytics rows; the headers carry the units, numbers are right-aligned."""
+    table = Table(title=title, title_justify="left")
+    for _, header, kind in columns:
+        numeric = kind in NUMERIC_KINDS
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        cells = (
+            fmt_value(row[key], kind, units=False, time_format=MINUTE) for key, _, kind in columns
+        )
+        table.add_row(*cells)
+    return table
 
 
 def _kv_table(title: str, rows: Sequence[tuple[str, str]]) -> Table:
@@ -59,69 +84,21 @@ def _print_report(m: dict[str, Any]) -> None:
             ],
         )
     )
-    durations = Table(title="item duration (finished items)", title_justify="left")
-    for col in ("p50", "p95", "p99", "avg", "total"):
-        durations.add_column(col, justify="right")
-    durations.add_row(
-        *(
-            fmt_value(m[k], "ms")
-            for k in (
-                "p50_duration_ms",
-                "p95_duration_ms",
-                "p99_duration_ms",
-                "avg_duration_ms",
-                "total_duration_ms",
-            )
-        )
-    )
-    console.print(durations)
+    console.print(_rows_table("item duration (finished items)", DURATION_COLUMNS, [m]))
     if m["errors"]:
-        errors = Table(title="errors (failed items)", title_justify="left")
-        errors.add_column("category")
-        errors.add_column("fingerprint", overflow="fold")
-        errors.add_column("items", justify="right")
-        errors.add_column("%", justify="right")
-        errors.add_column("example item", overflow="fold")
-        for e in m["errors"]:
-            errors.add_row(
-                e["error_category"],
-                e["fingerprint"],
-                f"{e['count']:,}",
-                fmt_value(e["percentage"], "pct"),
-                e["example_item_id"],
-            )
-        console.print(errors)
+        columns = [*BATCH_ERROR_COLUMNS, ("example_item_id", "example item", "")]
+        console.print(_rows_table("errors (failed items)", columns, m["errors"]))
     else:
         console.print("[dim]no failed items[/]")
-    quality = Table(title="quality score distribution", title_justify="left")
-    quality.add_column("score")
-    quality.add_column("items", justify="right")
-    quality.add_column("%", justify="right")
-    quality.add_column("")
-    for q in m["quality"]:
-        share = None if q["percentage"] is None else q["percentage"] / 100
-        quality.add_row(
-            q["label"], f"{q['count']:,}", fmt_value(q["percentage"], "pct"), _bar(share)
-        )
-    console.print(quality)
+    quality = [{**q, "bar": _bar(q["percentage"])} for q in m["quality"]]
+    columns = [*QUALITY_COLUMNS, ("bar", "", "")]
+    console.print(_rows_table("quality score distribution", columns, quality))
     if m["timeline"]:
         shown = m["timeline"][-TIMELINE_ROWS:]
-        title = "timeline (items finished per minute, UTC)"
+        title = "timeline (items finished per minute)"
         if len(shown) < len(m["timeline"]):
             title += f": last {len(shown)} of {len(m['timeline'])} minutes"
-        timeline = Table(title=title, title_justify="left")
-        for col in ("minute", "finished", "ok", "failed", "cumulative", "running success"):
-            timeline.add_column(col, justify="left" if col == "minute" else "right")
-        for t in shown:
-            timeline.add_row(
-                f"{t['minute']:%Y-%m-%d %H:%M}",
-                f"{t['finished']:,}",
-                f"{t['succeeded']:,}",
-                f"{t['failed']:,}",
-                f"{t['cumulative_finished']:,}",
-                fmt_value(t["running_success_rate"], "rate"),
-            )
-        console.print(timeline)
+        console.print(_rows_table(title, TIMELINE_COLUMNS, shown))
 
 
 @click.command("report")
@@ -180,39 +157,11 @@ def _print_stats(s: dict[str, Any]) -> None:
             ],
         )
     )
-    ops = Table(title="by operation", title_justify="left")
-    columns = [
-        ("operation", "operation", ""),
-        ("batches", "batches", ""),
-        ("batches_running", "running", ""),
-        ("batches_completed", "completed", ""),
-        ("batches_completed_with_errors", "with errors", ""),
-        ("batches_failed", "failed", ""),
-        ("batches_cancelled", "cancelled", ""),
-        ("completion_rate", "completion", "rate"),
-        ("items_total", "items", ""),
-        ("item_success_rate", "item success", "rate"),
-        ("avg_duration_ms", "avg", "ms"),
-        ("mean_quality", "quality", ""),
-    ]
-    for _, header, _ in columns:
-        ops.add_column(header, justify="left" if header == "operation" else "right")
-    for row in s["by_operation"]:
-        ops.add_row(*(fmt_value(row[key], kind) for key, _, kind in columns))
-    console.print(ops)
+    console.print(_rows_table("by operation", OPERATION_COLUMNS, s["by_operation"]))
     if not s["by_operation"]:
         console.print("[dim]no batches yet[/]")
     if s["top_errors"]:
-        errors = Table(title="most frequent errors", title_justify="left")
-        errors.add_column("category")
-        errors.add_column("fingerprint", overflow="fold")
-        errors.add_column("items", justify="right")
-        errors.add_column("batches", justify="right")
-        for e in s["top_errors"]:
-            errors.add_row(
-                e["error_category"], e["fingerprint"], f"{e['count']:,}", f"{e['batches']:,}"
-            )
-        console.print(errors)
+        console.print(_rows_table("most frequent errors", TOP_ERROR_COLUMNS, s["top_errors"]))
 
 
 @click.command("stats")

@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 
 from batch_pipelines.core import ledger, warehouse
+from batch_pipelines.core.fmt import Column
 from batch_pipelines.core.redact import redact_optional
 
 VIEWS = (
@@ -255,3 +256,73 @@ def last_completion(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """When the most recent batch finished (None if none has)."""
     row = con.execute("select max(completed_at) from batches").fetchone()
     return row[0] if row else None
+
+
+# How the views' rows are shown, the same in the CLI and in the Dagster previews: the columns
+# of each table (key, header with its unit, kind of core.fmt.fmt_value).
+_SUCCESS_AND_SPEED: list[Column] = [
+    ("success_rate", "success", "rate"),
+    ("p50_duration_ms", "p50 ms", "ms"),
+    ("p95_duration_ms", "p95 ms", "ms"),
+]
+_THROUGHPUT_AND_QUALITY: list[Column] = [
+    ("throughput_per_min", "items/min", "ms"),
+    ("mean_quality", "quality", ""),
+]
+BATCH_COLUMNS: list[Column] = [
+    ("batch_id", "batch", ""),
+    ("operation", "operation", ""),
+    ("status", "status", ""),
+    ("total", "items", "int"),
+    ("failed", "failed", "int"),
+    *_SUCCESS_AND_SPEED,
+    *_THROUGHPUT_AND_QUALITY,
+]
+FOCUS_BATCH_COLUMNS: list[Column] = [
+    ("status", "status", ""),
+    ("total", "items", "int"),
+    ("succeeded", "ok", "int"),
+    ("failed", "failed", "int"),
+    ("skipped", "skipped", "int"),
+    ("cancelled", "cancelled", "int"),
+    *_SUCCESS_AND_SPEED,
+    ("p99_duration_ms", "p99 ms", "ms"),
+    *_THROUGHPUT_AND_QUALITY,
+]
+DURATION_COLUMNS: list[Column] = [
+    (f"{k}_duration_ms", f"{k} ms", "ms") for k in ("p50", "p95", "p99", "avg", "total")
+]
+_ERROR_GROUP: list[Column] = [
+    ("error_category", "category", ""),
+    ("fingerprint", "fingerprint", ""),
+    ("count", "items", "int"),
+]
+BATCH_ERROR_COLUMNS: list[Column] = [*_ERROR_GROUP, ("percentage", "% of failed", "pct")]
+TOP_ERROR_COLUMNS: list[Column] = [*_ERROR_GROUP, ("batches", "batches", "int")]
+QUALITY_COLUMNS: list[Column] = [
+    ("label", "score", ""),
+    ("count", "items", "int"),
+    ("percentage", "%", "pct"),
+]
+TIMELINE_COLUMNS: list[Column] = [
+    ("minute", "minute (UTC)", "time"),
+    ("finished", "finished", "int"),
+    ("succeeded", "ok", "int"),
+    ("failed", "failed", "int"),
+    ("cumulative_finished", "cumulative", "int"),
+    ("running_success_rate", "running success", "rate"),
+]
+OPERATION_COLUMNS: list[Column] = [
+    ("operation", "operation", ""),
+    ("batches", "batches", "int"),
+    ("batches_running", "running", "int"),
+    ("batches_completed", "completed", "int"),
+    ("batches_completed_with_errors", "with errors", "int"),
+    ("batches_failed", "failed", "int"),
+    ("batches_cancelled", "cancelled", "int"),
+    ("completion_rate", "completion", "rate"),
+    ("items_total", "items", "int"),
+    ("item_success_rate", "item success", "rate"),
+    ("avg_duration_ms", "avg ms", "ms"),
+    ("mean_quality", "quality", ""),
+]

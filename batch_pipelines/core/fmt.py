@@ -10,7 +10,10 @@ import math
 from datetime import date
 from typing import Any, Literal
 
-Kind = Literal["", "rate", "pct", "ms", "s", "time"]
+Kind = Literal["", "int", "rate", "pct", "ms", "s", "time"]
+NUMERIC_KINDS: tuple[Kind, ...] = ("int", "rate", "pct", "ms", "s")
+Column = tuple[str, str, Kind]
+"""A column of a table of rows: (key in the row, header, kind of :func:`fmt_value`)."""
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 

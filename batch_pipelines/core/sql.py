@@ -3,29 +3,47 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator, ValidationInfo
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _QUALIFIED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62}){0,2}$")
 
 
+def _matching(pattern: re.Pattern[str], name: str, what: str, expected: str) -> str:
+    if not isinstance(name, str) or not pattern.match(name):
+        raise ValueError(f"{what} {name!r} is not a valid {expected}")
+    return name
+
+
 def validate_identifier(name: str, what: str = "identifier") -> str:
     """Return ``name`` if it is a plain SQL identifier (letters, digits, underscore)."""
-    if not isinstance(name, str) or not _IDENT.match(name):
-        raise ValueError(
-            f"{what} {name!r} is not a valid name: use letters, digits and underscores, "
-            "starting with a letter or underscore, at most 63 characters"
-        )
-    return name
+    return _matching(
+        _IDENT,
+        name,
+        what,
+        "name: use letters, digits and underscores, starting with a letter or underscore, "
+        "at most 63 characters",
+    )
 
 
 def validate_table_name(name: str, what: str = "table") -> str:
     """A table name, optionally qualified as ``schema.table`` or ``catalog.schema.table``."""
-    if not isinstance(name, str) or not _QUALIFIED.match(name):
-        raise ValueError(
-            f"{what} {name!r} is not a valid table name: use letters, digits and underscores "
-            "(optionally schema.table)"
-        )
-    return name
+    return _matching(
+        _QUALIFIED,
+        name,
+        what,
+        "table name: use letters, digits and underscores (optionally schema.table)",
+    )
+
+
+def _table_field(name: str, info: ValidationInfo) -> str:
+    return validate_table_name(name, info.field_name or "table")
+
+
+TableName = Annotated[str, AfterValidator(_table_field)]
+"""A pydantic field holding a table name (:func:`validate_table_name`, named by the field)."""
 
 
 def quote_ident(name: str) -> str:

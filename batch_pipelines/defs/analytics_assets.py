@@ -136,67 +136,6 @@ def _analytics_asset(name: str, description: str) -> Callable:
 
 # -------------------------------------------------------------------------------- assets
 
-# Columns of the preview tables: (key, header, kind of core.fmt.fmt_value).
-_SUCCESS_AND_SPEED = [
-    ("success_rate", "success", "rate"),
-    ("p50_duration_ms", "p50 ms", "ms"),
-    ("p95_duration_ms", "p95 ms", "ms"),
-]
-_THROUGHPUT_AND_QUALITY = [
-    ("throughput_per_min", "items/min", "ms"),
-    ("mean_quality", "quality", ""),
-]
-_BATCH_COLUMNS = [
-    ("batch_id", "batch", ""),
-    ("operation", "operation", ""),
-    ("status", "status", ""),
-    ("total", "items", "int"),
-    ("failed", "failed", "int"),
-    *_SUCCESS_AND_SPEED,
-    *_THROUGHPUT_AND_QUALITY,
-]
-_FOCUS_BATCH_COLUMNS = [
-    ("status", "status", ""),
-    ("total", "items", "int"),
-    ("succeeded", "ok", "int"),
-    ("failed", "failed", "int"),
-    ("skipped", "skipped", "int"),
-    ("cancelled", "cancelled", "int"),
-    *_SUCCESS_AND_SPEED,
-    ("p99_duration_ms", "p99 ms", "ms"),
-    *_THROUGHPUT_AND_QUALITY,
-]
-_ERROR_GROUP = [
-    ("error_category", "category", ""),
-    ("fingerprint", "fingerprint", ""),
-    ("count", "items", "int"),
-]
-_BATCH_ERROR_COLUMNS = [*_ERROR_GROUP, ("percentage", "% of failed", "pct")]
-_TOP_ERROR_COLUMNS = [*_ERROR_GROUP, ("batches", "batches", "int")]
-_QUALITY_COLUMNS = [("label", "score", ""), ("count", "items", "int"), ("percentage", "%", "pct")]
-_TIMELINE_COLUMNS = [
-    ("minute", "minute (UTC)", "time"),
-    ("finished", "finished", "int"),
-    ("succeeded", "ok", "int"),
-    ("failed", "failed", "int"),
-    ("cumulative_finished", "cumulative", "int"),
-    ("running_success_rate", "running success", "rate"),
-]
-_OPERATION_COLUMNS = [
-    ("operation", "operation", ""),
-    ("batches", "batches", "int"),
-    ("batches_running", "running", "int"),
-    ("batches_completed", "completed", "int"),
-    ("batches_completed_with_errors", "with errors", "int"),
-    ("batches_failed", "failed", "int"),
-    ("batches_cancelled", "cancelled", "int"),
-    ("completion_rate", "completion", "rate"),
-    ("items_total", "items", "int"),
-    ("item_success_rate", "item success", "rate"),
-    ("avg_duration_ms", "avg ms", "ms"),
-    ("mean_quality", "quality", ""),
-]
-
 
 @_analytics_asset(
     "batch_metrics_report",
@@ -217,14 +156,14 @@ def batch_metrics_report(
     extra = _focus_extra(focus)
     chart = None
     if metrics:
-        parts.append(md_table([metrics], _FOCUS_BATCH_COLUMNS))
+        parts.append(md_table([metrics], analytics.FOCUS_BATCH_COLUMNS))
         for key in ("success_rate", "p95_duration_ms", "throughput_per_min"):
             if metrics[key] is not None:
                 extra[f"focus_{key}"] = MetadataValue.float(float(metrics[key]))
         if durations:
             chart = duration_histogram(durations, metrics)
     parts.append(f"Latest {min(PREVIEW_ROWS, total)} batches:")
-    parts.append(md_table(recent, _BATCH_COLUMNS))
+    parts.append(md_table(recent, analytics.BATCH_COLUMNS))
     return _result(context, warehouse, total, parts, chart, extra)
 
 
@@ -244,9 +183,9 @@ def error_report(
         top = analytics.most_frequent_errors(con, PREVIEW_ROWS)
     parts = _header("error_distribution", total, "(batch, error) groups", config, focus)
     if focus:
-        parts.append(md_table(rows, _BATCH_ERROR_COLUMNS) if rows else "_no failed items_")
+        parts.append(md_table(rows, analytics.BATCH_ERROR_COLUMNS) if rows else "_no failed items_")
     parts.append("Most frequent errors across all batches:")
-    parts.append(md_table(top, _TOP_ERROR_COLUMNS))
+    parts.append(md_table(top, analytics.TOP_ERROR_COLUMNS))
     return _result(context, warehouse, total, parts, None, _focus_extra(focus))
 
 
@@ -266,13 +205,13 @@ def quality_report(
     parts = _header("quality_distribution", total, "rows", config, focus)
     chart = None
     if buckets:
-        parts.append(md_table(buckets, _QUALITY_COLUMNS))
+        parts.append(md_table(buckets, analytics.QUALITY_COLUMNS))
         if any(b["count"] for b in buckets):
             chart = quality_histogram(buckets, focus)
         else:
             parts.append("_no scored items in this batch_")
     parts.append("All batches:")
-    parts.append(md_table(overall, _QUALITY_COLUMNS))
+    parts.append(md_table(overall, analytics.QUALITY_COLUMNS))
     return _result(context, warehouse, total, parts, chart, _focus_extra(focus))
 
 
@@ -295,7 +234,7 @@ def timeline_report(
         shown = timeline[-PREVIEW_ROWS:]
         if len(timeline) > len(shown):
             parts.append(f"Last {len(shown)} of {len(timeline)} minutes:")
-        parts.append(md_table(shown, _TIMELINE_COLUMNS))
+        parts.append(md_table(shown, analytics.TIMELINE_COLUMNS))
     elif focus:
         parts.append("_no finished items_")
     return _result(context, warehouse, total, parts, chart, _focus_extra(focus))
@@ -313,7 +252,7 @@ def operation_stats_report(
         rows = analytics.operation_stats(con)
     parts = [
         f"**{len(rows)} operations** (SQL: `select * from operation_stats`)",
-        md_table(rows, _OPERATION_COLUMNS),
+        md_table(rows, analytics.OPERATION_COLUMNS),
     ]
     return _result(context, warehouse, len(rows), parts)
 

@@ -8,13 +8,12 @@ import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from batch_pipelines.core.fmt import fmt_value
+from batch_pipelines.core.fmt import NUMERIC_KINDS, Column, fmt_value
 
 _MINUTE_WIDTH = 0.8 / 1440  # bar width in days on a date axis
-_RIGHT_ALIGNED = ("int", "pct", "rate", "ms", "s")
 
 
-def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
     """A Markdown table of ``rows``; ``columns`` are (key, header, kind of
     :func:`~batch_pipelines.core.fmt.fmt_value`). Headers carry the units; times are shown
     to the minute."""
@@ -22,7 +21,7 @@ def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, s
         return "_no rows_"
     lines = [
         "| " + " | ".join(h for _, h, _ in columns) + " |",
-        "| " + " | ".join("---:" if k in _RIGHT_ALIGNED else "---" for _, _, k in columns) + " |",
+        "| " + " | ".join("---:" if k in NUMERIC_KINDS else "---" for _, _, k in columns) + " |",
     ]
     for r in rows:
         cells = (_cell(r.get(key), kind) for key, _, kind in columns)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import string
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from batch_pipelines.core.sql import validate_table_name
+from batch_pipelines.core.sql import TableName
 
 Format = Literal["parquet", "csv", "json", "ndjson"]
 Compression = Literal["snappy", "zstd", "gzip", "lz4", "brotli", "uncompressed", "none"]
@@ -34,6 +34,9 @@ def check_template(value: str | None, field: str) -> str | None:
     return value
 
 
+FileNameTemplate = Annotated[str, AfterValidator(lambda v: check_template(v, "filename"))]
+
+
 def check_compression(fmt: str, compression: str | None, field: str = "compression") -> None:
     if compression is None:
         return
@@ -48,7 +51,7 @@ class ExportOptions(BaseModel, extra="forbid"):
     """Options of an export batch."""
 
     format: Format = Field("parquet", description="parquet, csv, json (an array) or ndjson")
-    filename: str | None = Field(
+    filename: FileNameTemplate | None = Field(
         None,
         description="File name template: {item_id}, {batch_id}, {table}, {format}; the "
         "extension is added when missing (default: the item id)",
@@ -61,11 +64,6 @@ class ExportOptions(BaseModel, extra="forbid"):
     delimiter: str = Field(",", min_length=1, max_length=1, description="CSV delimiter")
     header: bool = Field(True, description="CSV header line")
 
-    @field_validator("filename")
-    @classmethod
-    def _filename(cls, value: str | None) -> str | None:
-        return check_template(value, "filename")
-
     @model_validator(mode="after")
     def _compression_fits(self) -> ExportOptions:
         check_compression(self.format, self.compression)
@@ -76,20 +74,10 @@ class ExportItem(BaseModel, extra="forbid"):
     """One table or SELECT query to export (exactly one of the two)."""
 
     id: str | None = None
-    table: str | None = Field(None, description="A warehouse table or view")
+    table: TableName | None = Field(None, description="A warehouse table or view")
     query: str | None = Field(None, description="One read-only SELECT on the warehouse")
     format: Format | None = Field(None, description="Overrides options.format")
-    filename: str | None = Field(None, description="Overrides options.filename")
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, value: str | None) -> str | None:
-        return None if value is None else validate_table_name(value, "table")
-
-    @field_validator("filename")
-    @classmethod
-    def _filename(cls, value: str | None) -> str | None:
-        return check_template(value, "filename")
+    filename: FileNameTemplate | None = Field(None, description="Overrides options.filename")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ExportItem:

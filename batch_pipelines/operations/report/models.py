@@ -109,6 +109,19 @@ class Chart:
     ylabel: str = "count"
     png: bytes | None = None
 
+    @classmethod
+    def of(
+        cls,
+        title: str,
+        kind: str,
+        rows: Sequence[Sequence[Any]],
+        label: int = 0,
+        value: int = 1,
+        **axes: str,
+    ) -> Chart:
+        """A chart of query rows: the labels from column ``label``, values from ``value``."""
+        return cls(title, kind, [r[label] for r in rows], [r[value] for r in rows], **axes)
+
 
 @dataclass
 class Report:

@@ -141,9 +141,7 @@ def batch_report(con: duckdb.DuckDBPyConnection, batch_id: str, options: ReportO
     q_rows = [(QUALITY_BUCKETS[i], quality.get(i, 0)) for i in range(5)]
     if nq:
         report.tables.append(Table("Quality histogram", ["quality", "items"], q_rows))
-    report.charts.append(
-        Chart("Items by status", "bar", [s for s, _ in by_status], [n for _, n in by_status])
-    )
+    report.charts.append(Chart.of("Items by status", "bar", by_status))
     if n_dur:
         report.charts.append(
             Chart("Item durations", "hist", *durations, xlabel="duration (ms)", ylabel="items")
@@ -160,9 +158,7 @@ def batch_report(con: duckdb.DuckDBPyConnection, batch_id: str, options: ReportO
             )
         )
     if errors:
-        report.charts.append(
-            Chart("Errors by category", "bar", [c for c, _ in errors], [n for _, n in errors])
-        )
+        report.charts.append(Chart.of("Errors by category", "bar", errors))
     cols = [
         "item_id", "status", "attempts", "duration_ms", "quality_score", "error_category",
         "error", "started_at", "finished_at",
@@ -297,13 +293,7 @@ def table_profile_report(
             )
         )
     report.tables += top_tables
-    nulls_chart = Chart(
-        "Nulls per column",
-        "bar",
-        [r[0] for r in profile_rows],
-        [r[3] for r in profile_rows],
-        ylabel="null rows",
-    )
+    nulls_chart = Chart.of("Nulls per column", "bar", profile_rows, value=3, ylabel="null rows")
     if options.max_charts:
         report.charts = [nulls_chart, *charts[: max(0, options.max_charts - 1)]]
     report.main = Table("Column profile", profile_cols, profile_rows)
@@ -406,24 +396,10 @@ def operation_window_report(
         "throughput_per_min": round_figure(per_min_busy),
     }
     report.tables.append(Table("Batches by status", ["status", "batches", "items"], by_status))
-    report.charts.append(
-        Chart(
-            "Batches by status",
-            "bar",
-            [s for s, _, _ in by_status],
-            [c for _, c, _ in by_status],
-            ylabel="batches",
-        )
-    )
+    report.charts.append(Chart.of("Batches by status", "bar", by_status, ylabel="batches"))
     if timeline:
         report.charts.append(
-            Chart(
-                "Items submitted per hour",
-                "timeline",
-                [t for t, _, _ in timeline],
-                [v for _, _, v in timeline],
-                ylabel="items",
-            )
+            Chart.of("Items submitted per hour", "timeline", timeline, value=2, ylabel="items")
         )
     with_rate = [b for b in batches if b[13] is not None]
     if with_rate:

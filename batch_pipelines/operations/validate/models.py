@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
-from batch_pipelines.core.sql import validate_column_name, validate_table_name
+from batch_pipelines.core.sql import TableName, validate_column_name
 
 Scalar = str | int | float | bool
 _TYPE_NAME = re.compile(
@@ -180,15 +180,10 @@ class ValidateItem(BaseModel, extra="forbid"):
     """One table or file to validate (exactly one of the two) and its rules."""
 
     id: str | None = None
-    table: str | None = Field(None, description="A warehouse table or view")
+    table: TableName | None = Field(None, description="A warehouse table or view")
     path: str | None = Field(None, description="A CSV, TSV, JSON, NDJSON or Parquet file")
     format: FileFormat | None = Field(None, description="File format (default: from extension)")
     rules: list[Rule] = Field(default_factory=list)
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, value: str | None) -> str | None:
-        return None if value is None else validate_table_name(value, "table")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ValidateItem:
