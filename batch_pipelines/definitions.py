@@ -10,10 +10,9 @@ from batch_pipelines.defs.jobs import (
     batch_control_job,
     submit_batch_job,
 )
-from batch_pipelines.defs.resources import WarehouseResource
+from batch_pipelines.defs.resources import AnnotatorResource, WarehouseResource
 from batch_pipelines.defs.schedules import nightly_cleanup
 from batch_pipelines.defs.sensors import batch_dispatcher, inbox_sensor, run_failure_recorder
-from batch_pipelines.operations.annotate.resource import AnnotatorResource
 
 defs = Definitions(
     assets=[*OPERATION_ASSETS.values(), *ANALYTICS_ASSETS],

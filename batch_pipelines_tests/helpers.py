@@ -17,6 +17,7 @@ from batch_pipelines.core import ledger, warehouse
 from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult
 from batch_pipelines.core.keys import new_batch_id, partition_key
 from batch_pipelines.core.runner import ExecutionSettings, WorkItem
+from batch_pipelines.definitions import defs
 from batch_pipelines.operations import get_operation
 from batch_pipelines_tests.conftest import CLI
 
@@ -24,7 +25,7 @@ from batch_pipelines_tests.conftest import CLI
 def run_batch(manifest: dict[str, Any], instance: Any) -> dict[str, Any]:  # noqa: ANN401
     """Submit ``manifest`` and run the batch in this process; returns the finished batch."""
     batch_id = submit_batch(manifest, instance=instance)
-    return run_batch_in_process(batch_id, instance)
+    return run_batch_in_process(batch_id, instance, defs)
 
 
 def import_penguins(instance: Any, table: str = "penguins", **manifest: Any) -> str:  # noqa: ANN401
@@ -39,7 +40,7 @@ def import_penguins(instance: Any, table: str = "penguins", **manifest: Any) -> 
         {"operation": "import", "options": {"target_table": table}, **manifest},
         instance=instance,
     )
-    run_batch_in_process(batch_id, instance)
+    run_batch_in_process(batch_id, instance, defs)
     return batch_id
 
 

@@ -24,6 +24,7 @@ import yaml
 from batch_pipelines.app.inprocess import run_batch_in_process
 from batch_pipelines.app.submit import prepare_batch, submit_batch
 from batch_pipelines.core import warehouse
+from batch_pipelines.definitions import defs
 from batch_pipelines_tests.conftest import CLI, REPO, Env
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -139,7 +140,7 @@ def batches(env: Env, samples: Path, instance) -> dict[str, str]:  # noqa: ANN00
         },
         instance=instance,
     )
-    assert run_batch_in_process(finished, instance)["status"] == "completed_with_errors"
+    assert run_batch_in_process(finished, instance, defs)["status"] == "completed_with_errors"
     queued = submit_batch(
         {
             "operation": "import",

@@ -98,6 +98,7 @@ def step_import(csv: str) -> dict[str, Any]:
     from batch_pipelines.app.queries import get_items
     from batch_pipelines.app.submit import submit_batch
     from batch_pipelines.core import warehouse
+    from batch_pipelines.definitions import defs
 
     instance = _instance()
     base = _rss_now_mb()
@@ -111,7 +112,7 @@ def step_import(csv: str) -> dict[str, Any]:
         },
         instance=instance,
     )
-    batch = run_batch_in_process(batch_id, instance)
+    batch = run_batch_in_process(batch_id, instance, defs)
     seconds = time.perf_counter() - start
     item = get_items(batch_id)[0]
     if batch["status"] != "completed":
@@ -144,6 +145,7 @@ def step_export(fmt: str) -> dict[str, Any]:
     from batch_pipelines.app.inprocess import run_batch_in_process
     from batch_pipelines.app.queries import get_items
     from batch_pipelines.app.submit import submit_batch
+    from batch_pipelines.definitions import defs
 
     instance = _instance()
     base = _rss_now_mb()
@@ -157,7 +159,7 @@ def step_export(fmt: str) -> dict[str, Any]:
         },
         instance=instance,
     )
-    batch = run_batch_in_process(batch_id, instance)
+    batch = run_batch_in_process(batch_id, instance, defs)
     seconds = time.perf_counter() - start
     item = get_items(batch_id)[0]
     if batch["status"] != "completed":

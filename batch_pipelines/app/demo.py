@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -11,6 +11,9 @@ from batch_pipelines.app.instance import get_instance
 from batch_pipelines.app.samples import write_samples
 from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import config
+
+if TYPE_CHECKING:
+    from dagster import Definitions
 
 
 def demo_manifests() -> list[dict[str, Any]]:
@@ -133,7 +136,9 @@ def demo_manifests() -> list[dict[str, Any]]:
     ]
 
 
-def run_demo(quiet: bool = False) -> list[dict[str, Any]]:
+def run_demo(defs: Definitions, quiet: bool = False) -> list[dict[str, Any]]:
+    """Submit the demo batches and run each here with the jobs of ``defs``; returns their
+    final ledger rows."""
     console = Console(stderr=True, quiet=quiet)
     paths = config.get_paths()
     if not any(paths.samples.glob("penguins_*")):
@@ -142,7 +147,7 @@ def run_demo(quiet: bool = False) -> list[dict[str, Any]]:
     results = []
     for manifest in demo_manifests():
         batch_id = submit_batch(manifest, instance=instance, source="demo")
-        batch = run_batch_in_process(batch_id, instance)
+        batch = run_batch_in_process(batch_id, instance, defs)
         results.append(batch)
         console.print(
             f"{batch['operation']:<10} {batch_id}  {batch['status']:<22} "

@@ -1,14 +1,22 @@
 """Run a batch in this process (``batch-pipelines submit --wait`` without a daemon, ``make
 demo``, tests): every chunk with pending items runs as a Dagster run of ``<operation>_job``
 over its range of partition keys, one after another, recorded in the instance like any run
-but bypassing the run queue (no priorities, no run-level limits or retries)."""
+but bypassing the run queue (no priorities, no run-level limits or retries).
+
+The caller hands in the code location's ``Definitions`` (``batch_pipelines.definitions.defs``)
+that holds the jobs: the application layer does not import the Dagster definitions, which
+are built on top of it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from batch_pipelines.app.dispatch import chunk_states, chunk_tags
 from batch_pipelines.core import config, ledger, warehouse
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance, Definitions
 
 
 class ChunkRunError(RuntimeError):
@@ -17,16 +25,16 @@ class ChunkRunError(RuntimeError):
 
 def run_batch_in_process(
     batch_id: str,
-    instance,  # noqa: ANN001 - DagsterInstance
+    instance: DagsterInstance,
+    defs: Definitions,
     on_chunk_done: Callable[[dict], None] | None = None,
     log_level: str = "WARNING",
 ) -> dict:
-    """Execute the batch's pending chunks here; returns the batch's final ledger row.
+    """Execute the batch's pending chunks here with the jobs of ``defs``; returns the batch's
+    final ledger row.
 
     Item failures are in the ledger; Dagster's console log is kept at ``log_level``. Raises
     ``ChunkRunError`` when a run fails before running its items."""
-    from batch_pipelines.definitions import defs
-
     paths = config.get_paths()
     while True:
         with warehouse.connect(paths.warehouse, read_only=True) as con:

@@ -1,7 +1,7 @@
 """``demo``: a demo batch over the bundled samples, run in this process.
 
-The demo module is imported inside the command: it runs Dagster jobs, which ``--help`` should
-not load.
+The demo module and the Dagster definitions are imported inside the command: it runs Dagster
+jobs, which ``--help`` should not load.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from batch_pipelines.cli.utils import EXIT_FAILED, EXIT_OK, print_json
 def demo(as_json: bool) -> None:
     """Run a demo batch over the bundled sample files in this process and print a summary."""
     from batch_pipelines.app.demo import run_demo
+    from batch_pipelines.definitions import defs
 
-    results = run_demo(quiet=as_json)
+    results = run_demo(defs, quiet=as_json)
     if as_json:
         print_json(results)
     sys.exit(

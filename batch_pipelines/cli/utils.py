@@ -4,8 +4,9 @@ colours, a batch's summary and following a batch's progress.
 Exit codes: 0 ok, 1 the operation failed (a batch that ended with failures, a batch not
 found), 2 bad input (an invalid manifest, option or argument).
 
-The operation registry is imported inside ``operation_names``: it loads every handler, and
-with them Dagster and pandas, which ``--help`` and the read verbs must not pay for.
+The operation registry is imported inside ``operation_names``: it loads every operation's
+models and handler (about 0.1 s), which most verbs never need. ``run_here`` imports the Dagster
+definitions inside it, as only running a batch here needs them.
 """
 
 from __future__ import annotations
@@ -228,10 +229,12 @@ def _counts(batch: dict[str, Any]) -> str:
 def run_here(batch_id: str, instance: DagsterInstance, quiet: bool) -> dict[str, Any]:
     """Run the batch in this process, with a progress bar on stderr unless ``quiet``;
     returns its final ledger row. A chunk run that fails outside its items exits 1."""
+    from batch_pipelines.definitions import defs
+
     batch = get_batch_or_exit(batch_id)
     try:
         if quiet:
-            return run_batch_in_process(batch_id, instance, log_level="CRITICAL")
+            return run_batch_in_process(batch_id, instance, defs, log_level="CRITICAL")
         with _progress() as progress:
             task = progress.add_task(batch_id, total=batch["total_items"], counts=_counts(batch))
 
@@ -239,7 +242,7 @@ def run_here(batch_id: str, instance: DagsterInstance, quiet: bool) -> dict[str,
                 progress.update(task, completed=b["processed_items"], counts=_counts(b))
 
             batch = run_batch_in_process(
-                batch_id, instance, on_chunk_done=update, log_level="CRITICAL"
+                batch_id, instance, defs, on_chunk_done=update, log_level="CRITICAL"
             )
             update(batch)
         return batch

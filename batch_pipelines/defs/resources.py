@@ -1,10 +1,19 @@
-"""Dagster resources."""
+"""Dagster resources: ``warehouse`` (the paths every run uses) and ``annotator`` (picks the
+annotate operation's backend when a run starts)."""
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from dagster import ConfigurableResource
+from pydantic import Field
 
 from batch_pipelines.core import config
+from batch_pipelines.core.errors import ItemError
+from batch_pipelines.operations.annotate.backends.base import Annotator
+from batch_pipelines.operations.annotate.backends.local import LocalAnnotator
+from batch_pipelines.operations.annotate.backends.openai import OpenAICompatibleAnnotator
 
 
 class WarehouseResource(ConfigurableResource):
@@ -19,3 +28,50 @@ class WarehouseResource(ConfigurableResource):
 
     def paths(self) -> config.Paths:
         return config.get_paths(self.data_root, self.warehouse_path)
+
+
+ENV_BACKEND = "BATCH_PIPELINES_ANNOTATOR"
+BACKENDS = ("local", "openai")
+
+
+class AnnotatorResource(ConfigurableResource, Annotator):
+    """The ``annotator`` resource: ``backend`` (``local`` | ``openai``) picks the backend;
+    unset, ``BATCH_PIPELINES_ANNOTATOR`` decides at run time (default ``local``). The other
+    fields configure the openai backend (unset ones come from the environment)."""
+
+    backend: str | None = Field(
+        None, description="local | openai (default: $BATCH_PIPELINES_ANNOTATOR or local)"
+    )
+    base_url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    request_timeout_s: float = 30.0
+    requests_per_minute: float = 60.0
+    burst: int = 1
+    max_retries: int = 4
+
+    def backend_name(self) -> str:
+        name = (self.backend or os.environ.get(ENV_BACKEND) or "local").strip().lower()
+        if name not in BACKENDS:
+            raise ItemError(
+                f"annotator backend {name!r} is not one of {', '.join(BACKENDS)} "
+                f"(resource field backend or {ENV_BACKEND})",
+                category="permanent",
+            )
+        return name
+
+    def delegate(self) -> Annotator:
+        if self.backend_name() == "local":
+            return LocalAnnotator()
+        return OpenAICompatibleAnnotator(
+            base_url=self.base_url,
+            model=self.model,
+            api_key=self.api_key,
+            request_timeout_s=self.request_timeout_s,
+            requests_per_minute=self.requests_per_minute,
+            burst=self.burst,
+            max_retries=self.max_retries,
+        )
+
+    def annotate(self, text: str, options: Any = None) -> dict[str, Any]:
+        return self.delegate().annotate(text, options)

@@ -134,7 +134,7 @@ def test_pause_drains_and_resume_runs_exactly_the_rest(samples: Path, env, insta
     assert sorted(r.tags["batch/chunk"] for r in mine) == ["1", "2"]
     # The relaunch of chunk 1 gets a fresh run key (its first run was cancelled by the pause).
     assert {r.run_key for r in mine} == {f"{batch_id}:1:1", f"{batch_id}:2:0"}
-    done = run_batch_in_process(batch_id, instance)
+    done = run_batch_in_process(batch_id, instance, defs)
     assert done["status"] == "completed"
     assert env.sql(
         "select max(attempts), count(*) from batch_items where batch_id = ?", [batch_id]
@@ -161,7 +161,7 @@ def test_retry_only_failed_items(samples: Path, env, instance) -> None:  # noqa:
         import_manifest(items=[{"path": f"data/samples/{f}"} for f in files], items_from=None),
         instance=instance,
     )
-    run_batch_in_process(parent, instance)
+    run_batch_in_process(parent, instance, defs)
     failed = {
         i
         for (i,) in env.sql(
@@ -272,7 +272,7 @@ def test_failed_runs_reach_the_ledger_and_the_webhook(
             import_manifest(items=[{"path": "data/samples/bad/empty.csv"}], items_from=None),
             instance=instance,
         )
-        run_batch_in_process(batch_id, instance)
+        run_batch_in_process(batch_id, instance, defs)
         record = instance.get_event_records(
             EventRecordsFilter(event_type=DagsterEventType.RUN_FAILURE), limit=1
         )[0]

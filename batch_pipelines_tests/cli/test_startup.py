@@ -32,6 +32,8 @@ FAST_VERBS = [
     ["--help"],
     ["list"],
     ["list", "--json", "--status", "completed"],
+    ["list", "--operation", "import"],
+    ["list", "--help"],
     ["status", DONE],
     ["status", DONE, "--json"],
     ["items", DONE],
@@ -85,6 +87,17 @@ def test_help_and_read_verbs_load_neither_dagster_nor_pandas(env) -> None:  # no
     result = json.loads(p.stdout)
     assert result["codes"] == {" ".join(v): 0 for v in FAST_VERBS}
     assert result["heavy"] == []
+
+
+def test_the_operation_registry_loads_neither_dagster_nor_pandas() -> None:
+    probe = (
+        "import sys; from batch_pipelines.operations import OPERATION_NAMES; "
+        "print(sorted(m for m in ('dagster', 'pandas') if m in sys.modules))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert p.stdout.strip() == "[]"
 
 
 def test_public_names_resolve_on_demand() -> None:

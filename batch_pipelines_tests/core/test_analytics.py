@@ -719,6 +719,7 @@ def test_sensors_request_reports_after_a_real_batch(samples: Path, env, instance
 
     from batch_pipelines.app.inprocess import run_batch_in_process
     from batch_pipelines.app.submit import submit_batch
+    from batch_pipelines.definitions import defs
     from batch_pipelines.defs.analytics_refresh import (
         analytics_on_batch_failure,
         analytics_on_batch_success,
@@ -736,7 +737,7 @@ def test_sensors_request_reports_after_a_real_batch(samples: Path, env, instance
         },
         instance=instance,
     )
-    batch = run_batch_in_process(batch_id, instance)
+    batch = run_batch_in_process(batch_id, instance, defs)
     assert batch["status"] == "completed_with_errors"
     run = instance.get_runs(filters=RunsFilter(tags={"batch/id": batch_id}))[0]
     assert run.status == DagsterRunStatus.FAILURE

@@ -14,6 +14,7 @@ from dagster import AssetKey, AssetPartitionStatus
 from batch_pipelines.app.inprocess import run_batch_in_process
 from batch_pipelines.app.partitions import PARTITIONS
 from batch_pipelines.app.submit import submit_batch
+from batch_pipelines.definitions import defs
 from batch_pipelines_tests.conftest import REPO
 
 KEY = AssetKey("import_items")
@@ -41,7 +42,7 @@ def test_range_run_materializes_each_item_partition(samples: Path, env, instance
         keys["good2"],
         keys["good3"],
     ]
-    batch = run_batch_in_process(batch_id, instance)
+    batch = run_batch_in_process(batch_id, instance, defs)
     assert batch["status"] == "completed_with_errors"
     status = instance.get_status_by_partition(KEY, list(keys.values()), PARTITIONS["import"])
     assert status[keys["good1"]] == AssetPartitionStatus.MATERIALIZED
@@ -69,7 +70,7 @@ def test_dagster_asset_materialize_reruns_one_item(samples: Path, env, instance)
         },
         instance=instance,
     )
-    run_batch_in_process(batch_id, instance)
+    run_batch_in_process(batch_id, instance, defs)
     key = env.sql("select partition_key from batch_items")[0][0]
     dagster = str(Path(sys.executable).with_name("dagster"))
     proc = subprocess.run(

@@ -48,6 +48,7 @@ from batch_pipelines.core.runner import (
     auto_chunk_size,
     run_chunk,
 )
+from batch_pipelines.definitions import defs
 from batch_pipelines_tests.conftest import REPO
 from batch_pipelines_tests.helpers import Item, Opts, insert_queued_batch, make_batch
 
@@ -325,7 +326,7 @@ def test_batched_fan_out_keeps_every_partition_status_and_metadata(
         {"operation": "annotate", "settings": {"chunk_size": 10, "max_retries": 0}, "items": items},
         instance=instance,
     )
-    batch = run_batch_in_process(batch_id, instance)
+    batch = run_batch_in_process(batch_id, instance, defs)
     assert batch["status"] == "completed_with_errors" and batch["succeeded_items"] == 23
     keys = dict(env.sql("select item_id, partition_key from batch_items"))
     key = AssetKey("annotate_items")
@@ -406,5 +407,5 @@ def test_time_slice_is_off_in_process(env, instance) -> None:  # noqa: ANN001
         },
         instance=instance,
     )
-    assert run_batch_in_process(batch_id, instance)["status"] == "completed"
+    assert run_batch_in_process(batch_id, instance, defs)["status"] == "completed"
     assert len(instance.get_runs()) == 1

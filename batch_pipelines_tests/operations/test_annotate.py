@@ -33,7 +33,7 @@ from batch_pipelines.core.errors import (
     ValidationItemError,
     classify,
 )
-from batch_pipelines.operations.annotate import resource as R
+from batch_pipelines.defs import resources as R
 from batch_pipelines.operations.annotate.backends import local as L
 from batch_pipelines.operations.annotate.backends import openai as O
 from batch_pipelines.operations.annotate.handler import (
