@@ -144,6 +144,7 @@ def test_a_batch_recorded_before_the_rule_is_refused_when_it_runs(
     from batch_pipelines.app.inprocess import run_batch_in_process
     from batch_pipelines.app.submit import submit_batch
     from batch_pipelines.core import warehouse
+    from batch_pipelines.definitions import defs
 
     batch_id = submit_batch(
         {"operation": "import", "options": {"target_table": "t"}, "items": [PENGUINS]},
@@ -155,7 +156,7 @@ def test_a_batch_recorded_before_the_rule_is_refused_when_it_runs(
             [json.dumps({"target_table": "batches", "mode": "replace"}), batch_id],
         )
 
-    batch = run_batch_in_process(batch_id, instance)
+    batch = run_batch_in_process(batch_id, instance, defs)
 
     assert batch["status"] == "failed", batch
     ((category, error),) = env.sql("select error_category, error from batch_items")
