@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batch_pipelines.app.dispatch import ACTIVE_RUN_STATUSES
+from batch_pipelines.app.recovery import end_dead_runs, is_stalled, reap_dead_runs
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.ledger import Batch, BatchStatus, ItemStatus
 from batch_pipelines.core.manifest import ManifestError
@@ -46,9 +47,12 @@ def _active_runs(instance, batch_id: str) -> list:  # noqa: ANN001
     from dagster import DagsterRunStatus, RunsFilter
 
     statuses = [DagsterRunStatus(s) for s in sorted(ACTIVE_RUN_STATUSES - {"RETRY_PENDING"})]
-    return list(
+    runs = list(
         instance.get_runs(filters=RunsFilter(tags={"batch/id": batch_id}, statuses=statuses))
     )
+    # A run whose worker died (kill -9 of `submit --wait`) would never end: end it here.
+    dead = set(end_dead_runs(instance, runs))
+    return [r for r in runs if r.run_id not in dead]
 
 
 def _stop_runs(  # noqa: ANN001
@@ -200,24 +204,42 @@ def pause_batch(  # noqa: ANN001
     return result
 
 
-def resume_batch(batch_id: str, *, actor: str = "python") -> ControlResult:
-    """Let the dispatcher launch the batch's unfinished chunks again."""
+def resume_batch(
+    batch_id: str,
+    *,
+    actor: str = "python",
+    instance=None,  # noqa: ANN001
+) -> ControlResult:
+    """Let the dispatcher launch the batch's unfinished chunks again: a paused batch, or one
+    whose worker died (its runs are ended, the items they left running pending again)."""
+    from batch_pipelines.app.instance import get_instance
+
+    instance = instance or get_instance()
     paths = config.get_paths()
+    with warehouse.connect(paths.warehouse, read_only=True) as con:
+        _batch_or_error(con, batch_id)
+    recovered = reap_dead_runs(instance, paths, batch_id=batch_id)
+    stalled = is_stalled(instance, batch_id)
     with warehouse.connect(paths.warehouse) as con:
         batch = _batch_or_error(con, batch_id)
-        if not batch.paused:
+        if not batch.paused and not stalled:
             raise ControlError(f"batch {batch_id} is not paused (it is {batch.status})")
         con.execute("begin")
         ledger.set_paused(con, batch_id, False)
         status = ledger.refresh_batch(con, batch_id)
         pending = ledger.count_items(con, batch_id, ItemStatus.PENDING)
         ledger.add_event(
-            con, batch_id, "batch_resumed", actor=actor, detail={"pending_items": pending}
+            con,
+            batch_id,
+            "batch_resumed",
+            actor=actor,
+            detail={"pending_items": pending, "recovered": recovered},
         )
         con.execute("commit")
-    return ControlResult(
-        batch_id, "resume", status, message=f"resumed {batch_id}: {pending} item(s) left to run"
-    )
+    message = f"resumed {batch_id}: {pending} item(s) left to run"
+    if recovered:
+        message += " (the runs of its dead worker ended, their items back to pending)"
+    return ControlResult(batch_id, "resume", status, message=message)
 
 
 def retry_batch(

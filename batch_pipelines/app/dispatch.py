@@ -26,6 +26,37 @@ ACTIVE_RUN_STATUSES = frozenset(
     {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "RETRY_PENDING"}
 )
 MAX_LAUNCHES_PER_CHUNK = 3
+# How long a failed run tagged ``dagster/will_retry=true`` holds its chunk while Dagster's run
+# retry daemon has not launched its retry (it does so within seconds when it runs at all).
+RETRY_LAUNCH_GRACE_S = 120.0
+
+
+def planning_status(
+    status: str,
+    *,
+    will_retry: bool,
+    retry_launched: bool,
+    in_process: bool,
+    failed_s_ago: float,
+    grace_s: float | None = None,
+) -> str:
+    """The status the planners see for a run: ``RETRY_PENDING`` for a failed run whose
+    automatic retry may still come, else Dagster's status.
+
+    A retry never comes for a run executed in a process (``submit --wait``: it has no code
+    location to re-launch from), nor once ``grace_s`` (default ``RETRY_LAUNCH_GRACE_S``) has
+    passed without one (the retry daemon is not running, or gave up): such a run is a plain
+    failure, so its chunk is planned again instead of waiting forever."""
+    grace_s = RETRY_LAUNCH_GRACE_S if grace_s is None else grace_s
+    if (
+        status == "FAILURE"
+        and will_retry
+        and not retry_launched
+        and not in_process
+        and failed_s_ago < grace_s
+    ):
+        return "RETRY_PENDING"
+    return status
 
 
 @dataclass(frozen=True)
@@ -42,7 +73,9 @@ class ChunkState:
     chunk_items: int = 0
 
 
-HANDED_OVER_TAG = "batch/handed_over"  # items a run left pending at the end of its time slice
+# Items a run left pending for the next run of its chunk: its time slice ended, or Ctrl-C /
+# SIGTERM stopped `submit --wait`.
+HANDED_OVER_TAG = "batch/handed_over"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from batch_pipelines.cli.utils import (
     get_batch_or_exit,
     operation_names,
     options_from_args,
+    orphan_lines,
     parse_date,
     print_batch,
     print_json,
@@ -223,16 +224,36 @@ def status(batch_id: str, follow: bool, as_json: bool) -> None:
     if follow:
         batch = watch(batch_id, quiet=as_json)
     runs = active_runs(batch_id) if may_have_active_runs(batch) else []
+    orphans = _orphans(batch_id)
+    gone = {o.run_id for o in orphans}
+    for r in runs:
+        if r["run_id"] in gone:
+            r["status"] += " (worker gone)"
     if as_json:
-        print_json({**batch, "runs": runs})
+        print_json({**batch, "runs": runs, "orphaned": [o.to_dict() for o in orphans]})
     else:
         print_batch(batch, runs)
+        for line in orphan_lines(batch_id, orphans):
+            console.print(f"[yellow]{line}[/]", highlight=False)
     if follow:
         sys.exit(EXIT_OK if batch["status"] == "completed" else EXIT_FAILED)
 
 
 def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
     return parse_date(value, param.opts[0])
+
+
+def _orphans(batch_id: str) -> list:
+    """The batch's items left running by a run that is over or whose worker is gone; asks
+    Dagster only when the ledger has running items."""
+    if not get_items(batch_id, status=["running"], limit=1):
+        return []
+    from batch_pipelines.app.recovery import find_orphans
+
+    try:
+        return find_orphans(get_instance(), batch_id)
+    except Exception:  # noqa: BLE001 - no readable instance: the ledger alone answers
+        return []
 
 
 @click.command("list")

@@ -28,6 +28,7 @@ from batch_pipelines.cli.utils import (
     err_console,
     finish,
     options_from_args,
+    orphan_lines,
     run_here,
     watch,
 )
@@ -88,10 +89,35 @@ def pause(batch_id: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("batch_id")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait until the batch finishes (runs it in-process when no Dagster daemon is running).",
+)
 @click.option("--json", "as_json", is_flag=True)
-def resume(batch_id: str, as_json: bool) -> None:
-    """Resume a paused batch: its unfinished items run, nothing runs twice."""
-    _run_control(resume_batch, as_json, batch_id=batch_id, actor=actor())
+def resume(batch_id: str, wait: bool, as_json: bool) -> None:
+    """Resume a paused batch, or one whose worker died (kill -9, a crash): its unfinished
+    items run, nothing runs twice."""
+    instance = get_instance()
+    _run_control(
+        resume_batch,
+        as_json,
+        quiet=as_json and wait,
+        batch_id=batch_id,
+        actor=actor(),
+        instance=instance,
+    )
+    if wait:
+        if daemon_running(instance):
+            batch = watch(batch_id, quiet=as_json)
+        else:
+            batch = run_here(batch_id, instance, quiet=as_json)
+        finish(batch, as_json)
+    if not as_json and not daemon_running(instance):
+        console.print(
+            "[yellow]no Dagster daemon is running: start `make run` to launch it, or "
+            "resume with --wait to run it here[/]"
+        )
 
 
 @click.command()
@@ -122,6 +148,11 @@ def retry(
     ids = [i.strip() for i in (item_ids or "").split(",") if i.strip()]
     overrides = options_from_args(options, {})
     instance = get_instance()
+    if get_batch(batch_id) is not None:
+        from batch_pipelines.app.recovery import find_orphans
+
+        for line in orphan_lines(batch_id, find_orphans(instance, batch_id)):
+            err_console.print(f"[yellow]{line}[/]", highlight=False)
     result = _run_control(
         retry_batch,
         as_json,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 import time
 from datetime import datetime
@@ -24,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batch_pipelines.app.inprocess import ChunkRunError, run_batch_in_process
+from batch_pipelines.app.inprocess import BatchInterrupted, ChunkRunError, run_batch_in_process
 from batch_pipelines.app.queries import get_batch
 from batch_pipelines.core import ledger
 from batch_pipelines.core.manifest import ManifestError
@@ -228,7 +229,9 @@ def _counts(batch: dict[str, Any]) -> str:
 
 def run_here(batch_id: str, instance: DagsterInstance, quiet: bool) -> dict[str, Any]:
     """Run the batch in this process, with a progress bar on stderr unless ``quiet``;
-    returns its final ledger row. A chunk run that fails outside its items exits 1."""
+    returns its final ledger row. A chunk run that fails outside its items exits 1; Ctrl-C
+    (SIGINT) or SIGTERM pauses the batch with its unfinished items pending and exits 130
+    (SIGTERM: 143), after printing the batch (as JSON unless ``quiet`` is False)."""
     from batch_pipelines.definitions import defs
 
     batch = get_batch_or_exit(batch_id)
@@ -248,7 +251,40 @@ def run_here(batch_id: str, instance: DagsterInstance, quiet: bool) -> dict[str,
         return batch
     except ChunkRunError as exc:
         err_console.print(f"[red]{exc}[/]")
+        err_console.print(
+            f"[yellow]fix the cause, then `batch-pipelines resume {batch_id} --wait`[/]"
+        )
         sys.exit(EXIT_FAILED)
+    except BatchInterrupted as exc:
+        err_console.print(
+            f"[yellow]{exc}; `batch-pipelines resume {batch_id} --wait` continues it[/]"
+        )
+        batch = get_batch_or_exit(batch_id)
+        if quiet:
+            print_json(batch)
+        else:
+            print_batch(batch)
+        # Not sys.exit: the handler of the interrupted item may still be inside DuckDB in a
+        # daemon thread, and a thread killed there by the interpreter's shutdown aborts the
+        # process. Everything is committed; nothing is left for the shutdown to do.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exc.exit_code)
+
+
+def orphan_lines(batch_id: str, orphans: list[Any]) -> list[str]:
+    """What to say about items left ``running`` by a run that is over or whose worker is gone
+    (``recovery.Orphan``s), and how to recover them."""
+    if not orphans:
+        return []
+    n = sum(o.items for o in orphans)
+    lines = [f"{n} item(s) are marked running but nothing is running them:"]
+    lines += [f"  chunk {o.chunk}: {o.items} item(s): {o.reason}" for o in orphans]
+    lines.append(
+        f"`batch-pipelines resume {batch_id} --wait` runs them again; "
+        f"`batch-pipelines cancel {batch_id}` cancels them"
+    )
+    return lines
 
 
 def watch(batch_id: str, quiet: bool, timeout_s: float | None = None) -> dict[str, Any]:

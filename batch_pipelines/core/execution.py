@@ -121,6 +121,9 @@ class PendingCommit:
     result: ItemResult | None
 
 
+_STOP_JOIN_S = 5.0
+
+
 def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemResult:
     """Run the handler in a worker thread, so that a timeout or a cancelled batch can end the
     attempt: the context's events are set (``ctx.check()`` raises) and its DuckDB
@@ -136,21 +139,30 @@ def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemRe
 
     worker = threading.Thread(target=target, name=f"item-{ctx.item_id}", daemon=True)
     worker.start()
-    while worker.is_alive():
-        wait = 0.5
-        if ctx.deadline is not None:
-            wait = min(wait, max(0.0, ctx.deadline - time.monotonic()))
-        worker.join(wait)
-        if not worker.is_alive():
-            break
-        timed_out = ctx.deadline is not None and time.monotonic() >= ctx.deadline
-        if timed_out or ctx.batch_stop.is_set():
-            ctx.cancel_event.set()
-            ctx.interrupt()
-            worker.join(2.0)
-            if timed_out:
-                raise ItemTimeoutError(f"item exceeded item_timeout_s ({ctx.timeout_s:g}s)")
-            raise ItemCancelledError("batch cancelled or stopped while the item ran")
+    try:
+        while worker.is_alive():
+            wait = 0.5
+            if ctx.deadline is not None:
+                wait = min(wait, max(0.0, ctx.deadline - time.monotonic()))
+            worker.join(wait)
+            if not worker.is_alive():
+                break
+            timed_out = ctx.deadline is not None and time.monotonic() >= ctx.deadline
+            if timed_out or ctx.batch_stop.is_set():
+                ctx.cancel_event.set()
+                ctx.interrupt()
+                worker.join(2.0)
+                if timed_out:
+                    raise ItemTimeoutError(f"item exceeded item_timeout_s ({ctx.timeout_s:g}s)")
+                raise ItemCancelledError("batch cancelled or stopped while the item ran")
+    except BaseException:
+        # The process is being stopped (Ctrl-C, SIGTERM): stop the handler too rather than
+        # let it run on for a result nobody will commit, and give it a moment to leave DuckDB
+        # (a thread killed inside DuckDB at interpreter exit aborts the process).
+        ctx.cancel_event.set()
+        ctx.interrupt()
+        worker.join(_STOP_JOIN_S)
+        raise
     if "error" in box:
         raise box["error"]
     return box["result"]

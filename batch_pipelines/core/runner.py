@@ -36,6 +36,7 @@ from batch_pipelines.core.execution import (
     run_item,
 )
 from batch_pipelines.core.ledger import BatchStatus, ItemOutcome, ItemStatus
+from batch_pipelines.core.recovery import is_interrupt
 from batch_pipelines.core.redact import redact
 
 __all__ = [
@@ -82,6 +83,8 @@ def _commit_one(con: duckdb.DuckDBPyConnection, pending: PendingCommit, run_id: 
         con.execute("commit")
     except Exception as exc:
         con.execute("rollback")
+        if is_interrupt(exc):
+            raise KeyboardInterrupt from exc
         c = classify(exc)
         outcome.status = ItemStatus.FAILED
         outcome.error = f"commit failed: {c.message}"
@@ -121,6 +124,8 @@ def _commit_together(
         return True
     except Exception as exc:  # noqa: BLE001 - retried item by item, where it is classified
         con.execute("rollback")
+        if is_interrupt(exc):
+            raise KeyboardInterrupt from exc
         for p, (status, last) in zip(pending, before, strict=True):
             p.outcome.status = status
             if p.outcome.attempts:

@@ -9,8 +9,6 @@ that worked keep their materializations. Item-level retries happen inside the ru
 such as the warehouse staying locked.
 """
 
-import os
-import socket
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from dagster import (
     AssetsDefinition,
     BackfillPolicy,
     Backoff,
+    DagsterExecutionInterruptedError,
     Failure,
     Jitter,
     MetadataValue,
@@ -40,9 +39,11 @@ from dagster import (
 from batch_pipelines.app.dagster_storage import buffer_materialization_batch
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG
 from batch_pipelines.app.partitions import PARTITIONS
+from batch_pipelines.app.recovery import IN_PROCESS, LAUNCHED_BY_TAG, worker_tags
 from batch_pipelines.app.services import host_resources
 from batch_pipelines.core import ledger, warehouse
 from batch_pipelines.core.contract import ItemCheck, OperationSpec
+from batch_pipelines.core.recovery import is_interrupt
 from batch_pipelines.core.redact import redact_optional
 from batch_pipelines.core.runner import ExecutionSettings, WorkItem, run_chunk
 from batch_pipelines.defs.resources import WarehouseResource
@@ -132,12 +133,12 @@ def execute_partitions(
     """Run the items behind ``context.partition_keys``, batch by batch."""
     paths = warehouse_resource.paths()
     keys = list(context.partition_keys)
-    if not context.instance.is_ephemeral:
+    mine = worker_tags(context.run_id)
+    if not context.instance.is_ephemeral and any(
+        context.run.tags.get(k) != v for k, v in mine.items()
+    ):
         # Lets the dispatcher's reaper tell a killed worker from a slow one.
-        context.instance.add_run_tags(
-            context.run_id,
-            {"batch/worker_pid": str(os.getpid()), "batch/worker_host": socket.gethostname()},
-        )
+        context.instance.add_run_tags(context.run_id, mine)
     with warehouse.connect(paths.warehouse, read_only=True) as con:
         rows = ledger.items_for_keys(con, keys)
     known = {r["partition_key"] for r in rows}
@@ -305,7 +306,18 @@ def build_operation_asset(spec: OperationSpec) -> AssetsDefinition:
     def _operation_asset(context: AssetExecutionContext) -> Iterator[Any]:
         resources = {k: getattr(context.resources, k) for k in spec.resources}
         resources.update(host_resources(context.instance))
-        yield from execute_partitions(spec, context, context.resources.warehouse, resources)
+        try:
+            yield from execute_partitions(spec, context, context.resources.warehouse, resources)
+        except (KeyboardInterrupt, DagsterExecutionInterruptedError, RuntimeError) as exc:
+            interrupted = not isinstance(exc, RuntimeError) or is_interrupt(exc)
+            if not interrupted or context.run.tags.get(LAUNCHED_BY_TAG) != IN_PROCESS:
+                raise
+            # Ctrl-C or SIGTERM on `submit --wait`: the step retry policy would run the chunk
+            # again; the in-process runner puts its unfinished items back to pending instead.
+            raise Failure(
+                "interrupted: the chunk's unfinished items go back to pending",
+                allow_retries=False,
+            ) from None
 
     return _operation_asset
 

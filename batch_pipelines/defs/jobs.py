@@ -87,7 +87,7 @@ def control_batch(context: OpExecutionContext, config: BatchControlConfig) -> di
         elif config.action == "pause":
             result = control.pause_batch(config.batch_id, instance=context.instance, actor=actor)
         elif config.action == "resume":
-            result = control.resume_batch(config.batch_id, actor=actor)
+            result = control.resume_batch(config.batch_id, instance=context.instance, actor=actor)
         elif config.action == "retry":
             result = control.retry_batch(
                 config.batch_id,

@@ -1,14 +1,12 @@
-"""Sensors: the manifest inbox and the batch dispatcher."""
+"""Sensors: the manifest inbox and the batch dispatcher (whose reaper, in
+:mod:`batch_pipelines.app.recovery`, ends runs whose worker is gone)."""
 
-import socket
 import time
 
-import psutil
 from dagster import (
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
-    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -16,19 +14,14 @@ from dagster import (
     sensor,
 )
 
-from batch_pipelines.app.dagster_storage import (
-    AUTO_RETRY_RUN_ID_TAG,
-    RETRY_NUMBER_TAG,
-    WILL_RETRY_TAG,
-)
-from batch_pipelines.app.dispatch import (
-    HANDED_OVER_TAG,
-    RunState,
-    chunk_states,
-    plan_launches,
-    plan_reaping,
-)
+from batch_pipelines.app.dispatch import chunk_states, plan_launches
 from batch_pipelines.app.inbox import list_inbox, pick_manifests, take, tick_deadline
+from batch_pipelines.app.recovery import (
+    batch_run_records,
+    reap_dead_runs,
+    retire_stale_retries,
+    run_states_from,
+)
 from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.webhooks import failure_payload, post_webhook
@@ -78,89 +71,6 @@ def inbox_sensor(context: SensorEvaluationContext) -> SkipReason:
     )
 
 
-def run_states(instance, batch_ids) -> list[RunState]:  # noqa: ANN001
-    states = []
-    for batch_id in batch_ids:
-        for run in instance.get_runs(filters=RunsFilter(tags={"batch/id": batch_id})):
-            try:
-                chunk_no = int(run.tags.get("batch/chunk", "-1"))
-            except ValueError:
-                continue
-            status = run.status.value
-            if (
-                status == "FAILURE"
-                and run.tags.get(WILL_RETRY_TAG) == "true"
-                and AUTO_RETRY_RUN_ID_TAG not in run.tags
-            ):
-                # Dagster's run retry daemon is about to re-launch it: treat it as active.
-                status = "RETRY_PENDING"
-            states.append(
-                RunState(
-                    batch_id,
-                    chunk_no,
-                    status,
-                    RETRY_NUMBER_TAG in run.tags,
-                    handed_over=HANDED_OVER_TAG in run.tags,
-                )
-            )
-    return states
-
-
-WORKER_PID_TAG = "batch/worker_pid"
-WORKER_HOST_TAG = "batch/worker_host"
-
-
-def worker_is_gone(tags: dict) -> bool:
-    """True if the run's worker process (recorded in its tags when the chunk started) ran on
-    this machine and no longer exists. Workers on other machines are left to Dagster."""
-    pid, host = tags.get(WORKER_PID_TAG), tags.get(WORKER_HOST_TAG)
-    if not pid or host != socket.gethostname():
-        return False
-    try:
-        proc = psutil.Process(int(pid))
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, ValueError):
-        return True
-    except psutil.Error:
-        return False
-
-
-def reap_dead_runs(instance, paths: config.Paths) -> list[str]:  # noqa: ANN001
-    """Items a crashed or killed run left ``running`` go back to ``pending`` (the chunk is
-    launched again) or fail after repeated crashes; nothing stays ``running`` forever."""
-    with warehouse.connect(paths.warehouse, read_only=True, timeout_s=20) as con:
-        groups = ledger.running_groups(con)
-    if not groups:
-        return []
-    statuses: dict[str, str | None] = {}
-    for _batch, _chunk, run_id in groups:
-        if run_id and run_id not in statuses:
-            run = instance.get_run_by_id(run_id)
-            if run is not None and run.status.value == "STARTED" and worker_is_gone(run.tags):
-                instance.report_run_failed(
-                    run, message=f"run worker (pid {run.tags.get(WORKER_PID_TAG)}) is gone"
-                )
-                run = instance.get_run_by_id(run_id)
-            status = run.status.value if run else None
-            if status == "FAILURE" and run.tags.get(WILL_RETRY_TAG) == "true":
-                status = "RETRY_PENDING"
-            statuses[run_id] = status
-    decisions = plan_reaping(groups, statuses, run_states(instance, {g[0] for g in groups}))
-    done = []
-    if decisions:
-        with warehouse.connect(paths.warehouse, timeout_s=20) as con:
-            for d in decisions:
-                con.execute("begin")
-                n = ledger.reap_items(con, d.batch_id, d.chunk_no, d.run_id, d.action, d.reason)
-                ledger.refresh_batch(con, d.batch_id)
-                con.execute("commit")
-                if n:
-                    done.append(
-                        f"{d.action} {n} item(s) of {d.batch_id} chunk {d.chunk_no}: {d.reason}"
-                    )
-    return done
-
-
 @sensor(
     name="batch_dispatcher",
     minimum_interval_seconds=3,
@@ -169,7 +79,9 @@ def reap_dead_runs(instance, paths: config.Paths) -> list[str]:  # noqa: ANN001
     description=(
         "Launches the chunk runs of queued and running batches through the run queue: one run "
         "per chunk of items (a range of partition keys), highest batch priority first, "
-        "respecting pause, cancel and each batch's max_concurrency."
+        "respecting pause, cancel and each batch's max_concurrency. Each tick first ends the "
+        "runs whose worker process is gone (freeing their pool slots) and puts the items "
+        "they left running back to pending."
     ),
 )
 def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipReason:
@@ -185,8 +97,12 @@ def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipRea
     if not rows:
         return SkipReason("no batch has chunks waiting to run")
     chunks = chunk_states(rows)
-    runs = run_states(context.instance, sorted({c.batch_id for c in chunks}))
-    launches = plan_launches(chunks, runs)
+    now = time.time()
+    records = batch_run_records(context.instance, sorted({c.batch_id for c in chunks}))
+    retired = retire_stale_retries(context.instance, records, now)
+    if retired:
+        context.log.warning(f"no automatic retry will come for failed runs {retired}")
+    launches = plan_launches(chunks, run_states_from(records, now))
     if not launches:
         return SkipReason(f"{len(chunks)} chunk(s) waiting, all running or held by limits")
     return SensorResult(
