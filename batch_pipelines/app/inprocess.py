@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG, chunk_states, chunk_tags
 from batch_pipelines.app.recovery import IN_PROCESS, LAUNCHED_BY_TAG, LIVE_RUN_STATUSES, worker_tags
-from batch_pipelines.core import config, ledger, recovery, warehouse
+from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core.ledger import recovery
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, Definitions

@@ -37,8 +37,8 @@ from batch_pipelines.app.dispatch import (
     plan_reaping,
     planning_status,
 )
-from batch_pipelines.core import config, ledger, recovery, warehouse
-from batch_pipelines.core.ledger import BatchStatus, ItemStatus
+from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core.ledger import BatchStatus, ItemStatus, recovery
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun, RunRecord

@@ -148,3 +148,12 @@ def classify(exc: BaseException) -> Classified:
         INTERNAL: "critical",
     }.get(category, "error")
     return Classified(category, severity, category in RETRYABLE_CATEGORIES, message[:2000])
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """True for the error DuckDB raises when a signal (Ctrl-C, SIGTERM) arrives while it runs
+    a query in the main thread: the signal's own exception is swallowed, so a commit that ends
+    so must be treated as the process stopping, not as the item failing."""
+    return isinstance(exc, duckdb.InterruptException) or (
+        isinstance(exc, RuntimeError) and str(exc) == "Query interrupted"
+    )

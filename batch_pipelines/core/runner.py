@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.contract import CommitContext, OperationSpec
-from batch_pipelines.core.errors import CANCELLED, classify
+from batch_pipelines.core.errors import CANCELLED, classify, is_interrupt
 from batch_pipelines.core.execution import (
     AUTO_CHUNK_MAX,
     AUTO_CHUNK_MIN,
@@ -36,7 +36,6 @@ from batch_pipelines.core.execution import (
     run_item,
 )
 from batch_pipelines.core.ledger import BatchStatus, ItemOutcome, ItemStatus
-from batch_pipelines.core.recovery import is_interrupt
 from batch_pipelines.core.redact import redact
 
 __all__ = [

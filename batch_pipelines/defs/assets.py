@@ -43,7 +43,7 @@ from batch_pipelines.app.recovery import IN_PROCESS, LAUNCHED_BY_TAG, worker_tag
 from batch_pipelines.app.services import host_resources
 from batch_pipelines.core import ledger, warehouse
 from batch_pipelines.core.contract import ItemCheck, OperationSpec
-from batch_pipelines.core.recovery import is_interrupt
+from batch_pipelines.core.errors import is_interrupt
 from batch_pipelines.core.redact import redact_optional
 from batch_pipelines.core.runner import ExecutionSettings, WorkItem, run_chunk
 from batch_pipelines.defs.resources import WarehouseResource

@@ -6,6 +6,7 @@ batch_events); everything else calls it.
 - :mod:`.store`: batch writes (submit, status, pause, refresh, reap, delete) and events
 - :mod:`.outcomes`: item outcome and attempt writes
 - :mod:`.reads`: the reads the application decides on; public reads return plain dicts
+- :mod:`.recovery`: putting back what a stopped worker left `running`; pausing an interrupted batch
 
 Every function takes an open warehouse connection (see :mod:`batch_pipelines.core.warehouse`).
 """

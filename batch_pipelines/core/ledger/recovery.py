@@ -13,15 +13,6 @@ from batch_pipelines.core.ledger import BatchStatus, ItemStatus
 from batch_pipelines.core.ledger.store import write
 
 
-def is_interrupt(exc: BaseException) -> bool:
-    """True for the error DuckDB raises when a signal (Ctrl-C, SIGTERM) arrives while it runs
-    a query in the main thread: the signal's own exception is swallowed, so a commit that ends
-    so must be treated as the process stopping, not as the item failing."""
-    return isinstance(exc, duckdb.InterruptException) or (
-        isinstance(exc, RuntimeError) and str(exc) == "Query interrupted"
-    )
-
-
 def requeue_run_items(
     con: duckdb.DuckDBPyConnection, batch_id: str, run_id: str, *, actor: str, reason: str
 ) -> int:
