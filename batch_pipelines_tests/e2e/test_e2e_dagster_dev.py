@@ -15,6 +15,7 @@ operations not registered yet are left out, not failed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -566,6 +567,7 @@ def test_web_ui_shows_assets_partitions_and_report_chart(
     dev: DevServer, dev_env: Env, ran: Ran, tmp_path: Path
 ) -> None:
     from dagster import DagsterInstance
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import expect, sync_playwright
 
     assert CHROMIUM.exists(), "Debian chromium is missing: run `make browser-deps` (as root)"
@@ -601,8 +603,11 @@ def test_web_ui_shows_assets_partitions_and_report_chart(
             page.add_locator_handler(skip, lambda loc: loc.click())
 
             def shot(name: str) -> None:
+                # The dialog may appear (or the locator handler may dismiss it) at any moment:
+                # never wait for a button that may already be gone.
                 if skip.is_visible():
-                    skip.click()
+                    with contextlib.suppress(PlaywrightTimeoutError):
+                        skip.click(timeout=3_000)
                 page.screenshot(path=str(shots / f"{name}.png"))
 
             # 1. The asset graph of the operations group: one node per operation asset,
