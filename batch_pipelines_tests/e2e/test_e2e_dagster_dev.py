@@ -597,7 +597,9 @@ def test_web_ui_shows_assets_partitions_and_report_chart(
         )
         try:
             page = browser.new_page()
-            page.set_default_timeout(30_000)
+            # Generous: the UI renders slowly on a loaded 2-core CI machine.
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
             # The UI greets a new browser with a "Join the Dagster community" dialog.
             skip = page.get_by_role("button", name="Skip")
             page.add_locator_handler(skip, lambda loc: loc.click())
