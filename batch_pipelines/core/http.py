@@ -4,7 +4,11 @@
 (and timeouts, if asked) with exponential backoff and jitter, waiting at least what a
 ``Retry-After`` header asks, up to a cap; paces requests with an optional client-side rate
 limit (a :class:`TokenBucket` shared by every thread of the process that uses the same
-scope); and refuses a response body larger than ``max_response_bytes``. Failures are
+scope), or, with a ``limiter`` (:class:`batch_pipelines.core.limits.EndpointLimiter`),
+by limits on requests in flight and per minute shared by every process of the instance, each
+request holding a lease while it is on the wire and reporting its answer (429 and 503 with
+their ``Retry-After``, or success) so the limits adapt; and refuses a response body larger
+than ``max_response_bytes``. Failures are
 :class:`HttpError` subclasses, so each caller maps them to its own errors.
 """
 
@@ -23,6 +27,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+
+from batch_pipelines.core.limits import THROTTLE_STATUSES, EndpointLimiter
 
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 ERROR_BODY_CHARS = 300
@@ -216,10 +222,12 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        limiter: EndpointLimiter | None = None,
     ):
         self.timeout_s = timeout_s
         self.retry = retry or Retry()
         self.rate_limit = rate_limit
+        self.limiter = limiter
         self.max_response_bytes = max_response_bytes
         self._sleep = sleep
         self._client = httpx.Client(
@@ -272,7 +280,7 @@ class HttpClient:
             if bucket is not None:
                 bucket.acquire()
             try:
-                status, response_headers, body = self._send(method, url, content, headers)
+                status, response_headers, body = self._send_limited(method, url, content, headers)
             except httpx.TimeoutException as exc:
                 last = HttpTimeoutError(
                     f"no answer within {self.timeout_s:g}s ({type(exc).__name__})",
@@ -299,6 +307,25 @@ class HttpClient:
             retry_after = parse_retry_after(response_headers.get("Retry-After"))
         assert last is not None
         raise last
+
+    def _send_limited(
+        self, method: str, url: str, content: bytes | None, headers: Mapping[str, str] | None
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """:meth:`_send` holding a lease of the limiter, if any, released however it ends."""
+        if self.limiter is None:
+            return self._send(method, url, content, headers)
+        lease = self.limiter.acquire()
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            status, response_headers, body = self._send(method, url, content, headers)
+            if status in THROTTLE_STATUSES:
+                retry_after = parse_retry_after(response_headers.get("Retry-After"))
+                if retry_after is not None:
+                    retry_after = min(retry_after, self.retry.max_retry_after_s)
+            return status, response_headers, body
+        finally:
+            self.limiter.release(lease, status, retry_after)
 
     def _send(
         self, method: str, url: str, content: bytes | None, headers: Mapping[str, str] | None

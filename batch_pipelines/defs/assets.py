@@ -41,7 +41,7 @@ from batch_pipelines.app.dispatch import HANDED_OVER_TAG
 from batch_pipelines.app.partitions import PARTITIONS
 from batch_pipelines.app.recovery import IN_PROCESS, LAUNCHED_BY_TAG, worker_tags
 from batch_pipelines.app.services import host_resources
-from batch_pipelines.core import ledger, warehouse
+from batch_pipelines.core import ledger, limits, warehouse
 from batch_pipelines.core.contract import ItemCheck, OperationSpec
 from batch_pipelines.core.errors import is_interrupt
 from batch_pipelines.core.redact import redact_optional
@@ -64,7 +64,10 @@ def _scalar_metadata(result: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _materialization(
-    context: AssetExecutionContext, row: dict[str, Any], outcome: ledger.ItemOutcome | None
+    context: AssetExecutionContext,
+    row: dict[str, Any],
+    outcome: ledger.ItemOutcome | None,
+    extra: dict[str, Any] | None = None,
 ) -> AssetMaterialization:
     status = outcome.status if outcome else row["status"]
     metadata: dict[str, Any] = {
@@ -79,6 +82,7 @@ def _materialization(
         if outcome.quality_score is not None:
             metadata["quality_score"] = round(outcome.quality_score, 4)
         metadata.update(_scalar_metadata(outcome.result))
+    metadata.update(extra or {})
     return AssetMaterialization(
         asset_key=context.asset_key, partition=row["partition_key"], metadata=metadata
     )
@@ -198,10 +202,12 @@ def execute_partitions(
         by_item = {r["item_id"]: r for r in todo}
 
         def on_flushed(outcomes: list[ledger.ItemOutcome], by_item=by_item) -> None:
+            # The shared HTTP limits as this flush saw them (cap now, 429s so far), if any.
+            http_now = limits.run_metadata()
             log_materializations(
                 context,
                 [
-                    _materialization(context, by_item[o.item_id], o)
+                    _materialization(context, by_item[o.item_id], o, http_now)
                     for o in outcomes
                     if o.status in ("succeeded", "skipped")
                 ],

@@ -46,8 +46,13 @@ class AnnotatorResource(ConfigurableResource, Annotator):
     model: str | None = None
     api_key: str | None = None
     request_timeout_s: float = 30.0
-    requests_per_minute: float = 60.0
-    burst: int = 1
+    max_in_flight: int | None = Field(
+        None, description="default: $BATCH_PIPELINES_LLM_MAX_IN_FLIGHT (16)"
+    )
+    requests_per_minute: float | None = Field(
+        None, description="default: $BATCH_PIPELINES_LLM_REQUESTS_PER_MINUTE (600)"
+    )
+    burst: int | None = None
     max_retries: int = 4
 
     def backend_name(self) -> str:
@@ -68,6 +73,7 @@ class AnnotatorResource(ConfigurableResource, Annotator):
             model=self.model,
             api_key=self.api_key,
             request_timeout_s=self.request_timeout_s,
+            max_in_flight=self.max_in_flight,
             requests_per_minute=self.requests_per_minute,
             burst=self.burst,
             max_retries=self.max_retries,

@@ -341,7 +341,7 @@ class FakeLLM:
 
 
 @pytest.fixture
-def llm() -> Iterator[FakeLLM]:
+def llm(env) -> Iterator[FakeLLM]:  # noqa: ANN001 - env: the shared HTTP limits live in its data root
     server = FakeLLM()
     yield server
     server.close()
@@ -430,7 +430,7 @@ def test_http_hanging_response_times_out(llm: FakeLLM) -> None:
     assert c.category == TIMEOUT and c.retryable
 
 
-def test_http_unreachable_backend() -> None:
+def test_http_unreachable_backend(env) -> None:  # noqa: ANN001
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -3,9 +3,11 @@
 Base URL, model and key come from its fields or, when left unset, from
 ``BATCH_PIPELINES_LLM_BASE_URL`` / ``_MODEL`` / ``_API_KEY`` read when a request is made
 (never at import). Requests go through :class:`batch_pipelines.core.http.HttpClient`: a
-request timeout, a client-side rate limit shared by every thread of the process that talks
-to the same endpoint and model, and retries of 429, 5xx and connection errors with
-exponential backoff honouring ``Retry-After``; when retries run out it raises
+request timeout, the endpoint's limits shared by every run and process of the instance
+(:mod:`batch_pipelines.core.limits`: requests in flight, adapting to 429s and 503s, and per
+minute; ``BATCH_PIPELINES_LLM_MAX_IN_FLIGHT`` and ``BATCH_PIPELINES_LLM_REQUESTS_PER_MINUTE``
+unless the fields set them), and retries of 429, 5xx and connection errors with exponential
+backoff honouring ``Retry-After``; when retries run out it raises
 :class:`TransientItemError`, so the item runner's retry policy applies.
 """
 
@@ -21,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field
 
-from batch_pipelines.core import http
+from batch_pipelines.core import http, limits
 from batch_pipelines.core.errors import ItemError, ItemTimeoutError, TransientItemError
 from batch_pipelines.core.redact import register_secret
 from batch_pipelines.operations.annotate.backends.base import (
@@ -131,8 +133,22 @@ class OpenAICompatibleAnnotator(BaseModel, Annotator):
     model: str | None = None
     api_key: str | None = None
     request_timeout_s: float = Field(30.0, gt=0, le=600)
-    requests_per_minute: float = Field(60.0, gt=0, description="Client-side rate limit")
-    burst: int = Field(1, ge=1, description="Requests that may go at once after a pause")
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        le=limits.MAX_IN_FLIGHT_LIMIT,
+        description=f"Most requests in flight to the endpoint (default: ${limits.ENV_MAX_IN_FLIGHT})",
+    )
+    requests_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description=f"Requests per minute to the endpoint (default: ${limits.ENV_REQUESTS_PER_MINUTE})",
+    )
+    burst: int | None = Field(
+        None,
+        ge=1,
+        description="Requests that may go at once after a pause (default: max_in_flight)",
+    )
     max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx, lost connections")
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
@@ -192,11 +208,21 @@ class OpenAICompatibleAnnotator(BaseModel, Annotator):
         headers = {"Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        try:
+            limiter = limits.limiter_for(
+                url,
+                max_in_flight=self.max_in_flight,
+                requests_per_minute=self.requests_per_minute,
+                burst=self.burst,
+                lease_ttl_s=max(600.0, 4 * self.request_timeout_s),
+            )
+        except ValueError as exc:  # a bad BATCH_PIPELINES_LLM_* value: no request can go
+            raise ItemError(f"annotator backend openai: {exc}", category="permanent") from None
         client = http.HttpClient(
             timeout_s=self.request_timeout_s,
             retry=self.retry_policy(),
-            rate_limit=http.RateLimit(self.requests_per_minute, self.burst, f"{url} {model}"),
             max_response_bytes=MAX_RESPONSE_BYTES,
+            limiter=limiter,
         )
         try:
             with client:
