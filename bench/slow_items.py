@@ -50,10 +50,13 @@ class LLMServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # the listen backlog: a burst of connections is not refused
 
-    def __init__(self, latency_s: float, overload_above: int, retry_after: str) -> None:
+    def __init__(
+        self, latency_s: float, overload_above: int, retry_after: str, retry_after_ms: str = ""
+    ) -> None:
         self.latency_s = latency_s
         self.overload_above = overload_above
         self.retry_after = retry_after
+        self.retry_after_ms = retry_after_ms
         self.lock = threading.Lock()
         self.stats = {"requests": 0, "ok": 0, "throttled": 0, "in_flight": 0, "max_in_flight": 0}
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -61,6 +64,7 @@ class LLMServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: LLMServer
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -91,7 +95,10 @@ class _Handler(BaseHTTPRequestHandler):
                 stats["in_flight"] += 1
                 stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
         if over:
-            self._send(429, {"error": "overloaded"}, {"Retry-After": server.retry_after})
+            headers = {"Retry-After": server.retry_after}
+            if server.retry_after_ms:
+                headers["retry-after-ms"] = server.retry_after_ms
+            self._send(429, {"error": "overloaded"}, headers)
             return
         try:
             time.sleep(server.latency_s)
@@ -103,9 +110,9 @@ class _Handler(BaseHTTPRequestHandler):
                 stats["ok"] += 1
 
 
-def serve(latency_s: float, overload_above: int, retry_after: str) -> None:
+def serve(latency_s: float, overload_above: int, retry_after: str, retry_after_ms: str) -> None:
     """Serve until stdin closes; the first line on stdout is the port."""
-    server = LLMServer(latency_s, overload_above, retry_after)
+    server = LLMServer(latency_s, overload_above, retry_after, retry_after_ms)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(server.server_port, flush=True)
     sys.stdin.read()
@@ -133,6 +140,42 @@ def has_item_concurrency() -> bool:
     return "item_concurrency" in ExecutionSettings.model_fields
 
 
+def threads_over_run_item(n: int, threads: int) -> dict[str, Any]:
+    """For an engine without ``item_concurrency``: the batch's items through ``run_item``
+    (the handler, its retries and the annotator resource) on a pool of ``threads``, no
+    Dagster run and no commit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from batch_pipelines.core import config
+    from batch_pipelines.core.execution import ExecutionSettings, WorkItem, run_item
+    from batch_pipelines.defs.resources import AnnotatorResource
+    from batch_pipelines.operations import REGISTRY
+
+    spec = REGISTRY["annotate"]
+    m = manifest(n, None)
+    settings = ExecutionSettings.model_validate(m["settings"])
+    options = spec.options_model.model_validate({})
+    paths = config.get_paths()
+    resources = {"annotator": AnnotatorResource()}
+    work = [WorkItem("bench", it["id"], it["id"], it) for it in m["items"]]
+
+    def one(w: WorkItem) -> str:
+        pending = run_item(
+            spec, w, options, settings, run_id=None, paths=paths, resources=resources
+        )
+        return str(pending.outcome.status)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        statuses = list(pool.map(one, work))
+    return {
+        "seconds": time.perf_counter() - start,
+        "status": "threads over run_item",
+        "succeeded": statuses.count("succeeded"),
+        "failed": statuses.count("failed"),
+    }
+
+
 def step_run(n: int, item_concurrency: int | None) -> dict[str, Any]:
     """In the bench's child process: submit the batch, run it here, read the limits back."""
     from dagster import DagsterInstance
@@ -142,18 +185,18 @@ def step_run(n: int, item_concurrency: int | None) -> dict[str, Any]:
     from batch_pipelines.definitions import defs
 
     if item_concurrency and not has_item_concurrency():
-        raise SystemExit("this engine has no settings.item_concurrency")
-    instance = DagsterInstance.get()
-    start = time.perf_counter()
-    batch_id = submit_batch(manifest(n, item_concurrency), instance=instance)
-    batch = run_batch_in_process(batch_id, instance, defs)
-    seconds = time.perf_counter() - start
-    out: dict[str, Any] = {
-        "seconds": seconds,
-        "status": batch["status"],
-        "succeeded": batch["succeeded_items"],
-        "failed": batch["failed_items"],
-    }
+        out = threads_over_run_item(n, item_concurrency)
+    else:
+        instance = DagsterInstance.get()
+        start = time.perf_counter()
+        batch_id = submit_batch(manifest(n, item_concurrency), instance=instance)
+        batch = run_batch_in_process(batch_id, instance, defs)
+        out = {
+            "seconds": time.perf_counter() - start,
+            "status": batch["status"],
+            "succeeded": batch["succeeded_items"],
+            "failed": batch["failed_items"],
+        }
     try:
         from batch_pipelines.core import limits
     except ImportError:  # an engine without shared endpoint limits
@@ -169,6 +212,7 @@ def run(
     latency_ms: float = 250.0,
     overload_above: int = 32,
     retry_after: str = "1",
+    retry_after_ms: str = "",
     item_concurrency: int | None = 64,
     max_in_flight: int | None = 64,
     requests_per_minute: int | None = 60000,
@@ -185,6 +229,8 @@ def run(
             str(overload_above),
             "--retry-after",
             retry_after,
+            "--retry-after-ms",
+            retry_after_ms,
         ],
         cwd=REPO,
         stdin=subprocess.PIPE,
@@ -249,6 +295,7 @@ def run(
         latency_ms=latency_ms,
         overload_above=overload_above,
         retry_after=retry_after,
+        retry_after_ms=retry_after_ms,
         item_concurrency=item_concurrency,
         max_in_flight=max_in_flight,
         requests_per_minute=requests_per_minute,
@@ -264,13 +311,14 @@ def markdown(r: dict[str, Any]) -> str:
     throttled = server["throttled"] / server["requests"] if server["requests"] else 0.0
     limits = r.get("limits") or {}
     cap = limits.get("cap", "n/a")
+    mode = " (threads over run_item)" if r["status"] == "threads over run_item" else ""
     return (
         "| items | item_concurrency | MAX_IN_FLIGHT | seconds | items/s | ideal items/s | "
         "ratio to ideal | failed | requests | 429 % | max in flight at the server | "
         "final cap | load |\n"
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: |\n"
-        f"| {r['items']:,} | {r['item_concurrency'] or 1} | {r['max_in_flight'] or 'default'} "
+        f"| {r['items']:,} | {r['item_concurrency'] or 1}{mode} | {r['max_in_flight'] or 'default'} "
         f"| {r['seconds']:.1f} | {rate:.1f} | {r['ideal']:.0f} | {rate / r['ideal']:.2f} "
         f"| {r['failed']} | {server['requests']:,} | {100 * throttled:.1f} "
         f"| {server['max_in_flight']} | {cap} | {r['load']:.1f} |\n"
@@ -284,13 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=250.0)
     parser.add_argument("--overload-above", type=int, default=32)
-    parser.add_argument("--retry-after", default="1")
+    parser.add_argument("--retry-after", default="1", help="the 429's Retry-After (seconds)")
+    parser.add_argument("--retry-after-ms", default="", help="also send retry-after-ms")
     parser.add_argument("--item-concurrency", type=int, default=64)
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--requests-per-minute", type=int, default=60000)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.latency_ms / 1000, args.overload_above, args.retry_after)
+        serve(args.latency_ms / 1000, args.overload_above, args.retry_after, args.retry_after_ms)
         return 0
     if args.step:
         print(json.dumps(step_run(**json.loads(args.step))))
@@ -300,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         args.latency_ms,
         args.overload_above,
         args.retry_after,
+        args.retry_after_ms,
         args.item_concurrency or None,
         args.max_in_flight or None,
         args.requests_per_minute or None,

@@ -95,6 +95,18 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """Seconds a response asks the client to wait: ``retry-after-ms`` (milliseconds, sent by
+    OpenAI and Azure OpenAI, finer than whole seconds) when present, else ``Retry-After``."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("Retry-After"))
+
+
 @dataclass(frozen=True)
 class Retry:
     """When and how long to wait before sending a request again.
@@ -235,6 +247,8 @@ class HttpClient:
             headers=dict(headers or {}),
             transport=transport,
             verify=_ssl_context(),
+            # Threads may share a client: keep a connection per request in flight.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
 
     def __enter__(self) -> HttpClient:
@@ -304,7 +318,7 @@ class HttpClient:
             last = HttpStatusError(status, text, url=url, attempts=attempt)
             if not last.retryable:
                 raise last
-            retry_after = parse_retry_after(response_headers.get("Retry-After"))
+            retry_after = retry_after_of(response_headers)
         assert last is not None
         raise last
 
@@ -320,7 +334,7 @@ class HttpClient:
         try:
             status, response_headers, body = self._send(method, url, content, headers)
             if status in THROTTLE_STATUSES:
-                retry_after = parse_retry_after(response_headers.get("Retry-After"))
+                retry_after = retry_after_of(response_headers)
                 if retry_after is not None:
                     retry_after = min(retry_after, self.retry.max_retry_after_s)
             return status, response_headers, body

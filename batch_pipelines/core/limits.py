@@ -48,6 +48,7 @@ THROTTLE_STATUSES = (429, 503)
 # A cap learned long ago says little about the server now: an endpoint left idle this long
 # starts again from its configured maximum.
 IDLE_RESET_S = 300.0
+PLATEAU = 8
 POLL_S = 0.05  # how often a waiting process looks for slots freed by other processes
 
 _SCHEMA = """
@@ -56,6 +57,7 @@ create table if not exists endpoints (
     max_cap integer not null,
     cap integer not null,
     successes integer not null default 0,
+    ceiling integer not null default 0,
     decreased_at real not null default 0,
     blocked_until real not null default 0,
     tokens real not null,
@@ -304,7 +306,10 @@ class EndpointLimiter:
                     self._throttled(con, row, lease, status, retry_after, now)
                 elif status is not None and 200 <= status < 300:
                     successes, cap = row["successes"] + 1, row["cap"]
-                    if successes >= cap:
+                    # Probing past the cap where the server last pushed back costs a Retry-After
+                    # wait of the whole endpoint: there, grow PLATEAU times slower.
+                    window = cap * (PLATEAU if row["ceiling"] and cap + 1 >= row["ceiling"] else 1)
+                    if successes >= window:
                         successes, cap = 0, min(row["max_cap"], cap + 1)
                     con.execute(
                         "update endpoints set successes = ?, cap = ?, updated_at = ? "
@@ -327,15 +332,24 @@ class EndpointLimiter:
         column = "throttled_429" if status == 429 else "throttled_503"
         cap, decreased_at = row["cap"], row["decreased_at"]
         # Requests sent before the last cut saw the old cap: their 429s do not cut again.
+        ceiling = row["ceiling"]
         if lease.acquired_at >= decreased_at:
-            cap, decreased_at = max(1, int(cap * DECREASE)), now
+            # What the server was serving when it pushed back: the requests sent before this
+            # one and still in flight. The cut goes down to that, by at most DECREASE.
+            older = con.execute(
+                "select count(*) from leases where endpoint = ? and acquired_at < ?",
+                [self.endpoint, lease.acquired_at],
+            ).fetchone()[0]
+            ceiling = cap
+            cap = max(1, min(cap - 1, max(int(cap * DECREASE), older)))
+            decreased_at = now
         blocked = row["blocked_until"]
         if retry_after is not None:
             blocked = max(blocked, now + retry_after)
         con.execute(
             f"update endpoints set {column} = {column} + 1, cap = ?, successes = 0, "
-            "decreased_at = ?, blocked_until = ?, updated_at = ? where endpoint = ?",
-            [cap, decreased_at, blocked, now, self.endpoint],
+            "ceiling = ?, decreased_at = ?, blocked_until = ?, updated_at = ? where endpoint = ?",
+            [cap, ceiling, decreased_at, blocked, now, self.endpoint],
         )
 
     @contextlib.contextmanager
