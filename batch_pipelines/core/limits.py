@@ -8,11 +8,15 @@ that uses that data root) holds:
 - **in-flight leases**: a request holds one while it is on the wire; at most ``cap`` at once.
   A lease records its pid, host and an expiry, so the leases of a killed process are taken
   back (at once when its pid is gone, at the latest when they expire);
-- **the cap**, which adapts (AIMD): a 429 or 503 cuts it by :data:`DECREASE` (once per round
-  of requests: answers to requests sent before the cut do not cut it again), never below 1,
-  and every ``cap`` successes in a row add one, never above ``max_in_flight``
-  (``BATCH_PIPELINES_LLM_MAX_IN_FLIGHT``). A ``Retry-After`` holds every new request to the
-  endpoint until it has passed;
+- **the cap**, which adapts (AIMD). A 429 or 503 cuts it (multiplicative decrease) down to
+  the number of requests the server was serving when it pushed back (those sent before the
+  refused one and still in flight), by at least one and at most by half (:data:`DECREASE`),
+  never below 1; once per round: answers to requests sent before a cut do not cut again. It
+  grows by one per ``cap`` successes (additive increase), :data:`PLATEAU` times slower at
+  and above the cap where the last cut came (probing there costs another cut and wait),
+  never above ``max_in_flight`` (``BATCH_PIPELINES_LLM_MAX_IN_FLIGHT``). A ``Retry-After``
+  (or ``retry-after-ms``) holds every new request to the endpoint until it has passed. An
+  endpoint left idle for :data:`IDLE_RESET_S` starts again from ``max_in_flight``;
 - **a token bucket** of ``requests_per_minute`` (``BATCH_PIPELINES_LLM_REQUESTS_PER_MINUTE``),
   saving up to ``max_in_flight`` requests;
 - counters (requests, 429s, 503s) for :func:`endpoint_stats`.
@@ -48,7 +52,7 @@ THROTTLE_STATUSES = (429, 503)
 # A cap learned long ago says little about the server now: an endpoint left idle this long
 # starts again from its configured maximum.
 IDLE_RESET_S = 300.0
-PLATEAU = 8
+PLATEAU = 8  # near the last ceiling, one more slot per PLATEAU * cap successes
 POLL_S = 0.05  # how often a waiting process looks for slots freed by other processes
 
 _SCHEMA = """
@@ -333,7 +337,7 @@ class EndpointLimiter:
         cap, decreased_at = row["cap"], row["decreased_at"]
         # Requests sent before the last cut saw the old cap: their 429s do not cut again.
         ceiling = row["ceiling"]
-        if lease.acquired_at >= decreased_at:
+        if lease.acquired_at > decreased_at:
             # What the server was serving when it pushed back: the requests sent before this
             # one and still in flight. The cut goes down to that, by at most DECREASE.
             older = con.execute(
@@ -351,21 +355,6 @@ class EndpointLimiter:
             "ceiling = ?, decreased_at = ?, blocked_until = ?, updated_at = ? where endpoint = ?",
             [cap, ceiling, decreased_at, blocked, now, self.endpoint],
         )
-
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[Callable[[int | None, float | None], None]]:
-        """A lease for the block; call the yielded ``answer(status, retry_after)`` with the
-        response. The lease is released however the block ends."""
-        lease = self.acquire()
-        seen: list[Any] = [None, None]
-
-        def answer(status: int | None, retry_after: float | None = None) -> None:
-            seen[:] = [status, retry_after]
-
-        try:
-            yield answer
-        finally:
-            self.release(lease, seen[0], seen[1])
 
     def stats(self) -> dict[str, Any]:
         return _stats(self._con, self._db_lock, self.endpoint)[0]

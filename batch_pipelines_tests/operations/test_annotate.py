@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dagster import AssetKey
 
-from batch_pipelines.core import http, warehouse
+from batch_pipelines.core import http, limits, warehouse
 from batch_pipelines.core.contract import ItemContext
 from batch_pipelines.core.errors import (
     NOT_FOUND,
@@ -449,6 +450,17 @@ def test_http_missing_settings_named(monkeypatch: pytest.MonkeyPatch) -> None:
         O.OpenAICompatibleAnnotator().annotate("x")
 
 
+def test_bad_limit_setting_fails_the_item_naming_it(
+    llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(limits.ENV_MAX_IN_FLIGHT, "lots")
+    with pytest.raises(
+        ItemError, match="BATCH_PIPELINES_LLM_MAX_IN_FLIGHT must be a whole"
+    ) as info:
+        http_annotator(llm.url, requests_per_minute=None).annotate("text")
+    assert info.value.category == "permanent" and llm.requests == []
+
+
 def test_resource_reads_environment_at_run_time(
     llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -623,14 +635,14 @@ def test_asset_http_backend_failure_is_per_item(
         return (200, {}, completion(json.dumps(GOOD_REPLY)))
 
     llm.default = answer
-    # The resource comes from definitions.py (60 requests per minute, 4 retries with 1 s base
-    # backoff): no real waits here.
+    # The resource comes from definitions.py (4 retries with 1 s base backoff): no real waits
+    # here. Its 12 requests fit in the endpoint's burst (16 at the default 600 per minute).
     monkeypatch.setattr(http.Retry, "delay", lambda self, n, ra=None, rand=None: 0.0)
-    monkeypatch.setattr(http, "shared_bucket", lambda *args: http.TokenBucket(60000, burst=100))
     monkeypatch.setenv(R.ENV_BACKEND, "openai")
     monkeypatch.setenv(O.ENV_BASE_URL, llm.url)
     monkeypatch.setenv(O.ENV_MODEL, "m")
     monkeypatch.setenv(O.ENV_API_KEY, "k")
+    monkeypatch.delenv(limits.ENV_MAX_IN_FLIGHT, raising=False)
     batch = run_batch(
         {
             "operation": "annotate",
@@ -653,6 +665,16 @@ def test_asset_http_backend_failure_is_per_item(
         ("ok1", "openai", "m"),
         ("ok2", "openai", "m"),
     ]
+    # The shared endpoint limits: 503s counted and the cap cut; the run's materializations
+    # carry the cap and the 429 count.
+    (stats,) = limits.endpoint_stats()
+    assert stats["throttled_503"] == 10 and stats["cap"] < stats["max_cap"] == 16
+    assert stats["in_flight"] == 0
+    event = instance.get_latest_materialization_event(AssetKey("annotate_items"))
+    metadata = event.asset_materialization.metadata
+    assert {"http_cap", "http_429"} <= set(metadata) or any(
+        k.startswith("http_cap ") for k in metadata
+    )
 
 
 @pytest.mark.e2e
