@@ -185,6 +185,61 @@ def _run_dataplane(args: argparse.Namespace) -> str:
     )
 
 
+# ------------------------------------------------------------------------------ slow items
+
+
+def _slow_items_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("slow_items")
+    group.add_argument("--slow-items", type=int, default=1000, help="annotate items (slow_items)")
+    group.add_argument("--latency-ms", type=float, default=250.0, help="server latency per answer")
+    group.add_argument(
+        "--overload-above", type=int, default=32, help="the server answers 429 above this many"
+    )
+    group.add_argument("--retry-after", default="1", help="the 429's Retry-After (seconds)")
+    group.add_argument(
+        "--retry-after-ms", default="250", help="the 429's retry-after-ms ('' to send none)"
+    )
+    group.add_argument("--item-concurrency", type=int, default=64, help="settings.item_concurrency")
+    group.add_argument("--max-in-flight", type=int, default=64, help="LLM_MAX_IN_FLIGHT")
+    group.add_argument(
+        "--requests-per-minute", type=int, default=60000, help="LLM_REQUESTS_PER_MINUTE"
+    )
+
+
+_SLOW_ITEMS_NOTES = """
+| figure | what it measures |
+| --- | --- |
+| server | a local OpenAI-compatible server (`bench/slow_items.py`, its own process, HTTP/1.1) that answers `/v1/chat/completions` after `latency`, and answers 429 at once (with `Retry-After` and `retry-after-ms`) to a request arriving while `overload_above` are being served. Ideal items/s = `overload_above / latency`. |
+| run | an `annotate` batch (`BATCH_PIPELINES_ANNOTATOR=openai`) submitted and run with `run_batch_in_process` in a fresh process (what `submit --wait` does; no daemon), with `settings.item_concurrency` and the endpoint limits `BATCH_PIPELINES_LLM_MAX_IN_FLIGHT` / `_REQUESTS_PER_MINUTE`. Seconds from submit to the batch's end (the Dagster run, the ledger and the commits included). On an engine without `item_concurrency` the items go through `run_item` (handler, retries, annotator) on a thread pool instead, without Dagster or commits: marked "threads over run_item". |
+| 429 %, final cap | requests the server answered 429 over all it received; the adaptive in-flight cap at the end (`core/limits.py`). |
+
+Reproduce: `python bench/run.py slow_items` (`--latency-ms 200 --overload-above 1000
+--item-concurrency 1 --max-in-flight 0 --requests-per-minute 0 --slow-items 30` for the
+one-request-at-a-time figure).
+"""
+
+
+def _run_slow_items(args: argparse.Namespace) -> str:
+    from bench import slow_items
+
+    if args.slow_items < 1:
+        raise SystemExit("--slow-items must be at least 1")
+    result = slow_items.run(
+        args.slow_items,
+        args.latency_ms,
+        args.overload_above,
+        args.retry_after,
+        args.retry_after_ms,
+        args.item_concurrency if args.item_concurrency > 1 else None,
+        args.max_in_flight or None,
+        args.requests_per_minute or None,
+    )
+    return (
+        f"### Slow items: {args.slow_items:,} annotate items over HTTP\n\n"
+        f"{slow_items.markdown(result)}\n{_SLOW_ITEMS_NOTES}"
+    )
+
+
 SECTIONS: dict[str, Section] = {
     s.name: s
     for s in (
@@ -205,6 +260,12 @@ SECTIONS: dict[str, Section] = {
             "import and export rows/s against DuckDB, peak memory of a big import",
             _dataplane_arguments,
             _run_dataplane,
+        ),
+        Section(
+            "slow_items",
+            "annotate over HTTP against a local server with a capacity: items/s, 429s, cap",
+            _slow_items_arguments,
+            _run_slow_items,
         ),
     )
 }

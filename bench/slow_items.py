@@ -212,7 +212,7 @@ def run(
     latency_ms: float = 250.0,
     overload_above: int = 32,
     retry_after: str = "1",
-    retry_after_ms: str = "",
+    retry_after_ms: str = "250",
     item_concurrency: int | None = 64,
     max_in_flight: int | None = 64,
     requests_per_minute: int | None = 60000,
@@ -312,7 +312,13 @@ def markdown(r: dict[str, Any]) -> str:
     limits = r.get("limits") or {}
     cap = limits.get("cap", "n/a")
     mode = " (threads over run_item)" if r["status"] == "threads over run_item" else ""
+    headers = f"`Retry-After: {r['retry_after']}`" + (
+        f" and `retry-after-ms: {r['retry_after_ms']}`" if r.get("retry_after_ms") else ""
+    )
     return (
+        f"Server: {r['latency_ms']:g} ms per answer, 429 ({headers}) above "
+        f"{r['overload_above']} requests at once; "
+        f"`BATCH_PIPELINES_LLM_REQUESTS_PER_MINUTE` {r['requests_per_minute'] or 'default'}.\n\n"
         "| items | item_concurrency | MAX_IN_FLIGHT | seconds | items/s | ideal items/s | "
         "ratio to ideal | failed | requests | 429 % | max in flight at the server | "
         "final cap | load |\n"
@@ -333,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=250.0)
     parser.add_argument("--overload-above", type=int, default=32)
     parser.add_argument("--retry-after", default="1", help="the 429's Retry-After (seconds)")
-    parser.add_argument("--retry-after-ms", default="", help="also send retry-after-ms")
+    parser.add_argument("--retry-after-ms", default="250", help="also send retry-after-ms")
     parser.add_argument("--item-concurrency", type=int, default=64)
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--requests-per-minute", type=int, default=60000)

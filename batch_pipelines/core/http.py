@@ -247,8 +247,6 @@ class HttpClient:
             headers=dict(headers or {}),
             transport=transport,
             verify=_ssl_context(),
-            # Threads may share a client: keep a connection per request in flight.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
 
     def __enter__(self) -> HttpClient:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -111,29 +110,6 @@ def normalize_reply(reply: Mapping[str, Any], settings: Mapping[str, Any]) -> di
         "summary": summary,
         "confidence": round(confidence, 4),
     }
-
-
-_CLIENTS: dict[tuple[float, http.Retry, int], http.HttpClient] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def _shared_client(
-    timeout_s: float, retry: http.Retry, limiter: limits.EndpointLimiter
-) -> http.HttpClient:
-    """One client per process and setting, shared by the threads of a run: its connections
-    stay open between requests (a new TCP, or TLS, connection per item costs more than a
-    fast model's answer)."""
-    key = (timeout_s, retry, id(limiter))
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(key)
-        if client is None:
-            client = _CLIENTS[key] = http.HttpClient(
-                timeout_s=timeout_s,
-                retry=retry,
-                max_response_bytes=MAX_RESPONSE_BYTES,
-                limiter=limiter,
-            )
-        return client
 
 
 SYSTEM_PROMPT = (
@@ -242,9 +218,17 @@ class OpenAICompatibleAnnotator(BaseModel, Annotator):
             )
         except ValueError as exc:  # a bad BATCH_PIPELINES_LLM_* value: no request can go
             raise ItemError(f"annotator backend openai: {exc}", category="permanent") from None
-        client = _shared_client(self.request_timeout_s, self.retry_policy(), limiter)
+        client = http.HttpClient(
+            timeout_s=self.request_timeout_s,
+            retry=self.retry_policy(),
+            max_response_bytes=MAX_RESPONSE_BYTES,
+            limiter=limiter,
+        )
         try:
-            response = client.post_json(url, body, headers=headers)
+            # A client per request: a connection is never reused after a reply that sent more
+            # than it declared, whose surplus would be read as the next reply.
+            with client:
+                response = client.post_json(url, body, headers=headers)
         except http.HttpStatusError as exc:
             if exc.retryable:
                 raise TransientItemError(
