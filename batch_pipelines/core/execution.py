@@ -61,6 +61,13 @@ class ExecutionSettings(BaseModel, extra="forbid"):
         ),
     )
     flush_interval_s: float = Field(2.0, ge=0, le=600)
+    rollback_on_failure: bool = Field(
+        False,
+        description=(
+            "When the batch ends failed (stopped on its first error, over its error budget, "
+            "cancelled with --rollback, every item failed), undo its writes as `rollback` does"
+        ),
+    )
 
 
 # Unset chunk_size: each chunk run costs 2-3 s to launch (a new worker process) whatever its

@@ -301,6 +301,11 @@ def _load(
     )
     source = f"select *{lineage} from read_parquet({quote_literal(str(stage))})"
     table = quote_ident(target)
+    # Rollback: rows appended with lineage columns are deleted by them; a table replaced or
+    # upserted (rows of other batches change) is copied before the batch first writes it.
+    cc.snapshot_before_write(
+        con, target, copy=options.mode != "append" or not options.lineage_columns
+    )
     if "." in target:
         con.execute(f"create schema if not exists {quote_ident(target.rsplit('.', 1)[0])}")
     if options.mode == "replace" or not table_exists(con, target):
