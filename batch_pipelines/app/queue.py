@@ -23,7 +23,7 @@ def queued_runs(records: Iterable, now: float | None = None) -> list[QueuedRun]:
     out = []
     for record in records:
         run = record.dagster_run
-        if run.status.value != "QUEUED" or "batch/id" not in run.tags:
+        if run.status.value not in ("QUEUED", "NOT_STARTED") or "batch/id" not in run.tags:
             continue
         try:
             tag = int(run.tags.get(PRIORITY_TAG, "0"))
