@@ -86,17 +86,24 @@ class QueuedRun:
 
 
 def plan_run_priorities(
-    queued: Iterable[QueuedRun], batch_priority: Mapping[str, str], aging_s: float | None
+    queued: Iterable[QueuedRun],
+    batch_priority: Mapping[str, str],
+    aging_s: float | None,
+    batch_waiting: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """``{run_id: dagster/priority}`` for queued runs whose priority tag is not the one their
     batch gives them now: its priority (re-prioritised since the run was queued), aged by how
-    long the run has waited. Dagster's run queue reads the tag each time it dequeues."""
+    long the chunk has waited (since its batch was queued, as :func:`plan_launches` ages it,
+    or since the run was queued if longer). Dagster's run queue reads the tag each time it
+    dequeues."""
     out = {}
+    waiting = batch_waiting or {}
     for run in queued:
         base = batch_priority.get(run.batch_id)
         if base is None:
             continue
-        want = PRIORITIES[aged_priority(base, run.queued_s, aging_s)]
+        waited = max(run.queued_s, waiting.get(run.batch_id, 0.0))
+        want = PRIORITIES[aged_priority(base, waited, aging_s)]
         if want != run.tag_priority:
             out[run.run_id] = want
     return out

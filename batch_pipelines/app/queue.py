@@ -40,11 +40,14 @@ def retag_queued_runs(
     instance,  # noqa: ANN001
     records: Iterable,
     batch_priority: Mapping[str, str],
+    batch_waiting: Mapping[str, float],
     now: float | None = None,
 ) -> dict[str, int]:
     """Give queued chunk runs the priority their batch has now, aged by how long they have
     waited (``BATCH_PIPELINES_PRIORITY_AGING_S``); returns ``{run_id: new priority}``."""
-    plan = plan_run_priorities(queued_runs(records, now), batch_priority, config.priority_aging_s())
+    plan = plan_run_priorities(
+        queued_runs(records, now), batch_priority, config.priority_aging_s(), batch_waiting
+    )
     for run_id, priority in plan.items():
         instance.add_run_tags(run_id, {PRIORITY_TAG: str(priority)})
     return plan
@@ -80,7 +83,8 @@ def change_priority(
         con.execute("commit")
     instance = instance or get_instance()
     records = instance.get_run_records(filters=RunsFilter(tags={"batch/id": batch_id}))
-    retagged = retag_queued_runs(instance, records, {batch_id: priority})
+    waited = (ledger.utcnow() - batch.queued_at).total_seconds() if batch.queued_at else 0.0
+    retagged = retag_queued_runs(instance, records, {batch_id: priority}, {batch_id: waited})
     return ControlResult(
         batch_id,
         "priority",

@@ -165,6 +165,12 @@ def resume(batch_id: str | None, all_: bool, wait: bool, as_json: bool) -> None:
         else:
             batch = run_here(batch_id, instance, quiet=as_json)
         finish(batch, as_json)
+    from batch_pipelines.app.queue import hold_state
+
+    if not as_json and hold_state() is not None:
+        console.print(
+            "[yellow]the instance is held (`pause --all`): nothing launches until `resume --all`[/]"
+        )
     if not as_json and not daemon_running(instance):
         console.print(
             "[yellow]no Dagster daemon is running: start `make run` to launch it, or "

@@ -114,7 +114,11 @@ def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipRea
         context.log.warning(f"no automatic retry will come for failed runs {retired}")
     # Queued runs take their batch's priority now (re-prioritised, or aged while waiting).
     retagged = retag_queued_runs(
-        context.instance, records, {c.batch_id: c.priority for c in chunks}, now
+        context.instance,
+        records,
+        {c.batch_id: c.priority for c in chunks},
+        {c.batch_id: c.waiting_s for c in chunks},
+        now,
     )
     if retagged:
         context.log.info(f"priority of queued runs changed: {retagged}")

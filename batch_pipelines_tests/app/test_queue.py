@@ -111,6 +111,8 @@ def test_aging_raises_waiting_chunks_one_level_per_interval_up_to_high() -> None
         600,
     )
     assert plan == {"r2": 0, "r3": 10}
+    # A run launched aged (its batch has waited) keeps the aged priority while queued.
+    assert plan_run_priorities([QueuedRun("r5", "b", 10, 5)], {"b": "low"}, 600, {"b": 1300}) == {}
 
 
 def test_dispatcher_ages_queued_runs_and_new_launches(env, samples, instance, monkeypatch) -> None:  # noqa: ANN001
