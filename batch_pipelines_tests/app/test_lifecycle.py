@@ -267,3 +267,34 @@ def test_batch_control_job_rolls_back_reprioritises_and_deletes(env, samples, in
         "('batch_rolled_back', 'batch_priority_changed', 'batch_deleted', 'instance_held')"
     )
     assert all(a[0].startswith("launchpad:") for a in actors), actors
+
+
+def test_a_batch_the_reaper_fails_rolls_back(env, samples, instance) -> None:  # noqa: ANN001
+    from dagster import DagsterRunStatus
+
+    from batch_pipelines.app.recovery import reap_dead_runs
+
+    batch_id = submit_batch(
+        {
+            "operation": "import",
+            "options": {"target_table": "r"},
+            "settings": {"rollback_on_failure": True},
+            "items": [{"id": "only", "path": "data/samples/penguins_2007.csv"}],
+        },
+        instance=instance,
+    )
+    with warehouse.connect() as con:
+        ledger.mark_running(con, batch_id, ["only"], "gone-run")
+    # The chunk failed three times already: the reaper gives up on the item.
+    tags = {"batch/id": batch_id, "batch/chunk": "0"}
+    for _ in range(3):
+        instance.create_run_for_job(
+            job_def=defs.resolve_job_def("import_job"), tags=tags, status=DagsterRunStatus.FAILURE
+        )
+    done = reap_dead_runs(instance)
+    assert f"rolled back {batch_id} (rollback_on_failure)" in done
+    assert get_batch(batch_id)["status"] == "rolled_back"
+    assert rows(
+        f"select actor from batch_events where batch_id = '{batch_id}' and "
+        "event = 'batch_rolled_back'"
+    ) == [("reaper",)]
