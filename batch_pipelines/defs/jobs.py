@@ -6,7 +6,7 @@ from typing import Any
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
 from pydantic import Field
 
-from batch_pipelines.app import control
+from batch_pipelines.app import control, lifecycle, queue
 from batch_pipelines.app.submit import submit_batch as submit_batch_service
 from batch_pipelines.core.manifest import ManifestError
 from batch_pipelines.defs.assets import build_operation_asset, build_operation_job
@@ -89,8 +89,6 @@ class BatchControlConfig(Config):
 
 
 def _control(config: BatchControlConfig, instance, actor: str) -> control.ControlResult:  # noqa: ANN001
-    from batch_pipelines.app import lifecycle, queue
-
     if config.action not in ACTIONS:
         raise control.ControlError(f"action {config.action!r} is not one of {', '.join(ACTIONS)}")
     if config.all:
