@@ -14,10 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import duckdb
 from pydantic import BaseModel, Field
 
 from batch_pipelines.core import config
-from batch_pipelines.core.contract import ItemContext, ItemResult, OperationSpec
+from batch_pipelines.core.contract import (
+    CommitContext,
+    CommitFn,
+    ItemContext,
+    ItemResult,
+    OperationSpec,
+)
 from batch_pipelines.core.errors import (
     CANCELLED,
     Classified,
@@ -129,6 +136,18 @@ class PendingCommit:
 
 
 _STOP_JOIN_S = 5.0
+
+
+def _score_after(commit: CommitFn, result: ItemResult, outcome: ItemOutcome) -> CommitFn:
+    """The commit, then the result's quality score again: a commit that reads the item's data
+    (import's direct load) knows the score only then, and sets ``result.quality_score``."""
+
+    def run(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> str | None:
+        status = commit(con, cc)
+        outcome.quality_score = result.quality_score
+        return status
+
+    return run
 
 
 def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemResult:
@@ -286,5 +305,7 @@ def run_item(
         outcome.record(_attempt(attempt_no, started_at, started, result.status))
         outcome.result = result.metrics
         outcome.quality_score = result.quality_score
+        if result.commit is not None:
+            result.commit = _score_after(result.commit, result, outcome)
         return PendingCommit(outcome, result)
     raise AssertionError("unreachable")
