@@ -142,3 +142,13 @@ def test_a_file_larger_than_the_duckdb_memory_limit_imports(
     assert batch["status"] == "completed", env.sql("select error from batch_items")
     assert env.sql("select count(*), max(id) from sales") == [(1400000, 1399999)]
     assert env.sql("select result->>'load' from batch_items") == [("direct",)]
+
+
+def test_an_ndjson_file_with_invalid_lines_is_staged_and_reports_them(env, instance) -> None:  # noqa: ANN001
+    (env.data / "a.ndjson").write_text('{"id": 1}\n{"id": 2\n{"id": 3}\n')
+    batch = _import("data/a.ndjson", instance)
+    assert batch["status"] == "completed", batch
+    assert env.sql("select id from sales where id is not null order by id") == [(1,), (3,)]
+    assert env.sql("select result->>'load' from batch_items") == [("staged",)]
+    ((line, raw),) = env.sql("select line, raw from import_rejects")
+    assert (line, raw) == (2, '{"id": 2')
