@@ -131,7 +131,9 @@ class ItemResult:
     ``commit`` (optional) writes the item's detail rows and data under the writer lock; it
     may return ``"skipped"`` to mark the item skipped (e.g. a file already imported), and
     it must delete what an earlier run of the same (batch, item) wrote before writing, so
-    re-running an item replaces its result. ``cleanup`` runs after the commit, success or not.
+    re-running an item replaces its result. A commit that learns the quality only as it reads
+    the item's data may set ``quality_score`` on its result; the ledger records that value.
+    ``cleanup`` runs after the commit, success or not.
     """
 
     metrics: dict[str, Any] = field(default_factory=dict)
