@@ -3,8 +3,18 @@
 An operation module defines a pydantic options model, a pydantic item model and a plain
 function ``handler(ctx: ItemContext) -> ItemResult``. Heavy work happens in the handler,
 outside the warehouse lock; anything that must be written to the warehouse is returned as
-``ItemResult.commit``, which the runner calls under the writer lock, in one transaction per
-item, together with the item's ledger rows.
+``ItemResult.rows`` (the item's rows in its detail tables) and/or ``ItemResult.commit``, which
+the runner writes under the writer lock together with the item's ledger rows: the items of a
+flush in one transaction when the operation allows it (``OperationSpec.group_commits``), one
+transaction per item otherwise or when that one fails.
+
+Threads: a chunk runs up to ``item_concurrency`` items at once (``OperationSpec.item_concurrency``
+by default, manifest ``settings.item_concurrency``), each attempt in a thread of its own. A
+handler may share what is safe across threads: its arguments are its own (``ctx``, the item,
+its DuckDB connections from ``ctx.local_duckdb``/``ctx.read_warehouse``), the options model
+is read-only, and a resource (the annotator, an HTTP client) is shared by every item in
+flight, so it must be thread-safe; module-level state needs a lock. Commits and cleanups run
+one at a time in the runner's thread, never beside another commit.
 """
 
 from __future__ import annotations
@@ -50,6 +60,27 @@ class CommitContext:
         marks = ", ".join("?" for _ in range(len(values) + 2))
         con.execute(f"delete from {target} where batch_id = ? and item_id = ?", key)
         con.execute(f"insert into {target} ({columns}) values ({marks})", [*key, *values.values()])
+
+    def replace_rows(
+        self, con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict[str, Any]]
+    ) -> None:
+        """Make ``rows`` the item's rows in the detail table ``table`` (none: delete them)."""
+        target = quote_ident(table)
+        con.execute(
+            f"delete from {target} where batch_id = ? and item_id = ?",
+            [self.batch_id, self.item_id],
+        )
+        for columns in dict.fromkeys(tuple(r) for r in rows):
+            names = ", ".join(quote_ident(c) for c in ("batch_id", "item_id", *columns))
+            marks = ", ".join("?" for _ in range(len(columns) + 2))
+            con.executemany(
+                f"insert into {target} ({names}) values ({marks})",
+                [
+                    [self.batch_id, self.item_id, *(r[c] for c in columns)]
+                    for r in rows
+                    if tuple(r) == columns
+                ],
+            )
 
     def snapshot_before_write(
         self, con: duckdb.DuckDBPyConnection, table: str, *, copy: bool = True
@@ -124,16 +155,38 @@ PartitionDeleter = Callable[[str, Sequence[str]], str]
 operation, returning the path it took (``"sql"``, ``"per_key"`` or ``"none"``)."""
 
 
+class RowsCommit:
+    """The commit of an :class:`ItemResult` with ``rows``: called with one item's connection
+    and context it replaces the item's rows table by table, then runs the operation's own
+    commit (``then``); the runner instead writes the rows of a whole flush set-wise
+    (:func:`batch_pipelines.core.commits.replace_rows_together`) and calls ``then`` alone."""
+
+    def __init__(self, rows: dict[str, list[dict[str, Any]]], then: CommitFn | None) -> None:
+        self.rows = rows
+        self.then = then
+
+    def __call__(self, con: duckdb.DuckDBPyConnection, cc: CommitContext) -> str | None:
+        for table, rows in self.rows.items():
+            cc.replace_rows(con, table, rows)
+        return self.then(con, cc) if self.then is not None else None
+
+
 @dataclass
 class ItemResult:
     """The outcome of a successful handler call.
 
-    ``commit`` (optional) writes the item's detail rows and data under the writer lock; it
-    may return ``"skipped"`` to mark the item skipped (e.g. a file already imported), and
-    it must delete what an earlier run of the same (batch, item) wrote before writing, so
-    re-running an item replaces its result. A commit that learns the quality only as it reads
-    the item's data may set ``quality_score`` on its result; the ledger records that value.
-    ``cleanup`` runs after the commit, success or not.
+    ``rows`` (optional) are the item's rows in detail tables, ``{table: [{column: value}]}``
+    (scalar values; ``batch_id`` and ``item_id`` are added): they replace whatever an earlier
+    run of the same (batch, item) wrote in those tables. The runner writes the rows of many
+    items at once, so prefer ``rows`` to a ``commit`` that only replaces rows.
+    ``commit`` (optional) writes anything else under the writer lock, after the rows; it may
+    return ``"skipped"`` to mark the item skipped (e.g. a file already imported), and it must
+    delete what an earlier run of the same (batch, item) wrote before writing, so re-running
+    an item replaces its result. A commit that learns the quality only as it reads the item's
+    data may set ``quality_score`` on its result; the ledger records that value. With
+    ``rows``, ``commit`` becomes a :class:`RowsCommit` that writes both, so
+    ``result.commit(con, cc)`` commits the whole item either way. ``cleanup`` runs after the
+    commit, success or not.
     """
 
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -141,13 +194,18 @@ class ItemResult:
     status: str = "succeeded"
     commit: CommitFn | None = None
     cleanup: Callable[[], None] | None = None
-    flush_now: bool = False  # commit before the next item runs (e.g. it creates a table)
+    # Commit as soon as the item ends, before any item not started yet runs (e.g. it creates
+    # a table the next items read); items already in flight are not waited for.
+    flush_now: bool = False
+    rows: dict[str, list[dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         if self.quality_score is not None and not 0.0 <= self.quality_score <= 1.0:
             raise ValueError(f"quality_score must be in [0, 1], got {self.quality_score}")
         if self.status not in ("succeeded", "skipped"):
             raise ValueError(f"status must be succeeded or skipped, got {self.status!r}")
+        if self.rows is not None and not isinstance(self.commit, RowsCommit):
+            self.commit = RowsCommit(self.rows, self.commit)
 
 
 @dataclass
@@ -295,3 +353,7 @@ class OperationSpec:
     # How to undo a batch's writes (rollback, delete); None: they cannot be undone (cleanup
     # deletes), so such a batch is never rolled back and a delete leaves its effects.
     undo: UndoFn | None = None
+    # Items of a chunk in flight at once when the manifest's settings.item_concurrency is
+    # unset: 1 for work that holds the GIL (parsing, pandas, DuckDB in this process), more
+    # when an item mostly waits (an HTTP call); the handler must then be thread-safe (above).
+    item_concurrency: int = 1

@@ -1,16 +1,23 @@
 """The chunk runner shared by all operations.
 
-It runs the items of a chunk one after the other (each through
-:func:`~batch_pipelines.core.execution.run_item`: retries, timeout, attempts), with
-continue-on-error or stop-on-first-error, and keeps the ledger true as it goes. Results are
-buffered and flushed to the warehouse in one short locked write per flush (by default every
-2 s and at the end of the chunk): each item's commit (its detail rows and data) and ledger
-rows in one transaction, so a failed commit never leaves half an item behind, and then the
-batch's counts and status.
+It runs the items of a chunk, up to ``item_concurrency`` at once on a thread pool (each
+through :func:`~batch_pipelines.core.execution.run_item`: retries, timeout, attempts), with
+continue-on-error or stop-on-first-error and the error budget, and keeps the ledger true as
+it goes. Everything else happens in the calling thread: starting items, reading their
+outcomes, and the flushes (:mod:`batch_pipelines.core.commits`: by default every 2 s and at
+the end of the chunk, the items of a flush written in bulk, one transaction per item only to
+isolate a commit that fails), then the batch's counts and status.
+
+Stopping: a cancelled batch (or one stopped by another chunk) ends the items in flight
+within about a second; when this chunk stops the batch itself (its first error with
+``continue_on_error`` false, or the error budget exceeded, checked after every item) no new
+item starts and the items in flight finish. Either way the items not started are recorded
+cancelled. A time slice that runs out leaves the items not started ``pending``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import threading
 import time
@@ -18,12 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 from pydantic import BaseModel
 
 from batch_pipelines.core import config, ledger, warehouse
-from batch_pipelines.core.contract import CommitContext, OperationSpec
-from batch_pipelines.core.errors import CANCELLED, classify, is_interrupt
+from batch_pipelines.core.commits import BatchState, flush
+from batch_pipelines.core.contract import OperationSpec
+from batch_pipelines.core.errors import CANCELLED
 from batch_pipelines.core.execution import (
     AUTO_CHUNK_MAX,
     AUTO_CHUNK_MIN,
@@ -36,7 +43,6 @@ from batch_pipelines.core.execution import (
     run_item,
 )
 from batch_pipelines.core.ledger import BatchStatus, ItemOutcome, ItemStatus
-from batch_pipelines.core.redact import redact
 
 __all__ = [
     "AUTO_CHUNK_MAX",
@@ -55,6 +61,9 @@ __all__ = [
 log = logging.getLogger("batch_pipelines.core.runner")
 
 _STOPPED = (BatchStatus.CANCELLED, BatchStatus.FAILED)
+# How long an interrupted chunk waits for its items in flight to leave their handlers (they
+# are told to stop; a thread killed inside DuckDB at interpreter exit aborts the process).
+_DRAIN_ON_INTERRUPT_S = 10.0
 
 
 @dataclass
@@ -68,118 +77,22 @@ class ChunkSummary:
         return sum(1 for o in self.outcomes if o.status == status)
 
 
-def _commit_one(con: duckdb.DuckDBPyConnection, pending: PendingCommit, run_id: str | None) -> None:
-    outcome = pending.outcome
-    result = pending.result
-    con.execute("begin")
-    try:
-        if result is not None and result.commit is not None:
-            override = result.commit(con, CommitContext(outcome.batch_id, outcome.item_id, run_id))
-            if override == ItemStatus.SKIPPED:
-                outcome.status = ItemStatus.SKIPPED
-                outcome.attempts[-1].outcome = ItemStatus.SKIPPED
-        ledger.record_outcome(con, outcome, run_id)
-        con.execute("commit")
-    except Exception as exc:
-        con.execute("rollback")
-        if is_interrupt(exc):
-            raise KeyboardInterrupt from exc
-        c = classify(exc)
-        outcome.status = ItemStatus.FAILED
-        outcome.error = f"commit failed: {c.message}"
-        outcome.error_category, outcome.severity = c.category, c.severity
-        outcome.result = None
-        outcome.quality_score = None
-        if outcome.attempts:
-            last = outcome.attempts[-1]
-            last.outcome, last.error = ItemStatus.FAILED, outcome.error
-            last.error_category, last.severity = c.category, c.severity
-        con.execute("begin")
-        ledger.record_outcome(con, outcome, run_id)
-        con.execute("commit")
-
-
-def _commit_together(
-    con: duckdb.DuckDBPyConnection, pending: Sequence[PendingCommit], run_id: str | None
-) -> bool:
-    """Commit every item and its ledger rows in one transaction (one WAL write instead of one
-    per item). If any commit fails, nothing is written and False is returned, so the caller
-    commits them one by one and only the failing item fails."""
-    before = [
-        (p.outcome.status, p.outcome.attempts[-1].outcome if p.outcome.attempts else None)
-        for p in pending
-    ]
-    con.execute("begin")
-    try:
-        for p in pending:
-            outcome, result = p.outcome, p.result
-            if result is not None and result.commit is not None:
-                cc = CommitContext(outcome.batch_id, outcome.item_id, run_id)
-                if result.commit(con, cc) == ItemStatus.SKIPPED:
-                    outcome.status = ItemStatus.SKIPPED
-                    outcome.attempts[-1].outcome = ItemStatus.SKIPPED
-        ledger.record_outcomes(con, [p.outcome for p in pending], run_id)
-        con.execute("commit")
-        return True
-    except Exception as exc:  # noqa: BLE001 - retried item by item, where it is classified
-        con.execute("rollback")
-        if is_interrupt(exc):
-            raise KeyboardInterrupt from exc
-        for p, (status, last) in zip(pending, before, strict=True):
-            p.outcome.status = status
-            if p.outcome.attempts:
-                p.outcome.attempts[-1].outcome = last
-        log.info(
-            "grouped commit of %d items failed (%s); committing one by one",
-            len(pending),
-            redact(str(exc)),
-        )
-        return False
-
-
-def flush(
-    pending: Sequence[PendingCommit],
-    batch_ids: set[str],
-    run_id: str | None,
-    paths: config.Paths,
-    *,
-    group_commits: bool = False,
-) -> dict[str, tuple[str, bool]]:
-    """Commit buffered items and refresh their batches; returns {batch_id: (status, paused)}.
-
-    Each item is committed in its own transaction, or, with ``group_commits`` (see
-    ``OperationSpec.group_commits``), all of them in one unless one fails."""
-    states: dict[str, tuple[str, bool]] = {}
-    try:
-        with warehouse.connect(paths.warehouse) as con:
-            if not (group_commits and len(pending) > 1 and _commit_together(con, pending, run_id)):
-                for p in pending:
-                    _commit_one(con, p, run_id)
-            for batch_id in sorted(batch_ids):
-                con.execute("begin")
-                status = ledger.refresh_batch(con, batch_id)
-                con.execute("commit")
-                states[batch_id] = (status, ledger.is_paused(con, batch_id))
-    finally:
-        for p in pending:
-            if p.result is not None and p.result.cleanup is not None:
-                try:
-                    p.result.cleanup()
-                except Exception:  # noqa: BLE001 - cleanup is best effort
-                    log.warning("cleanup of item %s failed", p.outcome.item_id, exc_info=True)
-    return states
-
-
 class _BatchWatcher:
     """Polls the batch's status in the background while a chunk runs, so a cancel (or a
     batch stopped by another chunk's failures) stops this chunk within about a second, even
-    in the middle of a long item."""
+    in the middle of a long item.
+
+    ``stop`` ends the items in flight (it is their ``ctx.batch_stop``); ``halt`` only keeps
+    new items from starting: :meth:`drain` sets it alone, when this chunk stopped the batch
+    and lets its items in flight finish."""
 
     def __init__(self, batch_id: str, paths: config.Paths, interval_s: float):
         self.batch_id = batch_id
         self.paths = paths
         self.interval_s = interval_s
         self.stop = threading.Event()
+        self.halt = threading.Event()
+        self.draining = False
         self.reason: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watch-{batch_id}", daemon=True)
@@ -197,7 +110,20 @@ class _BatchWatcher:
     def trip(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
+        self.halt.set()
         self.stop.set()
+
+    def drain(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.draining = True
+        self.halt.set()
+
+    def seen(self, status: str) -> None:
+        """React to the batch's status: cancelled stops everything; failed too, unless this
+        chunk failed it (then its items in flight finish)."""
+        if status == BatchStatus.CANCELLED or (status == BatchStatus.FAILED and not self.draining):
+            self.trip(f"batch is {status}")
 
     def _loop(self) -> None:
         while not self._done.wait(self.interval_s):
@@ -207,8 +133,109 @@ class _BatchWatcher:
             except Exception:  # noqa: BLE001 - a busy warehouse just delays the next look
                 continue
             if status in _STOPPED:
-                self.trip(f"batch is {status}")
+                self.seen(status)
+            if self.stop.is_set():
                 return
+
+
+class _InlineExecutor:
+    """One item at a time in the calling thread (``item_concurrency`` 1): the item runs in
+    ``submit``, so an interrupt reaches it exactly as in a plain loop."""
+
+    def submit(self, fn: Callable[..., PendingCommit], /, *args: Any, **kwargs: Any) -> cf.Future:  # noqa: ANN401
+        future: cf.Future = cf.Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+class _Chunk:
+    """What one run of a chunk keeps between items: the buffer, the flushes, the budget."""
+
+    def __init__(
+        self,
+        spec: OperationSpec,
+        settings: ExecutionSettings,
+        batch_id: str,
+        run_id: str | None,
+        paths: config.Paths,
+        watcher: _BatchWatcher,
+        summary: ChunkSummary,
+        on_progress: Callable[[ItemOutcome], None] | None,
+        on_flushed: Callable[[list[ItemOutcome]], None] | None,
+    ):
+        self.spec, self.settings, self.batch_id = spec, settings, batch_id
+        self.run_id, self.paths, self.watcher, self.summary = run_id, paths, watcher, summary
+        self.on_progress, self.on_flushed = on_progress, on_flushed
+        self.buffer: list[PendingCommit] = []
+        self.last_flush = time.monotonic()
+        self.failed = 0  # the batch's failed items at the last flush
+        self.total = 0
+        self.buffered_failed = 0
+
+    def flush(self) -> None:
+        state: BatchState = flush(
+            self.buffer, {self.batch_id}, self.run_id, self.paths,
+            group_commits=self.spec.group_commits,
+        )[self.batch_id]  # fmt: skip
+        if self.on_flushed:
+            self.on_flushed([p.outcome for p in self.buffer])
+        self.buffer, self.buffered_failed = [], 0
+        self.last_flush = time.monotonic()
+        self.failed, self.total = state.failed, state.total
+        self.summary.batch_status = BatchStatus(state.status)
+        if state.status in _STOPPED:
+            self.watcher.seen(state.status)
+
+    def flush_due(self) -> bool:
+        return bool(self.buffer) and (
+            time.monotonic() - self.last_flush >= self.settings.flush_interval_s
+        )
+
+    def _over_budget(self) -> bool:
+        # The rule of ledger.states, on the last flush's count plus the failures since.
+        ratio = self.settings.max_failure_ratio
+        failed = self.failed + self.buffered_failed
+        return ratio is not None and self.total > 0 and failed / self.total > ratio
+
+    def finish(self, pending: PendingCommit) -> None:
+        """Take a finished item: buffer it, and flush or stop as the settings say."""
+        outcome = pending.outcome
+        if outcome.status == ItemStatus.CANCELLED and outcome.error:
+            outcome.error = f"{outcome.error} ({self.watcher.reason})"
+        self.buffer.append(pending)
+        self.summary.outcomes.append(outcome)
+        if self.on_progress:
+            self.on_progress(outcome)
+        if outcome.status == ItemStatus.FAILED:
+            self.buffered_failed += 1
+            if not self.settings.continue_on_error:
+                self.watcher.drain("stopped on first error")
+                self.flush()
+                return
+            if not self.watcher.draining and self._over_budget():
+                self.watcher.drain("error budget exceeded")
+                self.flush()
+                return
+        if (pending.result is not None and pending.result.flush_now) or self.flush_due():
+            self.flush()
+
+    def not_run(self, rest: Sequence[WorkItem]) -> None:
+        now = ledger.utcnow()
+        for w in rest:
+            o = ItemOutcome(
+                batch_id=w.batch_id,
+                item_id=w.item_id,
+                status=ItemStatus.CANCELLED,
+                error=f"not run: {self.watcher.reason}",
+                error_category=CANCELLED,
+                severity="info",
+                finished_at=now,
+            )
+            self.buffer.append(PendingCommit(o, None))
+            self.summary.outcomes.append(o)
 
 
 def run_chunk(
@@ -228,8 +255,10 @@ def run_chunk(
 ) -> ChunkSummary:
     """Run a chunk of items (all of one batch) and keep the ledger true as it goes.
 
-    With ``time_slice_s``, items not started once that much time has passed go back to
-    ``pending`` (``summary.handed_over``) for the next run of the chunk."""
+    Up to ``settings.concurrency_for(spec)`` items are in flight at once; ``on_progress``
+    and ``on_flushed`` are called in the calling thread. With ``time_slice_s``, items not
+    started once that much time has passed go back to ``pending`` (``summary.handed_over``)
+    for the next run of the chunk."""
     paths = paths or config.get_paths()
     summary = ChunkSummary()
     if not work_items:
@@ -241,68 +270,67 @@ def run_chunk(
         con.execute("begin")
         ledger.mark_running(con, batch_id, [w.item_id for w in work_items], run_id)
         con.execute("commit")
+        failed_total = ledger.failed_of_total(con, batch_id)
 
-    buffer: list[PendingCommit] = []
-    started = last_flush = time.monotonic()
+    concurrency = settings.concurrency_for(spec)
+    started = time.monotonic()
     with _BatchWatcher(batch_id, paths, watch_interval_s) as watcher:
-
-        def do_flush() -> None:
-            nonlocal buffer, last_flush
-            states = flush(buffer, {batch_id}, run_id, paths, group_commits=spec.group_commits)
-            if on_flushed:
-                on_flushed([p.outcome for p in buffer])
-            buffer = []
-            last_flush = time.monotonic()
-            status, _paused = states[batch_id]
-            summary.batch_status = status
-            if status in _STOPPED:
-                watcher.trip(f"batch is {status}")
-
-        for index, work in enumerate(work_items):
-            if watcher.stop.is_set():
-                now = ledger.utcnow()
-                for w in work_items[index:]:
-                    o = ItemOutcome(
-                        batch_id=w.batch_id,
-                        item_id=w.item_id,
-                        status=ItemStatus.CANCELLED,
-                        error=f"not run: {watcher.reason}",
-                        error_category=CANCELLED,
-                        severity="info",
-                        finished_at=now,
-                    )
-                    buffer.append(PendingCommit(o, None))
-                    summary.outcomes.append(o)
-                break
-            if time_slice_s is not None and index and time.monotonic() - started >= time_slice_s:
-                summary.handed_over = [w.item_id for w in work_items[index:]]
-                break
-            pending = run_item(
-                spec,
-                work,
-                options,
-                settings,
-                run_id=run_id,
-                paths=paths,
-                resources=resources,
-                batch_stop=watcher.stop,
-                sleep=sleep,
-            )
-            if pending.outcome.status == ItemStatus.CANCELLED and pending.outcome.error:
-                pending.outcome.error = f"{pending.outcome.error} ({watcher.reason})"
-            buffer.append(pending)
-            summary.outcomes.append(pending.outcome)
-            if on_progress:
-                on_progress(pending.outcome)
-            if pending.outcome.status == ItemStatus.FAILED and not settings.continue_on_error:
-                do_flush()
-                watcher.trip("stopped on first error")
-                continue
-            flush_now = pending.result is not None and pending.result.flush_now
-            if flush_now or time.monotonic() - last_flush >= settings.flush_interval_s:
-                do_flush()
-        if buffer:
-            do_flush()
+        chunk = _Chunk(
+            spec, settings, batch_id, run_id, paths, watcher, summary, on_progress, on_flushed
+        )
+        chunk.failed, chunk.total = failed_total
+        pool: Any = (
+            cf.ThreadPoolExecutor(concurrency, thread_name_prefix=f"items-{spec.name}")
+            if concurrency > 1
+            else _InlineExecutor()
+        )
+        in_flight: dict[cf.Future, int] = {}
+        index = 0
+        try:
+            while True:
+                while index < len(work_items) and len(in_flight) < concurrency:
+                    if watcher.halt.is_set():
+                        break
+                    if (
+                        time_slice_s is not None
+                        and index
+                        and (time.monotonic() - started >= time_slice_s)
+                    ):
+                        summary.handed_over = [w.item_id for w in work_items[index:]]
+                        index = len(work_items)
+                        break
+                    future = pool.submit(
+                        run_item, spec, work_items[index], options, settings,
+                        run_id=run_id, paths=paths, resources=resources,
+                        batch_stop=watcher.stop, sleep=sleep,
+                    )  # fmt: skip
+                    in_flight[future] = index
+                    index += 1
+                if not in_flight:
+                    break
+                wait_s = None
+                if chunk.buffer:
+                    elapsed = time.monotonic() - chunk.last_flush
+                    wait_s = max(0.0, settings.flush_interval_s - elapsed)
+                done, _ = cf.wait(in_flight, timeout=wait_s, return_when=cf.FIRST_COMPLETED)
+                for future in sorted(done, key=in_flight.__getitem__):
+                    del in_flight[future]
+                    chunk.finish(future.result())
+                if chunk.flush_due():
+                    chunk.flush()
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or a flush that cannot write: tell the items in
+            # flight to stop and give them a moment to leave their handlers; what they did is
+            # not committed (their items are still `running`: recovery puts them back).
+            watcher.trip("interrupted")
+            pool.shutdown(wait=False, cancel_futures=True)
+            cf.wait(in_flight, timeout=_DRAIN_ON_INTERRUPT_S)
+            raise
+        pool.shutdown(wait=True)
+        if index < len(work_items):
+            chunk.not_run(work_items[index:])
+        if chunk.buffer:
+            chunk.flush()
     if summary.handed_over:
         with warehouse.connect(paths.warehouse) as con:
             con.execute("begin")

@@ -149,6 +149,13 @@ def is_paused(con: duckdb.DuckDBPyConnection, batch_id: str) -> bool:
     return bool(row and row[0])
 
 
+def failed_of_total(con: duckdb.DuckDBPyConnection, batch_id: str) -> tuple[int, int]:
+    """(failed items, total items) of a batch as its last refresh counted them: what the
+    runner checks the error budget against between flushes."""
+    row = one(con, "select failed_items, total_items from batches where batch_id = ?", [batch_id])
+    return (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
+
+
 def count_items(con: duckdb.DuckDBPyConnection, batch_id: str, status: str) -> int:
     return int(
         one(

@@ -19,7 +19,10 @@ SPEC = OperationSpec(
     handler=handle_annotate,
     detail_tables=DETAIL_TABLES,
     resources=(RESOURCE_KEY,),
-    group_commits=True,  # the commit only writes `annotations`
+    group_commits=True,  # its rows only go to `annotations`
+    # The openai backend mostly waits on HTTP: 16 items in flight per chunk run by default
+    # (the shared client and the local backend are thread-safe).
+    item_concurrency=16,
     undo=undo_annotate,
 )
 

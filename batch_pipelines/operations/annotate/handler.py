@@ -4,8 +4,9 @@ An item is a text given inline (``{text: ...}``), a text, Markdown or HTML file
 (``{path: ...}``; HTML is reduced to its text, Markdown to its prose), or one row of a
 warehouse table (``{table, id_column, id_value, text_column}``). The ``annotator`` resource
 does the work outside the warehouse lock (see :mod:`batch_pipelines.operations.annotate.backends`:
-a local deterministic backend by default, or an OpenAI-compatible endpoint); the commit
-replaces the item's row in ``annotations``. The confidence is the item's quality score.
+a local deterministic backend by default, or an OpenAI-compatible endpoint); the item's row
+in ``annotations`` (``ItemResult.rows``) replaces an earlier one. The confidence is the
+item's quality score.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from batch_pipelines.core.contract import CommitContext, ItemContext, ItemResult
+from batch_pipelines.core.contract import ItemContext, ItemResult
 from batch_pipelines.core.errors import NOT_FOUND, ItemError, ValidationItemError
 from batch_pipelines.core.ledger import utcnow
 from batch_pipelines.core.sql import quote_ident, validate_identifier, validate_table_name
@@ -223,24 +224,21 @@ def handle_annotate(ctx: ItemContext) -> ItemResult:
     if loaded["source_ref"]:
         metrics["source_ref"] = loaded["source_ref"]
 
-    def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> None:
-        cc.replace_row(
-            con,
-            tables.ANNOTATIONS,
-            source=loaded["source"],
-            source_ref=loaded["source_ref"],
-            language=result.get("language"),
-            language_confidence=result.get("language_confidence"),
-            keywords=json.dumps(keywords, ensure_ascii=False),
-            category=result.get("category"),
-            category_scores=json.dumps(result.get("category_scores") or {}, ensure_ascii=False),
-            summary=result.get("summary"),
-            confidence=confidence,
-            backend=result.get("backend"),
-            model=result.get("model"),
-            text_chars=loaded["chars"],
-            text_sha256=sha,
-            annotated_at=utcnow(),
-        )
-
-    return ItemResult(metrics=metrics, quality_score=confidence, commit=commit)
+    row = {
+        "source": loaded["source"],
+        "source_ref": loaded["source_ref"],
+        "language": result.get("language"),
+        "language_confidence": result.get("language_confidence"),
+        "keywords": json.dumps(keywords, ensure_ascii=False),
+        "category": result.get("category"),
+        "category_scores": json.dumps(result.get("category_scores") or {}, ensure_ascii=False),
+        "summary": result.get("summary"),
+        "confidence": confidence,
+        "backend": result.get("backend"),
+        "model": result.get("model"),
+        "text_chars": loaded["chars"],
+        "text_sha256": sha,
+        "annotated_at": utcnow(),
+    }
+    # Rows rather than a commit: the runner writes the annotations of a flush in one go.
+    return ItemResult(metrics=metrics, quality_score=confidence, rows={tables.ANNOTATIONS: [row]})

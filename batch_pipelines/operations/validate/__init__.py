@@ -29,7 +29,7 @@ SPEC = OperationSpec(
             evaluate=rules_check,
         ),
     ),
-    group_commits=True,  # the commit only writes `validation_results`
+    group_commits=True,  # its rows only go to `validation_results`
     undo=undo_validate,
 )
 

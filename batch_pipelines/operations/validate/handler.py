@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from batch_pipelines.core.contract import CheckOutcome, CommitContext, ItemContext, ItemResult
+from batch_pipelines.core.contract import CheckOutcome, ItemContext, ItemResult
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.files import detect_format
 from batch_pipelines.core.sql import quote_ident, quote_literal
@@ -108,10 +108,8 @@ def handle_validate(ctx: ItemContext) -> ItemResult:
         "rule_results": [r.summary() for r in results],
     }
 
-    def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> None:
-        tables.replace_results(con, cc, source, results)
-
-    return ItemResult(metrics=metrics, quality_score=score, commit=commit)
+    rows = {tables.VALIDATION_RESULTS: tables.result_rows(source, results)}
+    return ItemResult(metrics=metrics, quality_score=score, rows=rows)
 
 
 def rules_check(metrics: dict[str, Any]) -> CheckOutcome | None:

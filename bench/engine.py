@@ -1,0 +1,151 @@
+"""Benchmark of the chunk runner itself: time per item inside a run against the handler's own.
+
+Light items (``annotate`` of short inline texts with the local backend, ~0.3 ms of handler
+work) on a temporary data root, in this process, no daemon:
+
+- **handler alone**: the annotate handler called in a loop (no commit, no ledger);
+- **run_chunk**: the core chunk runner over the same items of a batch submitted to the
+  ledger (handler, per-item retries/timeout machinery, ledger rows, the operation's commits,
+  flushes), one chunk;
+- **run_batch_in_process**: the same batch through a real Dagster chunk run in this process
+  (``submit --wait``): the runner plus one materialization per item and the run's events.
+
+The ratio ``ms/item in the run / handler ms/item`` is the engine's overhead factor.
+
+    python bench/run.py engine --engine-items 1000
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.fanout import manifest
+
+
+@contextlib.contextmanager
+def _fresh_env() -> Iterator[Any]:
+    from batch_pipelines.app.devserver import env_in_process, make_env
+    from batch_pipelines.core import warehouse
+
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        env = make_env(Path(tmp))
+        with env_in_process(env):
+            warehouse.forget_migrations()
+            try:
+                yield env
+            finally:
+                warehouse.forget_migrations()
+
+
+def handler_alone(n: int) -> float:
+    """ms per item of the annotate handler called in a loop."""
+    from batch_pipelines.core import config
+    from batch_pipelines.core.contract import ItemContext
+    from batch_pipelines.operations.annotate import SPEC
+
+    with _fresh_env():
+        paths = config.get_paths()
+        options = SPEC.options_model()
+        items = [SPEC.item_model.model_validate(i) for i in manifest(n)["items"]]
+        start = time.perf_counter()
+        for i, item in enumerate(items):
+            SPEC.handler(ItemContext("bench", item.id, f"k{i}", item, options, 1, None, paths))
+        return (time.perf_counter() - start) * 1000 / n
+
+
+def _submit(n: int, settings: dict[str, Any]) -> tuple[str, Any]:
+    from dagster import DagsterInstance
+
+    from batch_pipelines.app.submit import submit_batch
+
+    m = manifest(n)
+    m["settings"] = {**m["settings"], "chunk_size": n, **settings}
+    instance = DagsterInstance.get()
+    return submit_batch(m, instance=instance), instance
+
+
+def in_run_chunk(n: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ms per item of ``run_chunk`` over one chunk of ``n`` items."""
+    from batch_pipelines.core import config, ledger, warehouse
+    from batch_pipelines.core.execution import ExecutionSettings, WorkItem
+    from batch_pipelines.core.runner import run_chunk
+    from batch_pipelines.operations.annotate import SPEC
+
+    with _fresh_env():
+        batch_id, instance = _submit(n, settings or {})
+        instance.dispose()
+        paths = config.get_paths()
+        with warehouse.connect(paths.warehouse, read_only=True) as con:
+            batch = ledger.get_batch(con, batch_id)
+            rows = con.execute(
+                "select item_id, partition_key, payload::varchar from batch_items "
+                "where batch_id = ? order by seq",
+                [batch_id],
+            ).fetchall()
+        s = ExecutionSettings.model_validate(batch["settings"])
+        work = [WorkItem(batch_id, i, k, json.loads(p)) for i, k, p in rows]
+        options = SPEC.options_model.model_validate(batch["options"])
+        start = time.perf_counter()
+        summary = run_chunk(SPEC, work, options, s, run_id="bench", paths=paths)
+        elapsed = time.perf_counter() - start
+        assert summary.count("succeeded") == n, summary.batch_status
+        return {"ms_per_item": elapsed * 1000 / n, "seconds": elapsed}
+
+
+def in_process_batch(n: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ms per item of a one-chunk batch run in this process through Dagster."""
+    from batch_pipelines.app.inprocess import run_batch_in_process
+    from batch_pipelines.definitions import defs
+
+    with _fresh_env():
+        batch_id, instance = _submit(n, settings or {})
+        try:
+            start = time.perf_counter()
+            batch = run_batch_in_process(batch_id, instance, defs)
+            elapsed = time.perf_counter() - start
+        finally:
+            instance.dispose()
+        assert batch["succeeded_items"] == n, batch["status"]
+        return {"ms_per_item": elapsed * 1000 / n, "seconds": elapsed}
+
+
+def run(n: int) -> dict[str, Any]:
+    handler_alone(min(n, 200))  # warm-up: imports, regexes, the taxonomy
+    handler_ms = handler_alone(n)
+    chunk = in_run_chunk(n)
+    dagster = in_process_batch(n)
+    return {"items": n, "handler_ms": handler_ms, "run_chunk": chunk, "in_process": dagster}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    h = result["handler_ms"]
+    lines = [
+        "| where | items | seconds | ms/item | × handler |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| annotate handler alone | {result['items']:,} | "
+        f"{h * result['items'] / 1000:.2f} | {h:.3f} | 1.0 |",
+    ]
+    for label, key in (
+        ("`run_chunk` (core runner, ledger, commits)", "run_chunk"),
+        ("`run_batch_in_process` (one Dagster chunk run)", "in_process"),
+    ):
+        r = result[key]
+        lines.append(
+            f"| {label} | {result['items']:,} | {r['seconds']:.2f} | "
+            f"{r['ms_per_item']:.3f} | {r['ms_per_item'] / h:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=1000)
+    print(markdown(run(parser.parse_args().items)))
