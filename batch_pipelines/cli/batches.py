@@ -117,6 +117,9 @@ def _manifest_from_args(
 @click.option("--max-retries", type=int, help="Retries per item for retryable errors.")
 @click.option("--item-timeout", type=float, help="Per-item timeout in seconds.")
 @click.option("--chunk-size", type=int, help="Items per Dagster run.")
+@click.option(
+    "--item-concurrency", type=int, help="Items of a chunk run in flight at once (1-256)."
+)
 @click.option("--max-failure-ratio", type=float, help="Error budget: stop the batch beyond it.")
 @click.option("--stop-on-error", is_flag=True, help="Stop the batch at the first failed item.")
 @click.option(
@@ -142,6 +145,7 @@ def submit(
     max_retries: int | None,
     item_timeout: float | None,
     chunk_size: int | None,
+    item_concurrency: int | None,
     max_failure_ratio: float | None,
     stop_on_error: bool,
     wait: bool,
@@ -176,6 +180,7 @@ def submit(
         ("max_retries", max_retries),
         ("item_timeout_s", item_timeout),
         ("chunk_size", chunk_size),
+        ("item_concurrency", item_concurrency),
         ("max_failure_ratio", max_failure_ratio),
     ):
         if value is not None:

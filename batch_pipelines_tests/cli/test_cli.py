@@ -87,6 +87,16 @@ def test_bad_input_exits_2_and_names_the_field(samples: Path, env) -> None:  # n
     assert p.returncode == 2 and "--created-after" in p.stderr
     p = cli(env, "status", "import-20990101-000000-abcdef")
     assert p.returncode == 1 and "no batch" in p.stderr
+    p = cli(env, "submit", "annotate", "--item", '{"text": "hi"}', "--item-concurrency", "0")
+    assert p.returncode == 2 and "settings.item_concurrency" in p.stderr
+    manifest = env.root / "too_many.yaml"
+    manifest.write_text(
+        "operation: annotate\nsettings: {item_concurrency: 300}\nitems: [{text: hi}]\n"
+    )
+    p = cli(env, "submit", str(manifest), "--json")
+    assert p.returncode == 2
+    (problem,) = json.loads(p.stdout)["problems"]
+    assert problem["field"] == "settings.item_concurrency" and "256" in problem["message"]
     # Nothing was registered by any of these.
     if env.warehouse.exists():
         assert env.sql("select count(*) from batches") == [(0,)]

@@ -46,7 +46,7 @@ def big(env: Env) -> Path:
     return items
 
 
-def start_submit(env: Env, items: Path, table: str) -> subprocess.Popen:
+def start_submit(env: Env, items: Path, table: str, *extra: str) -> subprocess.Popen:
     """``submit import ... --wait`` in the background: three chunk runs of two files."""
     return subprocess.Popen(
         [
@@ -61,6 +61,7 @@ def start_submit(env: Env, items: Path, table: str) -> subprocess.Popen:
             "skip_identical=false",
             "--chunk-size",
             "2",
+            *extra,
             "--wait",
             "--json",
         ],
@@ -147,11 +148,15 @@ def test_cancel_of_a_killed_worker_batch_returns_in_seconds(env: Env, killed: st
         assert DagsterRunStatus.STARTED not in {r.status for r in runs}
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# SIGTERM with both files of a chunk in flight at once (item_concurrency 2).
+@pytest.mark.parametrize(
+    ("sig", "code", "extra"),
+    [(signal.SIGINT, 130, ()), (signal.SIGTERM, 143, ("--item-concurrency", "2"))],
+)
 def test_ctrl_c_or_sigterm_pauses_the_batch_and_resume_continues_it(
-    env: Env, big: Path, sig: signal.Signals, code: int
+    env: Env, big: Path, sig: signal.Signals, code: int, extra: tuple[str, ...]
 ) -> None:
-    proc = start_submit(env, big, "t")
+    proc = start_submit(env, big, "t", *extra)
     batch_id = wait_mid_batch(env, proc)
     proc.send_signal(sig)
     try:

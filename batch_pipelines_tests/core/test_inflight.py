@@ -1,0 +1,297 @@
+"""Items in flight within a chunk run, and commits in bulk: ``item_concurrency`` items really
+overlap (and never more), the error budget and stop-on-first-error let the items in flight
+finish and start no new one, cancel ends the items in flight, pause hands the items not
+started back, and a flush commits its items' detail rows set-wise, falling back to one
+transaction per item so one bad commit fails only its item."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from dagster import DagsterInstance
+
+from batch_pipelines.app import control
+from batch_pipelines.core import commits, warehouse
+from batch_pipelines.core.contract import ItemContext, ItemResult, OperationSpec
+from batch_pipelines.core.errors import ValidationItemError
+from batch_pipelines.core.runner import ExecutionSettings, run_chunk
+from batch_pipelines_tests.helpers import Item, Opts, make_batch
+
+
+class Tracker:
+    """Counts the items in the handler at once, and which items ever started."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.max = 0
+        self.started: list[str] = []
+
+    def __enter__(self) -> Tracker:
+        with self.lock:
+            self.now += 1
+            self.max = max(self.max, self.now)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.now -= 1
+
+    def start(self, item_id: str) -> None:
+        with self.lock:
+            self.started.append(item_id)
+
+
+def spec_of(handler: Callable[[ItemContext], ItemResult], **kw: object) -> OperationSpec:
+    return OperationSpec("testop", "t", Opts, Item, handler, **kw)
+
+
+def statuses(env) -> dict[str, str]:  # noqa: ANN001
+    return dict(env.sql("select item_id, status from batch_items"))
+
+
+def test_items_overlap_up_to_item_concurrency(env) -> None:  # noqa: ANN001
+    tracker = Tracker()
+    # Eight items must be in the handler at once to get past the barrier: with fewer in
+    # flight it breaks (after 20 s) and the items fail.
+    barrier = threading.Barrier(8, timeout=20)
+
+    def handler(ctx: ItemContext) -> ItemResult:
+        with tracker:
+            barrier.wait()
+        return ItemResult(metrics={"ok": True})
+
+    s = ExecutionSettings(max_retries=0, item_concurrency=8)
+    _, work = make_batch([{"id": f"i{n:02d}"} for n in range(24)], s)
+    summary = run_chunk(spec_of(handler), work, Opts(), s, run_id="r")
+    assert summary.count("succeeded") == 24
+    assert tracker.max == 8
+    assert set(statuses(env).values()) == {"succeeded"}
+    assert env.sql("select status, succeeded_items from batches") == [("completed", 24)]
+
+
+def test_operation_default_and_one_at_a_time(env) -> None:  # noqa: ANN001
+    tracker = Tracker()
+
+    def handler(ctx: ItemContext) -> ItemResult:
+        with tracker:
+            time.sleep(0.01)
+        return ItemResult()
+
+    s = ExecutionSettings(max_retries=0)
+    _, work = make_batch([{"id": f"i{n}"} for n in range(6)], s)
+    run_chunk(spec_of(handler), work, Opts(), s, run_id="r")
+    assert tracker.max == 1  # the operation's default, 1
+    assert s.concurrency_for(spec_of(handler, item_concurrency=16)) == 16
+    assert ExecutionSettings(item_concurrency=3).concurrency_for(spec_of(handler)) == 3
+
+
+def gated_run(env, settings: ExecutionSettings) -> tuple[Tracker, dict[str, str]]:  # noqa: ANN001
+    """12 items, four in flight: i00 and i01 fail at once, every other item waits until both
+    failures reached the runner, then keeps checking in for a while (a runner that stopped
+    it would make it cancelled)."""
+    tracker = Tracker()
+    release = threading.Event()
+    failures: list[str] = []
+
+    def handler(ctx: ItemContext) -> ItemResult:
+        tracker.start(ctx.item_id)
+        if ctx.item_id in ("i00", "i01"):
+            raise ValidationItemError("bad input")
+        while not release.wait(0.01):
+            ctx.check()
+        for _ in range(20):
+            time.sleep(0.02)
+            ctx.check()
+        return ItemResult()
+
+    def on_progress(outcome) -> None:  # noqa: ANN001
+        if outcome.status == "failed":
+            failures.append(outcome.item_id)
+            if len(failures) == 2:
+                release.set()
+
+    _, work = make_batch([{"id": f"i{n:02d}"} for n in range(12)], settings)
+    run_chunk(
+        spec_of(handler),
+        work,
+        Opts(),
+        settings,
+        run_id="r",
+        on_progress=on_progress,
+        watch_interval_s=0.05,
+    )
+    return tracker, statuses(env)
+
+
+def test_error_budget_is_checked_after_every_item_and_in_flight_items_finish(env) -> None:  # noqa: ANN001
+    # 2 of 12 failed is over 10%. The flush interval is long: only the check after each item
+    # can see it.
+    s = ExecutionSettings(
+        max_retries=0, item_concurrency=4, max_failure_ratio=0.1, flush_interval_s=600
+    )
+    tracker, rows = gated_run(env, s)
+    started = set(tracker.started)
+    assert {"i00", "i01"} <= started and len(started) <= 6
+    for item_id, status in rows.items():
+        if item_id in ("i00", "i01"):
+            assert status == "failed"
+        elif item_id in started:
+            assert status == "succeeded", item_id  # in flight: finished, not cut short
+        else:
+            assert status == "cancelled", item_id  # never started
+    assert list(rows.values()).count("cancelled") >= 6
+    status, error = env.sql("select status, error from batches")[0]
+    assert status == "failed" and "error budget exceeded: 2 of 12 items failed" in error
+    errors = {e for (e,) in env.sql("select error from batch_items where status = 'cancelled'")}
+    assert errors == {"not run: error budget exceeded"}
+
+
+def test_stop_on_first_error_with_items_in_flight(env) -> None:  # noqa: ANN001
+    s = ExecutionSettings(max_retries=0, item_concurrency=4, continue_on_error=False)
+    tracker, rows = gated_run(env, s)
+    started = set(tracker.started)
+    assert len(started) <= 6
+    assert {i for i, st in rows.items() if st == "succeeded"} == started - {"i00", "i01"}
+    assert {i for i, st in rows.items() if st == "cancelled"} == set(rows) - started
+    assert rows["i00"] == "failed"
+    status, error = env.sql("select status, error from batches")[0]
+    assert status == "failed" and "stopped on first error" in error
+
+
+def test_cancel_ends_the_items_in_flight(env) -> None:  # noqa: ANN001
+    tracker = Tracker()
+    four_in = threading.Event()
+
+    def slow(ctx: ItemContext) -> ItemResult:
+        with tracker:
+            if tracker.now == 4:
+                four_in.set()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                ctx.check()
+                time.sleep(0.02)
+        return ItemResult()
+
+    s = ExecutionSettings(max_retries=3, item_timeout_s=60, item_concurrency=4)
+    batch_id, work = make_batch([{"id": f"i{n}"} for n in range(10)], s)
+    worker = threading.Thread(
+        target=run_chunk, args=(spec_of(slow), work, Opts(), s), kwargs={"run_id": "r"}
+    )
+    worker.start()
+    assert four_in.wait(20)
+    control.cancel_batch(batch_id, instance=DagsterInstance.get(), actor="test")
+    worker.join(20)
+    assert not worker.is_alive()
+    assert set(statuses(env).values()) == {"cancelled"}
+    assert env.sql("select status, cancelled_items from batches") == [("cancelled", 10)]
+    assert env.sql("select count(*) from item_attempts where outcome = 'cancelled'") == [(4,)]
+
+
+def test_pause_mid_chunk_hands_unstarted_items_back_and_resume_runs_the_rest(env) -> None:  # noqa: ANN001
+    calls: dict[str, int] = {}
+    lock = threading.Lock()
+    gate = threading.Event()
+    two_in = threading.Event()
+
+    def gated(ctx: ItemContext) -> ItemResult:
+        with lock:
+            calls[ctx.item_id] = calls.get(ctx.item_id, 0) + 1
+            if len(calls) == 2:
+                two_in.set()
+        while not gate.wait(0.01):
+            ctx.check()
+        return ItemResult()
+
+    s = ExecutionSettings(max_retries=0, item_concurrency=2)
+    batch_id, work = make_batch([{"id": f"i{n}"} for n in range(6)], s)
+    out: dict = {}
+    worker = threading.Thread(
+        target=lambda: out.update(
+            summary=run_chunk(spec_of(gated), work, Opts(), s, run_id="r1", time_slice_s=0.2)
+        )
+    )
+    worker.start()
+    assert two_in.wait(20)
+    control.pause_batch(batch_id, instance=DagsterInstance.get(), actor="test")
+    time.sleep(0.3)  # past the time slice: no further item may start in this run
+    gate.set()
+    worker.join(20)
+    summary = out["summary"]
+    assert sorted(calls) == ["i0", "i1"]  # the two in flight finished, nothing else started
+    assert sorted(summary.handed_over) == ["i2", "i3", "i4", "i5"]
+    assert statuses(env) == {
+        "i0": "succeeded",
+        "i1": "succeeded",
+        **{f"i{n}": "pending" for n in range(2, 6)},
+    }
+    assert env.sql("select status, paused from batches") == [("paused", True)]
+    control.resume_batch(batch_id, actor="test")
+    rest = [w for w in work if w.item_id in summary.handed_over]
+    run_chunk(spec_of(gated), rest, Opts(), s, run_id="r2")
+    assert calls == {f"i{n}": 1 for n in range(6)}
+    assert env.sql("select status from batches") == [("completed",)]
+    assert env.sql("select max(attempts) from batch_items") == [(1,)]
+
+
+# ------------------------------------------------------------------------- commits in bulk
+
+
+@pytest.fixture
+def detail(env) -> str:  # noqa: ANN001
+    with warehouse.connect() as con:
+        con.execute(
+            "create table t_detail (batch_id varchar not null, item_id varchar not null, "
+            "n integer, v integer not null, note varchar, primary key (batch_id, item_id, n))"
+        )
+    return "t_detail"
+
+
+def rows_handler(ctx: ItemContext) -> ItemResult:
+    v = None if ctx.item.behaviour == "bad" else len(ctx.item_id)
+    return ItemResult(
+        metrics={"v": v},
+        rows={"t_detail": [{"n": 1, "v": v, "note": None}, {"n": 2, "v": 7, "note": "x"}]},
+    )
+
+
+def test_a_flush_writes_detail_rows_set_wise_and_reruns_replace(
+    env,  # noqa: ANN001
+    detail: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    real = commits.replace_rows_together
+
+    def spy(con, table, rows_by_item) -> None:  # noqa: ANN001
+        calls.append(len(rows_by_item))
+        real(con, table, rows_by_item)
+
+    monkeypatch.setattr(commits, "replace_rows_together", spy)
+    spec = spec_of(rows_handler, group_commits=True, item_concurrency=4)
+    s = ExecutionSettings(max_retries=0, flush_interval_s=600)
+    _, work = make_batch([{"id": f"item{n}"} for n in range(20)], s)
+    run_chunk(spec, work, Opts(), s, run_id="r1")
+    assert calls == [20]  # one statement set for the whole flush
+    run_chunk(spec, work, Opts(), s, run_id="r2")
+    assert env.sql("select count(*), count(distinct (item_id, n)) from t_detail") == [(40, 40)]
+    assert env.sql("select distinct run_id, status from batch_items") == [("r2", "succeeded")]
+
+
+def test_a_bad_commit_fails_only_its_item(env, detail: str) -> None:  # noqa: ANN001
+    spec = spec_of(rows_handler, group_commits=True, item_concurrency=4)
+    s = ExecutionSettings(max_retries=0, flush_interval_s=600)
+    items = [{"id": f"item{n}", "behaviour": "bad" if n == 3 else "ok"} for n in range(8)]
+    _, work = make_batch(items, s)
+    summary = run_chunk(spec, work, Opts(), s, run_id="r")
+    rows = statuses(env)
+    assert rows.pop("item3") == "failed" and set(rows.values()) == {"succeeded"}
+    (error,) = env.sql("select error from batch_items where status = 'failed'")[0]
+    assert error.startswith("commit failed") and "NOT NULL" in error
+    assert env.sql("select count(*) from t_detail where item_id = 'item3'") == [(0,)]
+    assert env.sql("select count(distinct item_id), count(*) from t_detail") == [(7, 14)]
+    assert summary.count("failed") == 1
+    assert env.sql("select outcome from item_attempts where item_id = 'item3'") == [("failed",)]
