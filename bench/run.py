@@ -241,6 +241,44 @@ def _run_slow_items(args: argparse.Namespace) -> str:
     )
 
 
+# --------------------------------------------------------------------------------- engine
+
+
+def _engine_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine-items", type=int, default=1000, help="items of a chunk (engine)")
+    group.add_argument(
+        "--engine-dagster-items",
+        type=int,
+        default=200,
+        help="items of the in-process Dagster run (engine; 0 skips it)",
+    )
+
+
+_ENGINE_NOTES = """
+| figure | what it measures |
+| --- | --- |
+| annotate handler alone | the `annotate` handler (local backend) on short inline texts, called in a loop: the item's own work. |
+| `run_chunk` | the core chunk runner (`core/runner.py`) over one chunk of those items of a submitted batch, in this process: each item through `run_item` (its thread, timeout, attempts), the flushes (detail rows and ledger rows in bulk), the batch refresh. No Dagster. |
+| `run_batch_in_process` | the same batch run by `submit --wait`'s path: one Dagster chunk run in this process, adding one materialization per item and the run's events (SQLite event storage). |
+| × handler | ms/item / the handler's ms/item: the engine's overhead factor (target: ≤ 2 for `run_chunk`). |
+
+Reproduce: `python bench/run.py engine --engine-items 1000 --engine-dagster-items 200`.
+"""
+
+
+def _run_engine(args: argparse.Namespace) -> str:
+    from bench import engine
+
+    if args.engine_items < 1 or args.engine_dagster_items < 0:
+        raise SystemExit("--engine-items must be at least 1, --engine-dagster-items at least 0")
+    result = engine.run(args.engine_items, args.engine_dagster_items)
+    return (
+        f"### Engine: time per item inside a chunk run ({args.engine_items:,} items)\n\n"
+        f"{engine.markdown(result)}\n{_ENGINE_NOTES}"
+    )
+
+
 SECTIONS: dict[str, Section] = {
     s.name: s
     for s in (
@@ -255,6 +293,12 @@ SECTIONS: dict[str, Section] = {
             "end-to-end items/s of the per-item fan-out through dagster dev",
             _fanout_arguments,
             _run_fanout,
+        ),
+        Section(
+            "engine",
+            "time per item inside a chunk run against the handler's own",
+            _engine_arguments,
+            _run_engine,
         ),
         Section(
             "dataplane",
