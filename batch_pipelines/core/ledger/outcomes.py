@@ -1,5 +1,6 @@
-"""Writes of what runs did to items: each item's final state in ``batch_items`` and its
-attempts in ``item_attempts``, one item at a time or many at once from Arrow tables."""
+"""Writes of what runs did to items: each item's final state in ``batch_items``, its
+attempts in ``item_attempts`` and an ``item_failed`` event per failed item, one item at a time
+or many at once (Arrow tables, one statement per table)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
-from batch_pipelines.core.ledger.models import ItemOutcome, ItemStatus, to_json
+from batch_pipelines.core.ledger.models import ItemOutcome, ItemStatus, to_json, utcnow
 from batch_pipelines.core.ledger.store import add_event, write
-from batch_pipelines.core.redact import redact_optional
+from batch_pipelines.core.redact import redact_optional, redact_value
 
 
 def _failed_event(con: duckdb.DuckDBPyConnection, outcome: ItemOutcome, run_id: str | None) -> None:
@@ -21,6 +22,30 @@ def _failed_event(con: duckdb.DuckDBPyConnection, outcome: ItemOutcome, run_id: 
         item_id=outcome.item_id,
         actor=f"run:{run_id}" if run_id else "runner",
         detail={"error": outcome.error, "category": outcome.error_category},
+    )
+
+
+def _failed_events(
+    con: duckdb.DuckDBPyConnection, outcomes: Sequence[ItemOutcome], run_id: str | None
+) -> None:
+    """:func:`_failed_event` for every failed item of ``outcomes``, in one statement."""
+    failed = [o for o in outcomes if o.status == ItemStatus.FAILED]
+    if not failed:
+        return
+    at, actor = utcnow(), f"run:{run_id}" if run_id else "runner"
+    con.executemany(
+        'insert into batch_events (batch_id, item_id, event, "at", actor, detail) '
+        "values (?, ?, 'item_failed', ?, ?, ?)",
+        [
+            [
+                o.batch_id,
+                o.item_id,
+                at,
+                actor,
+                to_json(redact_value({"error": o.error, "category": o.error_category})),
+            ]
+            for o in failed
+        ],
     )
 
 
@@ -187,6 +212,4 @@ def record_outcomes(
     finally:
         con.unregister("_outcomes")
         con.unregister("_attempts")
-    for outcome in outcomes:
-        if outcome.status == ItemStatus.FAILED:
-            _failed_event(con, outcome, run_id)
+    _failed_events(con, outcomes, run_id)
