@@ -8,7 +8,8 @@ work) on a temporary data root, in this process, no daemon:
   ledger (handler, per-item retries/timeout machinery, ledger rows, the operation's commits,
   flushes), one chunk;
 - **run_batch_in_process**: the same batch through a real Dagster chunk run in this process
-  (``submit --wait``): the runner plus one materialization per item and the run's events.
+  (``submit --wait``) on ``make run``'s instance storage: the runner plus one materialization
+  per item and the run's events.
 
 The ratio ``ms/item in the run / handler ms/item`` is the engine's overhead factor.
 
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.fanout import manifest
+
+REPO = Path(__file__).resolve().parent.parent
+STORAGE_YAML = REPO / "batch_pipelines" / "deploy" / "dagster.sqlite.yaml"
 
 
 @contextlib.contextmanager
@@ -99,11 +103,17 @@ def in_run_chunk(n: int, settings: dict[str, Any] | None = None) -> dict[str, An
 
 
 def in_process_batch(n: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """ms per item of a one-chunk batch run in this process through Dagster."""
+    """ms per item of a one-chunk batch run in this process through Dagster, on the instance
+    storage of ``make run`` (the batching SQLite storage, DAGSTER_EVENT_BATCH_SIZE=1000)."""
+    import yaml
+
+    from batch_pipelines.app.devserver import patched_environ, write_dagster_yaml
     from batch_pipelines.app.inprocess import run_batch_in_process
     from batch_pipelines.definitions import defs
 
-    with _fresh_env():
+    storage = yaml.safe_load(STORAGE_YAML.read_text())
+    with _fresh_env() as env, patched_environ({"DAGSTER_EVENT_BATCH_SIZE": "1000"}):
+        write_dagster_yaml(env.dagster_home, storage)
         batch_id, instance = _submit(n, settings or {})
         try:
             start = time.perf_counter()
