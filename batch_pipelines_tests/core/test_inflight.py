@@ -295,3 +295,33 @@ def test_a_bad_commit_fails_only_its_item(env, detail: str) -> None:  # noqa: AN
     assert env.sql("select count(distinct item_id), count(*) from t_detail") == [(7, 14)]
     assert summary.count("failed") == 1
     assert env.sql("select outcome from item_attempts where item_id = 'item3'") == [("failed",)]
+
+
+def test_timeouts_and_retries_hold_per_item_in_flight(env) -> None:  # noqa: ANN001
+    from batch_pipelines_tests.core.test_runner import CALLS, SPEC
+
+    CALLS.clear()
+    s = ExecutionSettings(
+        max_retries=3, retry_base_delay_s=0.01, retry_jitter=0, item_timeout_s=0.5,
+        item_concurrency=4,
+    )  # fmt: skip
+    items = [
+        {"id": "slow", "behaviour": "slow", "sleep": 30},
+        {"id": "flaky", "behaviour": "flaky"},
+        {"id": "invalid", "behaviour": "invalid"},
+        *({"id": f"ok{n}"} for n in range(5)),
+    ]
+    _, work = make_batch(items, s)
+    run_chunk(SPEC, work, Opts(), s, run_id="r")
+    rows = dict(
+        env.sql(
+            "select item_id, status || ':' || attempts || ':' || coalesce(error_category, '') "
+            "from batch_items"
+        )
+    )
+    # The slow item times out on each of its 4 attempts while the others run beside it.
+    assert rows.pop("slow") == "failed:4:timeout"
+    assert rows.pop("flaky") == "succeeded:3:"
+    assert rows.pop("invalid") == "failed:1:validation"
+    assert set(rows.values()) == {"succeeded:1:"}
+    assert CALLS["flaky"] == 3 and CALLS["invalid"] == 1
