@@ -99,6 +99,11 @@ def _fanout_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--pool-limit", type=int, default=None, help="duckdb_writer pool limit (default: 2)"
     )
+    group.add_argument(
+        "--graphql",
+        action="store_true",
+        help="after each batch, time the UI's Partitions tab query of annotate_items (fanout)",
+    )
 
 
 _FANOUT_NOTES = """
@@ -139,6 +144,7 @@ def _run_fanout(args: argparse.Namespace) -> str:
             if args.pool_limit
             else None
         ),
+        graphql=args.graphql,
     )
     sizes = " and ".join(f"{n:,}" for n in sorted(args.items))
     return f"### Fan-out: {sizes} items end to end\n\n{fanout.markdown(result)}\n{_FANOUT_NOTES}"
