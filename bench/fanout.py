@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from bench.partitions_ui import time_graphql
+from bench.partitions_ui import time_graphql, time_report_cli
 
 REPO = Path(__file__).resolve().parent.parent
 TEXTS = (
@@ -116,6 +116,7 @@ def plain_loop(n: int) -> dict[str, float]:
 
 @dataclass
 class BatchFigures:
+    batch_id: str
     label: str
     items: int
     chunk_size: int
@@ -238,6 +239,7 @@ def run_through_daemon(
         return (ts - start).total_seconds() if ts else None
 
     return BatchFigures(
+        batch_id=batch_id,
         label=label,
         items=n,
         chunk_size=int(batch["settings"]["chunk_size"]),
@@ -319,6 +321,7 @@ def run(
                             )
                             if graphql:
                                 fig.graphql = time_graphql(server)
+                                fig.graphql["report_cli_s"] = time_report_cli(fig.batch_id)
                         results.append(fig)
                 finally:
                     instance.dispose()
@@ -371,14 +374,15 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             "| after batch | partition keys | materialized | Partitions tab query s | "
-            "again s | partition stats query s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "again s | partition stats query s | `batch-pipelines report` s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for b in graphql:
             g = b.graphql
             lines.append(
                 f"| {b.label} | {g['partition_keys']:,.0f} | {g['materialized']:,.0f} | "
-                f"{g['partitions_s']:.2f} | {g['partitions_again_s']:.2f} | {g['stats_s']:.2f} |"
+                f"{g['partitions_s']:.2f} | {g['partitions_again_s']:.2f} | {g['stats_s']:.2f} | "
+                f"{g['report_cli_s']:.2f} |"
             )
     lines += [
         "",

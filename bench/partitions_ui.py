@@ -4,7 +4,10 @@ counts), timed against a running ``dagster dev`` (used by ``bench/fanout.py --gr
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 # The queries behind the asset's Partitions tab (partition keys and each one's status) and
@@ -50,3 +53,11 @@ def time_graphql(server: Any, asset: str = "annotate_items") -> dict[str, float]
     server.graphql(PARTITION_STATS_QUERY, variables, timeout_s=600)
     out["stats_s"] = time.perf_counter() - t
     return out
+
+
+def time_report_cli(batch_id: str) -> float:
+    """Wall time of ``batch-pipelines report BATCH_ID`` (a new process, as a user runs it)."""
+    cli = str(Path(sys.executable).with_name("batch-pipelines"))
+    t = time.perf_counter()
+    subprocess.run([cli, "report", batch_id], check=True, capture_output=True, timeout=600)
+    return time.perf_counter() - t
