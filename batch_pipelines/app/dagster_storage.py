@@ -7,6 +7,7 @@ What it patches or borrows, all about how Dagster stores runs and events:
   events in one transaction (below).
 - :func:`buffer_materialization_batch`: hands the materializations of one flush to the
   storage as one batch of events.
+- :func:`serialize_batch`: the JSON of such a batch, packing what its events share once.
 - ``AUTO_RETRY_RUN_ID_TAG``, ``RETRY_NUMBER_TAG``, ``WILL_RETRY_TAG``: the run tags through
   which Dagster's run retry daemon records its retries (no public equivalent).
 - :func:`delete_dynamic_partitions`: deletes many dynamic partition keys with one SQL
