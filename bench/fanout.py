@@ -221,19 +221,26 @@ def run_through_daemon(
         first_running = con.execute(
             "select min(started_at) from batch_items where batch_id = ?", [batch_id]
         ).fetchone()[0]
-        in_run_s, handler_ms = con.execute(
-            """
-            select sum(span), (select avg(duration_ms) from batch_items where batch_id = ?)
-            from (
-                select epoch(max(finished_at)) - epoch(min(started_at)) as span
-                from batch_items where batch_id = ? group by run_id
-            )
-            """,
-            [batch_id, batch_id],
-        ).fetchone()
+        first_by_run = dict(
+            con.execute(
+                "select run_id, min(epoch(started_at)) from batch_items "
+                "where batch_id = ? group by run_id",
+                [batch_id],
+            ).fetchall()
+        )
+        handler_ms = con.execute(
+            "select avg(duration_ms) from batch_items where batch_id = ?", [batch_id]
+        ).fetchone()[0]
     runs = list(instance.get_run_records(filters=RunsFilter(tags={"batch/id": batch_id})))
     launches = [r.start_time - r.create_timestamp.timestamp() for r in runs if r.start_time]
     durations = [r.end_time - r.start_time for r in runs if r.start_time and r.end_time]
+    # Inside the runs: each run's first item started -> the run ended (its last flush and
+    # materializations included, the worker's start not).
+    in_run_s = sum(
+        r.end_time - first_by_run[r.dagster_run.run_id]
+        for r in runs
+        if r.end_time and first_by_run.get(r.dagster_run.run_id)
+    )
 
     def since(ts: datetime | None) -> float | None:
         return (ts - start).total_seconds() if ts else None
