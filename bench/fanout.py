@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from bench.partitions_ui import time_graphql, time_report_cli
+
 REPO = Path(__file__).resolve().parent.parent
 TEXTS = (
     "Storm winds broke the sea ice near the colony; the penguins moved inland.",
@@ -114,6 +116,7 @@ def plain_loop(n: int) -> dict[str, float]:
 
 @dataclass
 class BatchFigures:
+    batch_id: str
     label: str
     items: int
     chunk_size: int
@@ -127,6 +130,9 @@ class BatchFigures:
     mean_run_s: float | None  # run started -> run ended
     load_start: float
     load_end: float
+    in_run_ms: float | None = None  # per item, first item started -> last finished, per run
+    handler_ms: float | None = None  # mean duration_ms of the items (handler, retries)
+    graphql: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -136,6 +142,10 @@ class BatchFigures:
     @property
     def ms_per_item(self) -> float | None:
         return self.report_s * 1000 / self.items if self.report_s else None
+
+    @property
+    def ledger_items_per_s(self) -> float | None:
+        return self.items / self.ledger_s if self.ledger_s else None
 
 
 @contextlib.contextmanager
@@ -211,14 +221,32 @@ def run_through_daemon(
         first_running = con.execute(
             "select min(started_at) from batch_items where batch_id = ?", [batch_id]
         ).fetchone()[0]
+        first_by_run = dict(
+            con.execute(
+                "select run_id, min(epoch(started_at)) from batch_items "
+                "where batch_id = ? group by run_id",
+                [batch_id],
+            ).fetchall()
+        )
+        handler_ms = con.execute(
+            "select avg(duration_ms) from batch_items where batch_id = ?", [batch_id]
+        ).fetchone()[0]
     runs = list(instance.get_run_records(filters=RunsFilter(tags={"batch/id": batch_id})))
     launches = [r.start_time - r.create_timestamp.timestamp() for r in runs if r.start_time]
     durations = [r.end_time - r.start_time for r in runs if r.start_time and r.end_time]
+    # Inside the runs: each run's first item started -> the run ended (its last flush and
+    # materializations included, the worker's start not).
+    in_run_s = sum(
+        r.end_time - first_by_run[r.dagster_run.run_id]
+        for r in runs
+        if r.end_time and first_by_run.get(r.dagster_run.run_id)
+    )
 
     def since(ts: datetime | None) -> float | None:
         return (ts - start).total_seconds() if ts else None
 
     return BatchFigures(
+        batch_id=batch_id,
         label=label,
         items=n,
         chunk_size=int(batch["settings"]["chunk_size"]),
@@ -232,6 +260,8 @@ def run_through_daemon(
         mean_run_s=sum(durations) / len(durations) if durations else None,
         load_start=load_start,
         load_end=load(),
+        in_run_ms=in_run_s * 1000 / n if in_run_s else None,
+        handler_ms=handler_ms,
     )
 
 
@@ -259,6 +289,7 @@ def run(
     storage: str = "batched",
     dagster_yaml: dict | None = None,
     extra_env: dict[str, str] | None = None,
+    graphql: bool = False,
 ) -> dict[str, Any]:
     """Every fan-out figure: the naive batch on one ``dagster dev``, then the sizes ascending
     on another."""
@@ -279,7 +310,7 @@ def run(
     for phase, ns in phases:
         with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
             started = time.monotonic()
-            with dagster_dev_env(Path(tmp), dagster_yaml, extra_env):
+            with dagster_dev_env(Path(tmp), dagster_yaml, extra_env) as (_env, server):
                 startup_s = max(startup_s, time.monotonic() - started)
                 if phase == "sizes":  # next to the batches it is compared with
                     loop = plain_loop(loop_items)
@@ -295,6 +326,9 @@ def run(
                             fig = run_through_daemon(
                                 instance, n, chunk_size, f"{n:,} items", max(600.0, n * 0.5)
                             )
+                            if graphql:
+                                fig.graphql = time_graphql(server)
+                                fig.graphql["report_cli_s"] = time_report_cli(fig.batch_id)
                         results.append(fig)
                 finally:
                     instance.dispose()
@@ -319,25 +353,44 @@ def markdown(result: dict[str, Any]) -> str:
     naive = next((b for b in result["batches"] if b.chunk_size == 1), None)
     lines = [
         "| batch | chunk size | runs | status | submit s | first item running s | "
-        "all items in ledger s | report materialized s | items/s | ms/item | "
+        "all items in ledger s | ledger items/s | × naive (ledger) | in-run ms/item | "
+        "handler ms/item | report materialized s | items/s | ms/item | "
         "overhead ms/item | × naive | mean launch s | mean run s | load (start → end) |",
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
-        "---: | ---: | --- |",
+        "---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+
+    def times(b: BatchFigures, per_item: Any) -> str:
+        if not naive or b is naive or not per_item(b) or not per_item(naive):
+            return "-"
+        return f"{per_item(naive) / per_item(b):,.0f}×"
+
     for b in result["batches"]:
-        speedup = (
-            naive.ms_per_item / b.ms_per_item
-            if naive and b.ms_per_item and naive.ms_per_item and b is not naive
-            else None
-        )
         overhead = b.ms_per_item - loop_ms if b.ms_per_item else None
         lines.append(
             f"| {b.label} | {b.chunk_size} | {b.runs} | {b.status} | {_f(b.submit_s, 2)} | "
-            f"{_f(b.first_running_s)} | {_f(b.ledger_s)} | {_f(b.report_s)} | "
+            f"{_f(b.first_running_s)} | {_f(b.ledger_s)} | {_f(b.ledger_items_per_s)} | "
+            f"{times(b, lambda x: x.ledger_s / x.items if x.ledger_s else None)} | "
+            f"{_f(b.in_run_ms, 2)} | {_f(b.handler_ms, 2)} | {_f(b.report_s)} | "
             f"{_f(b.items_per_s)} | {_f(b.ms_per_item)} | {_f(overhead)} | "
-            f"{'-' if speedup is None else f'{speedup:,.0f}×'} | {_f(b.mean_launch_s)} | "
+            f"{times(b, lambda x: x.ms_per_item)} | {_f(b.mean_launch_s)} | "
             f"{_f(b.mean_run_s)} | {b.load_start:.1f} → {b.load_end:.1f} |"
         )
+    graphql = [b for b in result["batches"] if b.graphql]
+    if graphql:
+        lines += [
+            "",
+            "| after batch | partition keys | materialized | Partitions tab query s | "
+            "again s | partition stats query s | `batch-pipelines report` s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for b in graphql:
+            g = b.graphql
+            lines.append(
+                f"| {b.label} | {g['partition_keys']:,.0f} | {g['materialized']:,.0f} | "
+                f"{g['partitions_s']:.2f} | {g['partitions_again_s']:.2f} | {g['stats_s']:.2f} | "
+                f"{g['report_cli_s']:.2f} |"
+            )
     lines += [
         "",
         f"Plain Python loop, same item work ({loop['items']:,} items, handler + its DuckDB "
@@ -374,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", choices=("batched", "stock"), default="batched")
     parser.add_argument("--event-batch-size", type=int, default=None)
     parser.add_argument("--dagster-yaml", type=json.loads, default=None, help="JSON overrides")
+    parser.add_argument("--graphql", action="store_true", help="time the Partitions tab query")
     args = parser.parse_args(argv)
     env = {}
     if args.event_batch_size is not None:
@@ -386,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         storage=args.storage,
         dagster_yaml=args.dagster_yaml,
         extra_env=env,
+        graphql=args.graphql,
     )
     print(markdown(result))
     return 0

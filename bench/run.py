@@ -99,6 +99,11 @@ def _fanout_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--pool-limit", type=int, default=None, help="duckdb_writer pool limit (default: 2)"
     )
+    group.add_argument(
+        "--graphql",
+        action="store_true",
+        help="after each batch, time the UI's Partitions tab query of annotate_items (fanout)",
+    )
 
 
 _FANOUT_NOTES = """
@@ -108,6 +113,8 @@ _FANOUT_NOTES = """
 | chunk size, runs | items per chunk run (automatic unless `--chunk-size`) and how many chunk runs the batch took. |
 | first item running | submit → the first chunk run marks its items `running` (dispatcher tick, run creation, queue, worker start). |
 | all items in ledger | submit → the batch is terminal in the ledger (`batches.completed_at`). |
+| ledger items/s, × naive (ledger) | items / (submit → all items in ledger), and the naive batch's seconds per item in the ledger over this batch's: the light-items target (600 items/s, 2,000×). |
+| in-run ms/item, handler ms/item | inside the chunk runs: for each run, its first item started → the run ended, summed over the runs, per item (the item loop, flushes, ledger writes and Dagster events, without the worker's start); and the items' mean `duration_ms` (the handler's own time). |
 | report materialized | submit → the `analytics_reports_job` run the `analytics_on_batch_*` sensors request for the batch has succeeded (those sensors look every 10 s). This is the end-to-end time. |
 | items/s, ms/item | items / end-to-end time, and its inverse. |
 | overhead ms/item | ms/item minus the plain loop's ms/item: what the fan-out (Dagster runs, events, ledger) adds per item. |
@@ -115,11 +122,13 @@ _FANOUT_NOTES = """
 | mean launch s, mean run s | per chunk run: created → started (queue wait + worker start), started → ended. |
 | load | `os.getloadavg()[0]` when the batch was submitted and when it was done: the machine is shared, compare runs at similar load. |
 | plain loop | the same items through the annotate handler and its DuckDB commit in one process, no Dagster. |
+| GraphQL (`--graphql`) | after the batch, against the same web server: the query of the asset's Partitions tab (`partitionKeysByDimension` and `assetPartitionStatuses`: every key of `annotate_items` and its status), twice (the second load reads Dagster's cached partition status), the `partitionStats` counts of the asset's overview, and `batch-pipelines report ID` in a new process. |
 
 Reproduce: `make bench BENCH_ARGS="fanout"` or `python bench/run.py fanout --items 1000 10000`
 (`--chunk-size N` to fix the chunk size, `--pool-limit N` for the `duckdb_writer` pool,
 `--storage stock` for Dagster's stock SQLite storage without event batching, `--naive-items 0`
-to skip the baseline).
+to skip the baseline, `--graphql` for the UI's partition queries; the scale point is
+`python bench/run.py fanout --items 100000 --graphql`).
 """
 
 
@@ -139,6 +148,7 @@ def _run_fanout(args: argparse.Namespace) -> str:
             if args.pool_limit
             else None
         ),
+        graphql=args.graphql,
     )
     sizes = " and ".join(f"{n:,}" for n in sorted(args.items))
     return f"### Fan-out: {sizes} items end to end\n\n{fanout.markdown(result)}\n{_FANOUT_NOTES}"

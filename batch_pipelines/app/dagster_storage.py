@@ -7,6 +7,7 @@ What it patches or borrows, all about how Dagster stores runs and events:
   events in one transaction (below).
 - :func:`buffer_materialization_batch`: hands the materializations of one flush to the
   storage as one batch of events.
+- :func:`serialize_batch`: the JSON of such a batch, packing what its events share once.
 - ``AUTO_RETRY_RUN_ID_TAG``, ``RETRY_NUMBER_TAG``, ``WILL_RETRY_TAG``: the run tags through
   which Dagster's run retry daemon records its retries (no public equivalent).
 - :func:`delete_dynamic_partitions`: deletes many dynamic partition keys with one SQL
@@ -33,6 +34,7 @@ Enable it with ``batch_pipelines/deploy/dagster.sqlite.yaml`` (what ``make run``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,8 +42,10 @@ import dagster._check as check
 import sqlalchemy as db
 from dagster import AssetMaterialization, DagsterEvent, OpExecutionContext
 from dagster._core.events import (
+    AssetMaterializationPlannedData,
     DagsterEventBatchMetadata,
     DagsterEventType,
+    StepMaterializationData,
     generate_event_batch_id,
 )
 from dagster._core.events.log import EventLogEntry
@@ -57,7 +61,7 @@ from dagster._core.storage.sqlite_storage import (
     _schedule_directory,
 )
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, RETRY_NUMBER_TAG, WILL_RETRY_TAG
-from dagster._serdes import ConfigurableClassData
+from dagster._serdes import ConfigurableClassData, pack_value, serialize_value
 from dagster._utils import mkdir_p
 
 __all__ = [
@@ -68,6 +72,7 @@ __all__ = [
     "BatchingSqliteStorage",
     "buffer_materialization_batch",
     "delete_dynamic_partitions",
+    "serialize_batch",
 ]
 
 PARTITION_DELETE_CHUNK = 500
@@ -92,6 +97,113 @@ def batchable(events: Sequence[EventLogEntry]) -> bool:
         if dagster_event.event_type not in BATCHED_EVENT_TYPES or not dagster_event.asset_key:
             return False
     return True
+
+
+def _envelope(event: EventLogEntry) -> EventLogEntry:
+    """The event without what differs between the events of one batch."""
+    dagster_event = event.get_dagster_event()
+    return event._replace(
+        timestamp=0.0, dagster_event=dagster_event._replace(event_specific_data=None)
+    )
+
+
+def _scalar_field(packed: Any) -> str | None:
+    """The one field of a packed metadata value (``text`` or ``value``) if it is a scalar."""
+    fields = [k for k in packed if k != "__class__"] if isinstance(packed, dict) else []
+    if len(fields) != 1 or not isinstance(packed[fields[0]], str | int | float | bool):
+        return None
+    return fields[0]
+
+
+def _same_tag_shape(tags: Mapping[str, str] | None, template: Mapping[str, str] | None) -> bool:
+    """Both empty, or both string to string (such as a data version per event)."""
+    if not tags or not template:
+        return tags == template
+    return all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+
+
+class _Template:
+    """The packed event data of one event of a batch, into which another event of the same
+    shape (same asset, same metadata labels of the same scalar types) puts its own partition
+    and metadata values: what ``pack_value`` would give, without walking the whole tree."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.packed = pack_value(data)
+        self.fields: list[str | None] = []
+        if isinstance(data, StepMaterializationData):
+            entries = self.packed["materialization"]["metadata_entries"]
+            self.fields = [_scalar_field(e["entry_data"]) for e in entries]
+
+    def pack(self, data: Any) -> dict[str, Any] | None:
+        """``pack_value(data)``, or None where ``data`` is not of this template's shape."""
+        if type(data) is not type(self.data):
+            return None
+        if isinstance(data, AssetMaterializationPlannedData):
+            if data.asset_key != self.data.asset_key or data.partitions_subset is not None:
+                return None
+            return {**self.packed, "partition": data.partition}
+        if not isinstance(data, StepMaterializationData) or data.asset_lineage:
+            return None
+        m, t = data.materialization, self.data.materialization
+        if (
+            m.asset_key != t.asset_key
+            or m.description != t.description
+            or not _same_tag_shape(m.tags, t.tags)
+            or list(m.metadata) != list(t.metadata)
+        ):
+            return None
+        template = self.packed["materialization"]
+        entries = []
+        for value, field, entry, old in zip(
+            m.metadata.values(),
+            self.fields,
+            template["metadata_entries"],
+            t.metadata.values(),
+            strict=True,
+        ):
+            raw = getattr(value, field, None) if field else None
+            if type(value) is not type(old) or not isinstance(raw, str | int | float | bool):
+                return None
+            data_class = entry["entry_data"]["__class__"]
+            entries.append({**entry, "entry_data": {"__class__": data_class, field: raw}})
+        materialization = {**template, "metadata_entries": entries, "partition": m.partition}
+        if m.tags:
+            materialization["tags"] = dict(m.tags)
+        return {**self.packed, "materialization": materialization}
+
+
+def serialize_batch(events: Sequence[EventLogEntry]) -> list[str]:
+    """``serialize_value`` of each event of a batch of asset events of one step: the same
+    JSON, but the parts every event shares are packed once, so a materialization with a dozen
+    metadata entries costs a fraction of a millisecond instead of about one.
+
+    Events of another shape are serialized by ``serialize_value``; so is one event of the batch
+    to compare with, and if they differ (a Dagster version that packs these events otherwise)
+    the whole batch is."""
+    if len(events) < 2:
+        return [serialize_value(e) for e in events]
+    envelope = _envelope(events[0])
+    packed_envelope = pack_value(envelope)
+    template = _Template(events[0].get_dagster_event().event_specific_data)
+    out: list[str] = []
+    checked: int | None = None
+    for i, event in enumerate(events):
+        data = event.get_dagster_event().event_specific_data
+        packed = template.pack(data) if _envelope(event) == envelope else None
+        if packed is None:
+            out.append(serialize_value(event))
+            continue
+        entry = {
+            **packed_envelope,
+            "dagster_event": {**packed_envelope["dagster_event"], "event_specific_data": packed},
+            "timestamp": event.timestamp,
+        }
+        out.append(json.dumps(entry, sort_keys=True))
+        checked = i
+    if checked is not None and out[checked] != serialize_value(events[checked]):
+        return [serialize_value(e) for e in events]
+    return out
 
 
 class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
@@ -120,7 +232,7 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
         if not batchable(events):
             super().store_event_batch(events)
             return
-        rows = [self._event_to_row(event) for event in events]
+        rows = self._batch_rows(events)
         with self.run_connection(events[0].run_id) as conn:
             conn.execute(SqlEventLogStorageTable.insert(), rows)
         # Mirror into the index database, as store_event does for asset events, with the
@@ -142,6 +254,27 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
                 latest[(dagster_event.asset_key, dagster_event.event_type)] = (event, event_id)
             for event, event_id in sorted(latest.values(), key=lambda pair: pair[1]):
                 self._store_asset_event(conn, event, event_id)
+
+    def _batch_rows(self, events: Sequence[EventLogEntry]) -> list[dict[str, Any]]:
+        """``_event_to_row`` for each event, with the ``event`` column serialized by
+        :func:`serialize_batch` (the same JSON, made faster)."""
+        rows = []
+        for event, text in zip(events, serialize_batch(events), strict=True):
+            row = self._event_to_row_without_event(event)
+            row["event"] = text
+            rows.append(row)
+        return rows
+
+    def _event_to_row_without_event(self, event: EventLogEntry) -> dict[str, Any]:
+        dagster_event = event.get_dagster_event()
+        return {
+            "run_id": event.run_id,
+            "dagster_event_type": dagster_event.event_type_value,
+            "timestamp": self._event_insert_timestamp(event),
+            "step_key": dagster_event.step_key,
+            "asset_key": dagster_event.asset_key.to_string() if dagster_event.asset_key else None,
+            "partition": dagster_event.partition or None,
+        }
 
 
 class BatchingSqliteStorage(DagsterSqliteStorage):

@@ -94,13 +94,14 @@ class ExecutionSettings(BaseModel, extra="forbid"):
         return self.item_concurrency or spec.item_concurrency
 
 
-# Unset chunk_size: each chunk run costs 2-3 s to launch (a new worker process) whatever its
-# size, so 100 items per run caps a batch of light items at ~35 items/s. A batch is cut into
-# AUTO_CHUNK_RUNS chunks (two run slots busy twice), of AUTO_CHUNK_MIN to AUTO_CHUNK_MAX
-# items; chunk_time_slice_s keeps a big chunk of slow items from holding a run slot for long.
-# Measured in docs/benchmarks.md (bench/fanout.py).
+# Unset chunk_size: each chunk run costs 2-3 s to launch (a new worker process, several more
+# on a busy machine) whatever its size, so 100 items per run caps a batch of light items at
+# ~35 items/s, and 1,000 left a 10,000-item batch waiting on worker starts for half its time.
+# A batch is cut into AUTO_CHUNK_RUNS chunks (two run slots busy twice), of AUTO_CHUNK_MIN to
+# AUTO_CHUNK_MAX items; chunk_time_slice_s keeps a big chunk of slow items from holding a run
+# slot for long. Measured in docs/benchmarks.md (bench/fanout.py).
 AUTO_CHUNK_MIN = 100
-AUTO_CHUNK_MAX = 1000
+AUTO_CHUNK_MAX = 5000
 AUTO_CHUNK_RUNS = 4
 
 

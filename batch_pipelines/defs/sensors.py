@@ -26,6 +26,7 @@ from batch_pipelines.app.recovery import (
 from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.webhooks import failure_payload, post_webhook
+from batch_pipelines.defs.assets import CHUNK_RUN_CONFIG
 from batch_pipelines.defs.jobs import OPERATION_JOBS
 
 
@@ -129,7 +130,12 @@ def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipRea
         return SkipReason(f"{len(chunks)} chunk(s) waiting, all running or held by limits")
     return SensorResult(
         run_requests=[
-            RunRequest(run_key=launch.run_key, job_name=launch.job_name, tags=launch.tags)
+            RunRequest(
+                run_key=launch.run_key,
+                job_name=launch.job_name,
+                tags=launch.tags,
+                run_config=CHUNK_RUN_CONFIG,
+            )
             for launch in launches
         ]
     )

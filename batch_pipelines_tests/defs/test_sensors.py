@@ -206,6 +206,10 @@ def test_dispatcher_sensor_against_the_ledger(samples: Path, env, instance) -> N
     assert requests[3].tags[RANGE_START] == keys[4] and requests[3].tags[RANGE_END] == keys[5]
     assert all(r.job_name == "import_job" for r in requests)
     assert len({r.run_key for r in requests}) == 4
+    # The worker's console stays at INFO: at DEBUG it printed one line per item's event.
+    assert all(
+        r.run_config["loggers"]["console"]["config"]["log_level"] == "INFO" for r in requests
+    )
     with warehouse.connect() as con:
         ledger.set_batch_status(con, low, "cancelled")
     result = batch_dispatcher(build_sensor_context(instance=instance))

@@ -16,7 +16,13 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
-from dagster import AssetKey, AssetMaterialization, AssetPartitionStatus, DagsterInstance
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetPartitionStatus,
+    DagsterInstance,
+    MetadataValue,
+)
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.events import (
     AssetMaterializationPlannedData,
@@ -26,8 +32,9 @@ from dagster._core.events import (
 )
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._serdes import serialize_value
 
-from batch_pipelines.app.dagster_storage import BatchingSqliteEventLogStorage
+from batch_pipelines.app.dagster_storage import BatchingSqliteEventLogStorage, serialize_batch
 from batch_pipelines.app.dispatch import (
     HANDED_OVER_TAG,
     MAX_LAUNCHES_PER_CHUNK,
@@ -206,7 +213,8 @@ def test_record_outcomes_writes_what_record_outcome_writes(env) -> None:  # noqa
 def test_auto_chunk_size_grows_with_the_batch_and_an_explicit_one_wins(env) -> None:  # noqa: ANN001
     assert auto_chunk_size(1) == auto_chunk_size(400) == 100
     assert auto_chunk_size(1000) == 250
-    assert auto_chunk_size(4000) == auto_chunk_size(100_000) == AUTO_CHUNK_MAX
+    assert auto_chunk_size(10_000) == 2500
+    assert auto_chunk_size(20_000) == auto_chunk_size(100_000) == AUTO_CHUNK_MAX == 5000
     items = [{"id": f"t{i}", "text": "hello world"} for i in range(2500)]
     auto = prepare_batch({"operation": "annotate", "items": items})
     assert auto.manifest.settings.chunk_size == 625
@@ -293,6 +301,52 @@ def test_store_event_batch_stores_what_store_event_stores(tmp_path: Path) -> Non
     assert {"p9", "p10", "p11"} <= batched.get_materialized_partitions(AssetKey("perf_items"))
 
 
+def _with_metadata(event: EventLogEntry, metadata: dict[str, Any], **kw: Any) -> EventLogEntry:
+    data = event.dagster_event.event_specific_data
+    m = data.materialization
+    materialization = AssetMaterialization(
+        kw.get("asset_key", m.asset_key),
+        partition=m.partition,
+        metadata=metadata,
+        tags=kw.get("tags", m.tags),
+        description=kw.get("description"),
+    )
+    return event._replace(
+        dagster_event=event.dagster_event._replace(
+            event_specific_data=StepMaterializationData(materialization)
+        )
+    )
+
+
+def test_serialize_batch_gives_what_serialize_value_gives(monkeypatch) -> None:  # noqa: ANN001
+    scalars = {"batch_id": "b1", "n": 3, "score": 0.25, "ok": True, "model": "local"}
+    done = [_with_metadata(_materialization(i, "r"), {**scalars, "n": i}) for i in range(6)]
+    odd = [
+        _with_metadata(_materialization(6, "r"), {**scalars, "score": float("nan")}),
+        _with_metadata(_materialization(7, "r"), {**scalars, "n": "three"}),  # other type
+        _with_metadata(_materialization(8, "r"), {"only": 1}),  # other labels
+        _with_metadata(_materialization(9, "r"), {**scalars, "j": MetadataValue.json({"a": 1})}),
+        _with_metadata(_materialization(10, "r"), scalars, asset_key=AssetKey("other")),
+        _with_metadata(_materialization(11, "r"), scalars, description="d", tags={"t": "1"}),
+        _with_metadata(_materialization(12, "r"), {**scalars, "text": 'quote " and \\ é'}),
+    ]
+    stepped = done[0]._replace(step_key="other_step")
+    planned = [_materialization(i, "r", planned=True) for i in range(5)]
+    for batch in (done, done + odd, [*done, stepped], odd, planned, planned[:1]):
+        assert serialize_batch(batch) == [serialize_value(e) for e in batch]
+    # The events of the usual shape do not go through serialize_value (but one, the check).
+    slow: list[EventLogEntry] = []
+
+    def counted(value: Any) -> str:
+        slow.append(value)
+        return serialize_value(value)
+
+    monkeypatch.setattr("batch_pipelines.app.dagster_storage.serialize_value", counted)
+    assert serialize_batch(done) == [serialize_value(e) for e in done]
+    assert serialize_batch(planned) == [serialize_value(e) for e in planned]
+    assert len(slow) == 2
+
+
 @pytest.fixture
 def batching_instance(env, monkeypatch):  # noqa: ANN001, ANN201
     text = (REPO / "dagster.yaml").read_text() + "\n" + STORAGE_YAML.read_text()
@@ -336,6 +390,7 @@ def test_batched_fan_out_keeps_every_partition_status_and_metadata(
     records = instance.fetch_materializations(key, limit=100).records
     assert len(records) == 23
     by_partition = {r.partition_key: r.asset_materialization.metadata for r in records}
+    assert len(by_partition) == 23  # one materialization per item partition, none twice
     assert by_partition[keys["t3"]]["item_id"].value == "t3"
     assert by_partition[keys["t3"]]["category"].value == "finance"
     assert by_partition[keys["t3"]]["batch_id"].value == batch_id
