@@ -257,7 +257,7 @@ def retry_batch(
     """A new batch with only the failed items of ``batch_id`` (optionally only some error
     categories, or the given item ids — which must have failed or been cancelled), linked by
     ``parent_batch_id``, with the parent's options and settings unless overridden."""
-    from batch_pipelines.app.submit import submit_batch
+    from batch_pipelines.app.submit import RateLimitError, submit_batch
 
     paths = config.get_paths()
     categories = list(categories or [])
@@ -294,9 +294,10 @@ def retry_batch(
             instance=instance,
             source=source,
             parent_batch_id=batch_id,
-            submitted_by=actor.split(":")[-1],
+            submitted_by=actor.split(":", 1)[-1],
+            actor=actor.split(":", 1)[-1],
         )
-    except ManifestError as exc:
+    except (ManifestError, RateLimitError) as exc:
         raise ControlError(f"cannot retry {batch_id}: {exc}") from exc
     with warehouse.connect(paths.warehouse) as con:
         ledger.add_event(

@@ -109,7 +109,7 @@ def resume(batch_id: str, wait: bool, as_json: bool) -> None:
     )
     if wait:
         if daemon_running(instance):
-            batch = watch(batch_id, quiet=as_json)
+            batch = watch(batch_id, quiet=as_json, instance=instance)
         else:
             batch = run_here(batch_id, instance, quiet=as_json)
         finish(batch, as_json)
@@ -169,7 +169,7 @@ def retry(
     if wait:
         new_id = result.new_batch_id
         if daemon_running(instance):
-            batch = watch(new_id, quiet=as_json)
+            batch = watch(new_id, quiet=as_json, instance=instance)
         else:
             batch = run_here(new_id, instance, quiet=as_json)
         finish(batch, as_json)

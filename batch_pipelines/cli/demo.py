@@ -1,4 +1,5 @@
-"""``demo``: a demo batch over the bundled samples, run in this process.
+"""``demo``: the demo batches over the bundled samples; ``dev``: the Dagster UI and daemon
+(``make run``).
 
 The demo module and the Dagster definitions are imported inside the command: it runs Dagster
 jobs, which ``--help`` should not load.
@@ -28,3 +29,16 @@ def demo(as_json: bool) -> None:
         if all(r["status"] in ("completed", "completed_with_errors") for r in results)
         else EXIT_FAILED
     )
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=3000, show_default=True)
+def dev(host: str, port: int) -> None:
+    """Run the Dagster UI and daemon (`dagster dev`) for this project: what `make run` does.
+    Ctrl-C (or SIGTERM) stops it and every process it started within 10 seconds."""
+    from batch_pipelines.app.devrun import dagster_dev_command, run_dev
+    from batch_pipelines.app.instance import ensure_dagster_home
+
+    home = ensure_dagster_home()
+    sys.exit(run_dev(dagster_dev_command(host, port), home))

@@ -31,7 +31,7 @@ from batch_pipelines.core.ledger.outcomes import record_outcome, record_outcomes
 from batch_pipelines.core.ledger.reads import (
     batch_for_idempotency_key,
     batch_status,
-    batches_in_last_hour,
+    batches_submitted_since,
     chunk_plan,
     count_active,
     count_items,
@@ -84,7 +84,7 @@ __all__ = [
     "add_event",
     "batch_for_idempotency_key",
     "batch_status",
-    "batches_in_last_hour",
+    "batches_submitted_since",
     "cancel_pending",
     "chunk_plan",
     "count_active",

@@ -164,13 +164,16 @@ def batch_for_idempotency_key(con: duckdb.DuckDBPyConnection, key: str) -> str |
     return row[0] if row else None
 
 
-def batches_in_last_hour(con: duckdb.DuckDBPyConnection, submitted_by: str) -> int:
+def batches_submitted_since(con: duckdb.DuckDBPyConnection, actor: str, since: datetime) -> int:
+    """How many batches ``actor`` (who really submitted, whatever the entry point: the part
+    of a ``batch_submitted`` event's ``<source>:<actor>`` after the first colon) submitted
+    since ``since`` (UTC); a batch deleted since still counts."""
     return int(
         one(
             con,
-            "select count(*) from batches where submitted_by = ? and "
-            "created_at > now()::timestamp - interval 1 hour",
-            [submitted_by],
+            "select count(*) from batch_events where event = 'batch_submitted' and \"at\" > ? "
+            "and substr(actor, strpos(actor, ':') + 1) = ?",
+            [since, actor],
         )[0]
     )
 
