@@ -170,8 +170,8 @@ def batch_metrics_report(
 @_analytics_asset(
     "error_report",
     "What failed and why (SQL view `error_distribution`): failed items grouped by error "
-    "category and normalised message fingerprint, with counts and share of the batch's "
-    "failures, for the focus batch and across all batches.",
+    "category, severity and normalised message fingerprint, with counts and share of the "
+    "batch's failures, for the focus batch and across all batches.",
 )
 def error_report(
     context: AssetExecutionContext, config: FocusConfig, warehouse: WarehouseResource

@@ -628,6 +628,8 @@ def test_analytics_assets_materialize_with_previews_and_charts(ledger: Path, env
         )
     assert "data:image" not in meta["error_report"]["preview"].value
     assert "could not parse line <n> of <path>" in meta["error_report"]["preview"].value
+    assert "| category | severity | fingerprint |" in meta["error_report"]["preview"].value
+    assert "| validation | error |" in meta["error_report"]["preview"].value
     assert meta["batch_metrics_report"]["focus_batch_id"].value == MIXED
     assert meta["batch_metrics_report"]["focus_success_rate"].value == pytest.approx(8 / 12)
     report_md = (env.data / "reports" / "analytics" / "operation_stats_report.md").read_text()
