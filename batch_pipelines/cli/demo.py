@@ -11,17 +11,28 @@ import sys
 
 import click
 
-from batch_pipelines.cli.utils import EXIT_FAILED, EXIT_OK, print_json
+from batch_pipelines.cli.utils import EXIT_FAILED, EXIT_OK, err_console, print_json
 
 
 @click.command()
+@click.option(
+    "--in-process", is_flag=True, help="Run the batches here even if a Dagster daemon is running."
+)
 @click.option("--json", "as_json", is_flag=True)
-def demo(as_json: bool) -> None:
-    """Run a demo batch over the bundled sample files in this process and print a summary."""
-    from batch_pipelines.app.demo import run_demo
+def demo(in_process: bool, as_json: bool) -> None:
+    """Run the demo batches over the bundled sample files and print a summary: through the
+    Dagster daemon when `make run` is up (the runs show in the UI), else in this process."""
+    from batch_pipelines.app.demo import DaemonGoneError, run_demo
     from batch_pipelines.definitions import defs
 
-    results = run_demo(defs, quiet=as_json)
+    try:
+        results = run_demo(defs, quiet=as_json, in_process=in_process)
+    except DaemonGoneError as exc:
+        err_console.print(f"[red]{exc}[/]", highlight=False)
+        err_console.print(
+            "[yellow]start `make run` again, or `batch-pipelines demo --in-process`[/]"
+        )
+        sys.exit(EXIT_FAILED)
     if as_json:
         print_json(results)
     sys.exit(

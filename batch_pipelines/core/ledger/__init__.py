@@ -31,6 +31,7 @@ from batch_pipelines.core.ledger.outcomes import record_outcome, record_outcomes
 from batch_pipelines.core.ledger.reads import (
     batch_for_idempotency_key,
     batch_status,
+    batches_finished_since,
     batches_submitted_since,
     chunk_plan,
     count_active,
@@ -84,6 +85,7 @@ __all__ = [
     "add_event",
     "batch_for_idempotency_key",
     "batch_status",
+    "batches_finished_since",
     "batches_submitted_since",
     "cancel_pending",
     "chunk_plan",

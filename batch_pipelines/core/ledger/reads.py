@@ -178,6 +178,22 @@ def batches_submitted_since(con: duckdb.DuckDBPyConnection, actor: str, since: d
     )
 
 
+def batches_finished_since(
+    con: duckdb.DuckDBPyConnection, since: datetime, limit: int
+) -> list[tuple[str, datetime]]:
+    """``(batch_id, completed_at)`` of the batches in a final status that finished after
+    ``since`` (UTC), oldest first."""
+    terminal = [str(s) for s in TERMINAL_BATCH_STATUSES]
+    return [
+        (r[0], r[1])
+        for r in con.execute(
+            "select batch_id, completed_at from batches where completed_at > ? and status in "
+            f"({', '.join('?' for _ in terminal)}) order by completed_at, batch_id limit ?",
+            [since, *terminal, limit],
+        ).fetchall()
+    ]
+
+
 def items_for_keys(con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> list[dict[str, Any]]:
     """The ledger rows (with their batch's operation, options and settings) for partition keys,
     in submission order."""
