@@ -4,13 +4,20 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batch_pipelines.app.dispatch import ACTIVE_RUN_STATUSES
-from batch_pipelines.app.recovery import end_dead_runs, is_stalled, reap_dead_runs
+from batch_pipelines.app.recovery import (
+    batch_run_records,
+    end_dead_runs,
+    is_stalled,
+    reap_dead_runs,
+    retire_stale_retries,
+)
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.ledger import Batch, BatchStatus, ItemStatus
 from batch_pipelines.core.manifest import ManifestError
@@ -209,15 +216,20 @@ def resume_batch(
     *,
     actor: str = "python",
     instance=None,  # noqa: ANN001
+    here: bool = False,
 ) -> ControlResult:
     """Let the dispatcher launch the batch's unfinished chunks again: a paused batch, or one
-    whose worker died (its runs are ended, the items they left running pending again)."""
+    whose worker died (its runs are ended, the items they left running pending again).
+    ``here``: the caller runs the rest in its own process, as no daemon runs: no automatic
+    retry of its failed runs will come either, so their items are pending again too."""
     from batch_pipelines.app.instance import get_instance
 
     instance = instance or get_instance()
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse, read_only=True) as con:
         _batch_or_error(con, batch_id)
+    if here:
+        retire_stale_retries(instance, batch_run_records(instance, [batch_id]), now=math.inf)
     recovered = reap_dead_runs(instance, paths, batch_id=batch_id)
     stalled = is_stalled(instance, batch_id)
     with warehouse.connect(paths.warehouse) as con:

@@ -99,6 +99,7 @@ def resume(batch_id: str, wait: bool, as_json: bool) -> None:
     """Resume a paused batch, or one whose worker died (kill -9, a crash): its unfinished
     items run, nothing runs twice."""
     instance = get_instance()
+    here = wait and not daemon_running(instance)
     _run_control(
         resume_batch,
         as_json,
@@ -106,9 +107,10 @@ def resume(batch_id: str, wait: bool, as_json: bool) -> None:
         batch_id=batch_id,
         actor=actor(),
         instance=instance,
+        here=here,
     )
     if wait:
-        if daemon_running(instance):
+        if not here:
             batch = watch(batch_id, quiet=as_json, instance=instance)
         else:
             batch = run_here(batch_id, instance, quiet=as_json)
