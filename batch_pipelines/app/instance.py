@@ -76,14 +76,14 @@ def daemon_running(instance: DagsterInstance) -> DaemonCheck:
         return DaemonCheck(False, "this Dagster instance has no daemon heartbeats")
     if beat is None:
         return DaemonCheck(False, "no Dagster daemon has run on this instance")
-    age = time.time() - beat.timestamp
-    if age > DAEMON_HEARTBEAT_TOLERANCE_S:
-        return DaemonCheck(False, f"the Dagster daemon's last heartbeat is {age:.0f} s old")
     from batch_pipelines.app.devrun import dev_server_gone
 
     gone = dev_server_gone(Path(instance.root_directory), beat.timestamp)
     if gone:
         return DaemonCheck(False, gone)
+    age = time.time() - beat.timestamp
+    if age > DAEMON_HEARTBEAT_TOLERANCE_S:
+        return DaemonCheck(False, f"the Dagster daemon's last heartbeat is {age:.0f} s old")
     pids = local_daemon_pids(instance)
     if pids:
         return DaemonCheck(True, f"dagster daemon process {pids[0]} runs on this machine")

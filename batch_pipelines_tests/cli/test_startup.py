@@ -137,6 +137,7 @@ def test_every_command_is_registered_once() -> None:
         "cancel",
         "cleanup",
         "demo",
+        "dev",
         "items",
         "list",
         "pause",
