@@ -108,7 +108,7 @@ _FANOUT_NOTES = """
 | chunk size, runs | items per chunk run (automatic unless `--chunk-size`) and how many chunk runs the batch took. |
 | first item running | submit → the first chunk run marks its items `running` (dispatcher tick, run creation, queue, worker start). |
 | all items in ledger | submit → the batch is terminal in the ledger (`batches.completed_at`). |
-| report materialized | submit → the `analytics_reports_job` run the `analytics_on_batch_*` sensors request for the batch has succeeded (those sensors look every 10 s). This is the end-to-end time. |
+| report materialized | submit → the `analytics_reports_job` run the `analytics_on_batch_finished` sensor requests for the batch has succeeded (it reads the ledger every 5 s). This is the end-to-end time. |
 | items/s, ms/item | items / end-to-end time, and its inverse. |
 | overhead ms/item | ms/item minus the plain loop's ms/item: what the fan-out (Dagster runs, events, ledger) adds per item. |
 | × naive | ms/item of the naive launch / ms/item of this batch. |
