@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         retry_batch,
     )
     from batch_pipelines.app.queries import get_batch, get_items, list_batches
-    from batch_pipelines.app.submit import prepare_batch, submit_batch
+    from batch_pipelines.app.submit import RateLimitError, prepare_batch, submit_batch
     from batch_pipelines.core.analytics import get_batch_metrics, get_stats
     from batch_pipelines.core.manifest import Manifest, ManifestError, load_manifest
 
@@ -35,6 +35,7 @@ _HOMES = {
     "get_batch": "batch_pipelines.app.queries",
     "get_items": "batch_pipelines.app.queries",
     "list_batches": "batch_pipelines.app.queries",
+    "RateLimitError": "batch_pipelines.app.submit",
     "prepare_batch": "batch_pipelines.app.submit",
     "submit_batch": "batch_pipelines.app.submit",
     "get_batch_metrics": "batch_pipelines.core.analytics",
@@ -48,6 +49,7 @@ __all__ = [
     "ControlError",
     "Manifest",
     "ManifestError",
+    "RateLimitError",
     "cancel_batch",
     "get_batch",
     "get_batch_metrics",
