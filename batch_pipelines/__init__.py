@@ -21,7 +21,9 @@ if TYPE_CHECKING:
         resume_batch,
         retry_batch,
     )
+    from batch_pipelines.app.lifecycle import delete_batch, rollback_batch
     from batch_pipelines.app.queries import get_batch, get_items, list_batches
+    from batch_pipelines.app.queue import change_priority, hold_all, release_all
     from batch_pipelines.app.submit import RateLimitError, prepare_batch, submit_batch
     from batch_pipelines.core.analytics import get_batch_metrics, get_stats
     from batch_pipelines.core.manifest import Manifest, ManifestError, load_manifest
@@ -32,6 +34,11 @@ _HOMES = {
     "pause_batch": "batch_pipelines.app.control",
     "resume_batch": "batch_pipelines.app.control",
     "retry_batch": "batch_pipelines.app.control",
+    "delete_batch": "batch_pipelines.app.lifecycle",
+    "rollback_batch": "batch_pipelines.app.lifecycle",
+    "change_priority": "batch_pipelines.app.queue",
+    "hold_all": "batch_pipelines.app.queue",
+    "release_all": "batch_pipelines.app.queue",
     "get_batch": "batch_pipelines.app.queries",
     "get_items": "batch_pipelines.app.queries",
     "list_batches": "batch_pipelines.app.queries",
@@ -51,16 +58,21 @@ __all__ = [
     "ManifestError",
     "RateLimitError",
     "cancel_batch",
+    "change_priority",
+    "delete_batch",
     "get_batch",
     "get_batch_metrics",
     "get_items",
     "get_stats",
+    "hold_all",
     "list_batches",
     "load_manifest",
     "pause_batch",
     "prepare_batch",
+    "release_all",
     "resume_batch",
     "retry_batch",
+    "rollback_batch",
     "submit_batch",
 ]
 

@@ -50,6 +50,7 @@ def cli(env: Env, *args: str, timeout: float = 180, **environ: str) -> subproces
         [CLI, *args],
         env={**env.environ(), "COLUMNS": "200", **environ},
         cwd=env.root,
+        stdin=subprocess.DEVNULL,  # no test answers a prompt: one must never wait for it
         capture_output=True,
         text=True,
         timeout=timeout,

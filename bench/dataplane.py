@@ -6,10 +6,12 @@ its own Python process so that its peak RSS (``ru_maxrss``) is its own:
 
 - **DuckDB read_csv**: ``create table t as select * from read_csv(file)`` into a fresh
   database file: what DuckDB alone takes to load the file;
+- **import handler + commit**: the same item's data path alone (the import handler, then
+  its commit in one warehouse transaction), without Dagster or the ledger;
 - **import**: a one-item ``import`` batch run by ``run_batch_in_process`` (what
-  ``batch-pipelines submit --wait`` does: a Dagster run, the handler's sha256 and staging
-  Parquet, the commit into the warehouse table, the ledger), timed from submit to the
-  batch's end; once with the default ``BATCH_PIPELINES_DUCKDB_MEMORY`` and once with a
+  ``batch-pipelines submit --wait`` does: a Dagster run, the handler's sha256 and sniff,
+  the commit reading the file into the warehouse table, the ledger), timed from submit to
+  the batch's end; once with the default ``BATCH_PIPELINES_DUCKDB_MEMORY`` and once with a
   limit (default 100MB) far below the file's size;
 - **DuckDB COPY**: ``copy (select * from t) to file (format parquet | csv)`` of the imported
   table, on the warehouse file;
@@ -128,6 +130,41 @@ def step_import(csv: str) -> dict[str, Any]:
     }
 
 
+def step_import_plain(csv: str, load: str = "auto") -> dict[str, Any]:
+    """The import's data path without Dagster or the ledger: the handler (sha256, sniff or
+    staging) and its commit in one warehouse transaction, as the runner calls them."""
+    from batch_pipelines.core import config, warehouse
+    from batch_pipelines.core.contract import CommitContext, ItemContext
+    from batch_pipelines.operations.import_ import SPEC
+
+    paths = config.get_paths()
+    options = SPEC.options_model(
+        target_table=TABLE, mode="replace", skip_identical=False, load=load
+    )
+    item = SPEC.item_model(id="big", path=csv)
+    with warehouse.connect(paths.warehouse):
+        pass  # migrate outside the timing
+    base = _rss_now_mb()
+    start = time.perf_counter()
+    ctx = ItemContext("bench-plain", "big", "big", item, options, 1, None, paths)
+    result = SPEC.handler(ctx)
+    handler_s = time.perf_counter() - start
+    with warehouse.connect(paths.warehouse) as con:
+        con.execute("begin")
+        result.commit(con, CommitContext("bench-plain", "big", None))
+        con.execute("commit")
+        rows = con.execute(f"select count(*) from {TABLE}").fetchone()[0]
+    if result.cleanup:
+        result.cleanup()
+    return {
+        "seconds": time.perf_counter() - start,
+        "handler_seconds": handler_s,
+        "rows": rows,
+        "base_mb": base,
+        "path": result.metrics.get("load", "staged"),
+    }
+
+
 def step_duckdb_copy(db: str, out: str, fmt: str) -> dict[str, Any]:
     import duckdb
 
@@ -176,6 +213,7 @@ def step_export(fmt: str) -> dict[str, Any]:
 STEPS = {
     "duckdb_import": step_duckdb_import,
     "import": step_import,
+    "import_plain": step_import_plain,
     "duckdb_copy": step_duckdb_copy,
     "export": step_export,
 }
@@ -229,6 +267,13 @@ def run(rows: int = 5_000_000, memory_limit: str = "100MB") -> dict[str, Any]:
         out["duckdb_import"] = _run_step(
             "duckdb_import", env, csv=str(csv), db=str(root / "duckdb_only.duckdb")
         )
+        for load in ("staged", "auto"):
+            out[f"import_plain_{load}"] = _run_step(
+                "import_plain",
+                {**env, "BATCH_PIPELINES_WAREHOUSE": str(data / f"warehouse_{load}.duckdb")},
+                csv=str(csv),
+                load=load,
+            )
         out["import"] = _run_step("import", env, csv=str(csv))
         limited_env = {
             **env,
@@ -272,6 +317,16 @@ def markdown(result: dict[str, Any]) -> str:
 
     ref_import = result["duckdb_import"]
     lines.append(row("DuckDB `create table as select * from read_csv(...)`", ref_import, None))
+    for load in ("staged", "auto"):
+        plain = result[f"import_plain_{load}"]
+        lines.append(
+            row(
+                f"import handler + commit, no Dagster, `load: {load}` ({plain['path']} load; "
+                f"handler {plain['handler_seconds']:.1f} s)",
+                plain,
+                ref_import,
+            )
+        )
     imp = result["import"]
     lines.append(
         row(

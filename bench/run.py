@@ -163,7 +163,8 @@ _DATAPLANE_NOTES = """
 | figure | what it measures |
 | --- | --- |
 | DuckDB `read_csv` | DuckDB alone loading the file into a table of a fresh database file (its defaults: all cores, 80% of RAM). |
-| import batch | a one-item `import` batch run in-process (`run_batch_in_process`, as `submit --wait`): sha256 of the file, DuckDB streaming it into staging Parquet (under `BATCH_PIPELINES_DUCKDB_MEMORY`), the commit into the warehouse table, the ledger, one Dagster run. Seconds from submit to the batch's end; "handler" is the item's own time (without the commit). |
+| import handler + commit | the import's data path alone, in one process without Dagster or the ledger: the handler (sha256 of the file, DuckDB sniffing its columns) and its commit, which reads the file straight into the warehouse table in one transaction (direct load). "handler" is the part outside the writer lock. |
+| import batch | a one-item `import` batch run in-process (`run_batch_in_process`, as `submit --wait`): the same data path plus the ledger and one Dagster run (a few seconds whatever the file's size: see the fan-out section). Seconds from submit to the batch's end; "handler" is the item's own time (without the commit). |
 | DuckDB memory 100MB | the same import with `BATCH_PIPELINES_DUCKDB_MEMORY` far below the file's size: peak RSS shows whether it streamed. |
 | DuckDB `COPY`, export batch | the imported table to Parquet (snappy) or CSV: DuckDB alone vs a one-item `export` batch (COPY from a read-only connection to a temporary file, sha256, rename). |
 | base / peak RSS | the step's process after its imports (Dagster and the project hold ~200 MiB before any work) and at its peak (`ru_maxrss`). |

@@ -88,11 +88,13 @@ def cancel_batch(
     actor: str = "python",
     wait_s: float = 30.0,
     settle_s: float = 4.0,
+    rollback: bool = False,
 ) -> ControlResult:
     """Cancel a batch: no new chunk is launched, queued runs are dequeued, running ones
-    terminated; unfinished items become ``cancelled``, finished ones keep their results.
-    Returns once nothing of the batch has been queued or running for ``settle_s`` (or after
-    ``wait_s``)."""
+    terminated; unfinished items become ``cancelled``, finished ones keep their results
+    (unless ``rollback``: then what the batch wrote is undone too, see
+    :func:`batch_pipelines.app.lifecycle.rollback_batch`). Returns once nothing of the batch
+    has been queued or running for ``settle_s`` (or after ``wait_s``)."""
     from batch_pipelines.app.instance import get_instance
 
     instance = instance or get_instance()
@@ -156,6 +158,12 @@ def cancel_batch(
         f"{len(result.dequeued_runs)} queued run(s) dequeued, "
         f"{len(result.terminated_runs)} running run(s) terminated"
     )
+    if rollback:
+        from batch_pipelines.app.lifecycle import rollback_batch
+
+        rolled = rollback_batch(batch_id, actor=actor)
+        result.status = rolled.status
+        result.message += f"; {rolled.message}"
     return result
 
 

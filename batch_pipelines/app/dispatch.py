@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from batch_pipelines.core.manifest import PRIORITIES
@@ -59,6 +60,55 @@ def planning_status(
     return status
 
 
+# Aging raises a waiting chunk one level per interval, up to this level (never to critical).
+AGING_CEILING = "high"
+_LEVELS = sorted(PRIORITIES, key=PRIORITIES.__getitem__)
+
+
+def aged_priority(priority: str, waited_s: float, aging_s: float | None) -> str:
+    """The priority of a chunk that has waited ``waited_s``: one level higher per ``aging_s``
+    waited, up to ``AGING_CEILING``; a priority at or above it stays (None: no aging)."""
+    ceiling = _LEVELS.index(AGING_CEILING)
+    level = _LEVELS.index(priority)
+    if not aging_s or waited_s < aging_s or level >= ceiling:
+        return priority
+    return _LEVELS[min(level + int(waited_s // aging_s), ceiling)]
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """A chunk run waiting in Dagster's run queue, with the ``dagster/priority`` it has."""
+
+    run_id: str
+    batch_id: str
+    tag_priority: int
+    queued_s: float  # how long it has been in the queue
+
+
+def plan_run_priorities(
+    queued: Iterable[QueuedRun],
+    batch_priority: Mapping[str, str],
+    aging_s: float | None,
+    batch_waiting: Mapping[str, float] | None = None,
+) -> dict[str, int]:
+    """``{run_id: dagster/priority}`` for queued runs whose priority tag is not the one their
+    batch gives them now: its priority (re-prioritised since the run was queued), aged by how
+    long the chunk has waited (since its batch was queued, as :func:`plan_launches` ages it,
+    or since the run was queued if longer). Dagster's run queue reads the tag each time it
+    dequeues."""
+    out = {}
+    waiting = batch_waiting or {}
+    for run in queued:
+        base = batch_priority.get(run.batch_id)
+        if base is None:
+            continue
+        waited = max(run.queued_s, waiting.get(run.batch_id, 0.0))
+        want = PRIORITIES[aged_priority(base, waited, aging_s)]
+        if want != run.tag_priority:
+            out[run.run_id] = want
+    return out
+
+
 @dataclass(frozen=True)
 class ChunkState:
     batch_id: str
@@ -71,6 +121,7 @@ class ChunkState:
     max_concurrency: int | None = None
     item_timeout_s: float | None = None
     chunk_items: int = 0
+    waiting_s: float = 0.0  # since its batch was queued
 
 
 # Items a run left pending for the next run of its chunk: its time slice ended, or Ctrl-C /
@@ -156,11 +207,13 @@ def chunk_tags(
     chunk_no: int,
     first_key: str,
     last_key: str,
+    run_priority: str | None = None,
 ) -> dict[str, str]:
+    """A chunk run's tags; ``run_priority`` (the batch's priority, aged) orders the queue."""
     return {
         RANGE_START: first_key,
         RANGE_END: last_key,
-        "dagster/priority": str(PRIORITIES[priority]),
+        "dagster/priority": str(PRIORITIES[run_priority or priority]),
         "batch/id": batch_id,
         "batch/operation": operation,
         "batch/chunk": str(chunk_no),
@@ -173,8 +226,10 @@ def plan_launches(
     runs: Iterable[RunState],
     *,
     max_launches: int = 200,
+    aging_s: float | None = None,
 ) -> list[Launch]:
-    """Chunks with pending items and no active run, in priority order, within each batch's
+    """Chunks with pending items and no active run, in priority order (each batch's priority
+    aged by how long the chunk has waited, see :func:`aged_priority`), within each batch's
     ``max_concurrency``. A chunk whose runs failed ``MAX_LAUNCHES_PER_CHUNK`` times without
     finishing its items is not launched again (runs cancelled by a pause do not count)."""
     active: dict[str, int] = {}
@@ -190,7 +245,12 @@ def plan_launches(
             launches_so_far[key] = launches_so_far.get(key, 0) + 1
             if r.failed_without_progress:
                 failures[key] = failures.get(key, 0) + 1
-    ordered = sorted(chunks, key=lambda c: (-PRIORITIES[c.priority], c.batch_id, c.chunk_no))
+    aged = {
+        (c.batch_id, c.chunk_no): aged_priority(c.priority, c.waiting_s, aging_s) for c in chunks
+    }
+    ordered = sorted(
+        chunks, key=lambda c: (-PRIORITIES[aged[(c.batch_id, c.chunk_no)]], c.batch_id, c.chunk_no)
+    )
     out: list[Launch] = []
     for c in ordered:
         if len(out) >= max_launches:
@@ -202,7 +262,15 @@ def plan_launches(
         n = launches_so_far.get((c.batch_id, c.chunk_no), 0)
         if failures.get((c.batch_id, c.chunk_no), 0) >= MAX_LAUNCHES_PER_CHUNK:
             continue
-        tags = chunk_tags(c.batch_id, c.operation, c.priority, c.chunk_no, c.first_key, c.last_key)
+        tags = chunk_tags(
+            c.batch_id,
+            c.operation,
+            c.priority,
+            c.chunk_no,
+            c.first_key,
+            c.last_key,
+            aged[(c.batch_id, c.chunk_no)],
+        )
         if c.item_timeout_s and c.chunk_items:
             # A run-level guard: every item at its timeout plus generous slack.
             tags["dagster/max_runtime"] = str(int(c.item_timeout_s * c.chunk_items * 1.5 + 300))
@@ -219,8 +287,18 @@ def plan_launches(
     return out
 
 
-def chunk_states(rows: Iterable[Mapping[str, Any]]) -> list[ChunkState]:
-    """Build ChunkStates from ``ledger.launchable_chunks`` rows."""
+def chunk_states(
+    rows: Iterable[Mapping[str, Any]], now: datetime | None = None
+) -> list[ChunkState]:
+    """Build ChunkStates from ``ledger.launchable_chunks`` rows (``now``: naive UTC, as the
+    ledger's timestamps, to tell how long each chunk has waited)."""
+
+    def waited(row: Mapping[str, Any]) -> float:
+        queued_at = row.get("queued_at")
+        if now is None or queued_at is None:
+            return 0.0
+        return max(0.0, (now - queued_at).total_seconds())
+
     return [
         ChunkState(
             batch_id=r["batch_id"],
@@ -233,6 +311,7 @@ def chunk_states(rows: Iterable[Mapping[str, Any]]) -> list[ChunkState]:
             max_concurrency=r.get("max_concurrency"),
             item_timeout_s=r.get("item_timeout_s"),
             chunk_items=int(r.get("items") or 0),
+            waiting_s=waited(r),
         )
         for r in rows
     ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from batch_pipelines.app.submit import RateLimitError
 from batch_pipelines.core import config
 from batch_pipelines.core.errors import WarehouseError
-from batch_pipelines.core.manifest import ManifestError
+from batch_pipelines.core.manifest import ManifestError, QueueFullError
 
 MANIFEST_SUFFIXES = (".json", ".yaml", ".yml")
 SETTLE_SECONDS = 1.0  # a file modified more recently may still be being written
@@ -114,6 +114,9 @@ def take(
                 config.inbox_query_timeout_s(), "BATCH_PIPELINES_INBOX_QUERY_TIMEOUT_S"
             ):
                 batch_id = submit(f.path, idempotency_key(f, content))
+        except QueueFullError as exc:
+            # A valid manifest: it waits in the inbox until the queue has room.
+            return IntakeResult(f.path, f.path, error=f"left for a later tick: {exc}")
         except (ManifestError, RateLimitError) as exc:
             return _reject(f, inbox, exc.to_dict())
         except WarehouseError as exc:

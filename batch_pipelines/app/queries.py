@@ -3,6 +3,7 @@ the CLI's read-only verbs start fast."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,6 +24,19 @@ def list_batches(**filters: Any) -> list[dict[str, Any]]:  # noqa: ANN401
     where = ledger.BatchFilter(**filters)
     with warehouse.connect(read_only=True) as con:
         return ledger.list_batches(con, where)
+
+
+def deleted_record(batch_id: str) -> dict[str, Any] | None:
+    """What a deleted batch left (its ``batch_deleted`` event: at, actor, counts), or None."""
+    with warehouse.connect(read_only=True) as con:
+        row = con.execute(
+            'select "at", actor, detail::varchar from batch_events where batch_id = ? and '
+            "event = 'batch_deleted' order by event_id desc limit 1",
+            [batch_id],
+        ).fetchone()
+    if row is None:
+        return None
+    return {"at": row[0], "actor": row[1], "detail": json.loads(row[2] or "{}")}
 
 
 def may_have_active_runs(batch: Mapping[str, Any]) -> bool:

@@ -319,6 +319,12 @@ def reap_dead_runs(
                     done.append(
                         f"{d.action} {n} item(s) of {d.batch_id} chunk {d.chunk_no}: {d.reason}"
                     )
+        # A batch the reaper ended failed had no chunk run left to roll it back.
+        from batch_pipelines.app.lifecycle import rollback_if_failed
+
+        for failed in sorted({d.batch_id for d in decisions if d.action == "fail"}):
+            if rollback_if_failed(failed, actor="reaper"):
+                done.append(f"rolled back {failed} (rollback_on_failure)")
     return done
 
 

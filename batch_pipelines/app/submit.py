@@ -23,6 +23,7 @@ from batch_pipelines.core.keys import derived_item_id, new_batch_id, partition_k
 from batch_pipelines.core.manifest import (
     Manifest,
     ManifestError,
+    QueueFullError,
     load_manifest,
     problems_from_validation,
     resolve_items,
@@ -199,6 +200,7 @@ def submit_batch(
                 return existing
         # Under the lock, so that concurrent submissions cannot all pass the same count.
         _check_rate_limit(paths, actor)
+        _check_queue_cap(paths, len(prepared.items))
         now = ledger.utcnow()
         batch_row = {
             "batch_id": prepared.batch_id,
@@ -251,6 +253,28 @@ def submit_batch(
             ledger.add_event(con, prepared.batch_id, "batch_queued", actor=f"{source}:{actor}")
             con.execute("commit")
     return prepared.batch_id
+
+
+def _check_queue_cap(paths: config.Paths, new_items: int) -> None:
+    """Refuse the whole batch when its items would take the unfinished items of all batches
+    past BATCH_PIPELINES_MAX_QUEUED_ITEMS (checked under the submit lock: two submissions
+    cannot both squeeze in)."""
+    limit = config.max_queued_items()
+    if limit <= 0:
+        return
+    with warehouse.connect(paths.warehouse, read_only=True) as con:
+        queued = ledger.unfinished_items(con)
+    if queued + new_items > limit:
+        raise QueueFullError(
+            [
+                (
+                    "items",
+                    f"queue is full: {queued} queued, limit {limit} "
+                    f"(BATCH_PIPELINES_MAX_QUEUED_ITEMS); this batch has {new_items} item(s). "
+                    "Wait for batches to finish, or cancel some",
+                )
+            ]
+        )
 
 
 def whoami() -> str:

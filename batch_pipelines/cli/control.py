@@ -1,4 +1,5 @@
-"""``cancel``, ``pause``, ``resume``, ``retry``: the controls on a batch."""
+"""``cancel``, ``pause``, ``resume``, ``retry``: the controls on a batch (``pause --all`` /
+``resume --all``: on every batch)."""
 
 from __future__ import annotations
 
@@ -71,33 +72,84 @@ def _run_control(
     show_default=True,
     help="How long to wait for terminated runs to end.",
 )
+@click.option(
+    "--rollback",
+    is_flag=True,
+    help="Also undo what the batch wrote so far (as `rollback`); it ends rolled_back.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def cancel(batch_id: str, wait_s: float, as_json: bool) -> None:
+def cancel(batch_id: str, wait_s: float, rollback: bool, as_json: bool) -> None:
     """Cancel a batch: dequeue its queued runs, terminate running ones; unfinished items
-    become cancelled, finished ones keep their results."""
-    result = _run_control(cancel_batch, as_json, batch_id=batch_id, actor=actor(), wait_s=wait_s)
+    become cancelled, finished ones keep their results (unless --rollback)."""
+    result = _run_control(
+        cancel_batch, as_json, batch_id=batch_id, actor=actor(), wait_s=wait_s, rollback=rollback
+    )
     sys.exit(EXIT_FAILED if result.still_active_runs else EXIT_OK)
 
 
+def _batch_or_all(batch_id: str | None, all_: bool) -> None:
+    if bool(batch_id) == all_:
+        raise click.UsageError("give a BATCH_ID or --all (not both)")
+
+
+def _run_queue_control(fn: Callable[..., ControlResult], as_json: bool, **kwargs: Any) -> None:
+    try:
+        result = fn(**kwargs)
+    except ControlError as exc:
+        if as_json:
+            click.echo(json.dumps({"error": str(exc)}))
+        else:
+            err_console.print(f"[red]{exc}[/]")
+        sys.exit(EXIT_BAD_INPUT)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), default=str, indent=2))
+    else:
+        console.print(result.message)
+
+
 @click.command()
-@click.argument("batch_id")
+@click.argument("batch_id", required=False)
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Hold the whole instance: pause every batch; batches submitted meanwhile wait too.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def pause(batch_id: str, as_json: bool) -> None:
-    """Pause a batch: launch no new chunk; running chunks finish (drain)."""
+def pause(batch_id: str | None, all_: bool, as_json: bool) -> None:
+    """Pause a batch: launch no new chunk; running chunks finish (drain). With --all, hold
+    every batch until `resume --all`."""
+    _batch_or_all(batch_id, all_)
+    if all_:
+        from batch_pipelines.app.queue import hold_all
+
+        _run_queue_control(hold_all, as_json, instance=get_instance(), actor=actor())
+        return
     _run_control(pause_batch, as_json, batch_id=batch_id, actor=actor())
 
 
 @click.command()
-@click.argument("batch_id")
+@click.argument("batch_id", required=False)
+@click.option(
+    "--all", "all_", is_flag=True, help="Release the hold of `pause --all`: its batches resume."
+)
 @click.option(
     "--wait",
     is_flag=True,
     help="Wait until the batch finishes (runs it in-process when no Dagster daemon is running).",
 )
 @click.option("--json", "as_json", is_flag=True)
-def resume(batch_id: str, wait: bool, as_json: bool) -> None:
+def resume(batch_id: str | None, all_: bool, wait: bool, as_json: bool) -> None:
     """Resume a paused batch, or one whose worker died (kill -9, a crash): its unfinished
-    items run, nothing runs twice."""
+    items run, nothing runs twice. With --all, release the hold of `pause --all`."""
+    _batch_or_all(batch_id, all_)
+    if all_:
+        if wait:
+            raise click.UsageError("--wait applies to one batch, not --all")
+        from batch_pipelines.app.queue import release_all
+
+        _run_queue_control(release_all, as_json, actor=actor())
+        return
     instance = get_instance()
     here = wait and not daemon_running(instance)
     _run_control(
@@ -115,6 +167,12 @@ def resume(batch_id: str, wait: bool, as_json: bool) -> None:
         else:
             batch = run_here(batch_id, instance, quiet=as_json)
         finish(batch, as_json)
+    from batch_pipelines.app.queue import hold_state
+
+    if not as_json and hold_state() is not None:
+        console.print(
+            "[yellow]the instance is held (`pause --all`): nothing launches until `resume --all`[/]"
+        )
     if not as_json and not daemon_running(instance):
         console.print(
             "[yellow]no Dagster daemon is running: start `make run` to launch it, or "

@@ -15,7 +15,7 @@ import warnings
 
 import click
 
-from batch_pipelines.cli import analytics, batches, cleanup, control, demo, sql
+from batch_pipelines.cli import analytics, batches, cleanup, control, demo, lifecycle, sql
 from batch_pipelines.cli.utils import EXIT_FAILED
 from batch_pipelines.core.errors import WarehouseError
 
@@ -55,6 +55,9 @@ for command in (
     control.pause,
     control.resume,
     control.retry,
+    lifecycle.priority,
+    lifecycle.rollback,
+    lifecycle.delete,
     cleanup.cleanup,
     sql.sql,
 ):

@@ -45,6 +45,7 @@ STATUS_STYLES = {
     "completed_with_errors": "yellow",
     "failed": "red",
     "cancelled": "magenta",
+    "rolled_back": "magenta",
     "running": "cyan",
     "paused": "blue",
     "succeeded": "green",
@@ -95,7 +96,7 @@ def fail_manifest(exc: ManifestError, as_json: bool) -> NoReturn:
     if as_json:
         print_json(exc.to_dict())
     else:
-        err_console.print("[bold red]invalid manifest[/]")
+        err_console.print(f"[bold red]{exc.kind}[/]")
         for field, message in exc.problems:
             err_console.print(f"  [yellow]{field or 'manifest'}[/]: {message}")
     sys.exit(EXIT_BAD_INPUT)
@@ -160,7 +161,11 @@ def actor() -> str:
 def get_batch_or_exit(batch_id: str) -> dict[str, Any]:
     batch = get_batch(batch_id)
     if batch is None:
-        err_console.print(f"[red]no batch {batch_id!r}[/]")
+        from batch_pipelines.app.queries import deleted_record
+
+        gone = deleted_record(batch_id)
+        why = f" (deleted {gone['at']:%Y-%m-%d %H:%M:%S} UTC by {gone['actor']})" if gone else ""
+        err_console.print(f"[red]no batch {batch_id!r}{why}[/]")
         sys.exit(EXIT_FAILED)
     return batch
 

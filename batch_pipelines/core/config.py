@@ -14,6 +14,10 @@ the current directory by accident. Environment variables (all optional):
   ``items_from.sql``, ``batch-pipelines sql``, an operation's reads (default 300; 0: no limit).
 - ``BATCH_PIPELINES_INBOX_QUERY_TIMEOUT_S``: the same for a manifest's ``items_from.sql`` taken
   from the inbox, whose sensor must finish within Dagster's 60 s (default 20).
+- ``BATCH_PIPELINES_MAX_QUEUED_ITEMS``: the most unfinished items across all batches; a
+  submission beyond it is refused whole (default 1000000; 0: no limit).
+- ``BATCH_PIPELINES_PRIORITY_AGING_S``: a chunk waiting this long rises one priority level per
+  interval, up to high (default 600; 0: no aging).
 - ``BATCH_PIPELINES_GLOB_MAX_FILES``: the most files and folders an ``items_from.glob`` may look
   at (default 200000).
 """
@@ -110,6 +114,16 @@ def lock_timeout_s() -> float:
 def max_batches_per_hour() -> int:
     """Submission rate limit per submitter (0 disables it)."""
     return _int_env("BATCH_PIPELINES_MAX_BATCHES_PER_HOUR", 0)
+
+
+def max_queued_items() -> int:
+    """The most unfinished items across all batches (0 disables the cap)."""
+    return _int_env("BATCH_PIPELINES_MAX_QUEUED_ITEMS", 1_000_000)
+
+
+def priority_aging_s() -> float | None:
+    """Seconds a chunk waits before it rises one priority level; None: no aging."""
+    return _seconds_env("BATCH_PIPELINES_PRIORITY_AGING_S", 600.0)
 
 
 QUERY_TIMEOUT_SETTING = "BATCH_PIPELINES_QUERY_TIMEOUT_S"

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from batch_pipelines.core import config, warehouse
 from batch_pipelines.core.errors import ItemCancelledError, ItemTimeoutError, ValidationItemError
+from batch_pipelines.core.ledger import snapshots
 from batch_pipelines.core.sql import quote_ident
 from batch_pipelines.core.targets import ItemTarget
 
@@ -50,6 +51,67 @@ class CommitContext:
         con.execute(f"delete from {target} where batch_id = ? and item_id = ?", key)
         con.execute(f"insert into {target} ({columns}) values ({marks})", [*key, *values.values()])
 
+    def snapshot_before_write(
+        self, con: duckdb.DuckDBPyConnection, table: str, *, copy: bool = True
+    ) -> None:
+        """Call before writing ``table``, in the commit's transaction: the first time the
+        batch writes it, what rollback needs is kept (a copy of the table when ``copy``, or
+        the fact that the batch created it). Writes that tag their rows with ``_batch_id``
+        pass ``copy=False``: rollback deletes those rows instead."""
+        snapshots.take(con, self.batch_id, table, copy=copy)
+
+
+@dataclass(frozen=True)
+class UndoContext:
+    """Passed to ``OperationSpec.undo``: the batch whose writes go, and helpers that are safe
+    to call twice (a rollback or delete stopped halfway is run again)."""
+
+    batch_id: str
+    paths: config.Paths
+
+    def delete_rows(self, con: duckdb.DuckDBPyConnection, table: str) -> int:
+        """Delete the batch's rows of a detail table keyed by ``batch_id``."""
+        if not snapshots.table_exists(con, table):
+            return 0
+        return int(
+            con.execute(
+                f"delete from {quote_ident(table)} where batch_id = ?", [self.batch_id]
+            ).fetchall()[0][0]
+        )
+
+    def delete_lineage_rows(self, con: duckdb.DuckDBPyConnection, table: str) -> int:
+        """Delete the rows the batch added to ``table`` (tagged ``_batch_id``), unless the table
+        is gone or has no lineage column."""
+        if not snapshots.table_exists(con, table):
+            return 0
+        columns = {r[0] for r in con.execute(f"describe {quote_ident(table)}").fetchall()}
+        if "_batch_id" not in columns:
+            return 0
+        return int(
+            con.execute(
+                f"delete from {quote_ident(table)} where _batch_id = ?", [self.batch_id]
+            ).fetchall()[0][0]
+        )
+
+    def delete_file(self, raw: str | None) -> bool:
+        """Delete a file the batch wrote, if it is still there and under the data roots."""
+        if not raw:
+            return False
+        path = Path(raw)
+        if not any(path.resolve().is_relative_to(root) for root in self.paths.allowed_roots):
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+UndoFn = Callable[[duckdb.DuckDBPyConnection, UndoContext], "dict[str, int]"]
+"""``(con, ctx) -> counts``: delete what a batch of the operation wrote (its rows, its files,
+its detail rows), in the caller's transaction; files first, so a run stopped halfway leaves
+the rows that name what is left. Tables a snapshot governs are restored by the host."""
+
 
 CommitFn = Callable[[duckdb.DuckDBPyConnection, CommitContext], "str | None"]
 
@@ -69,7 +131,9 @@ class ItemResult:
     ``commit`` (optional) writes the item's detail rows and data under the writer lock; it
     may return ``"skipped"`` to mark the item skipped (e.g. a file already imported), and
     it must delete what an earlier run of the same (batch, item) wrote before writing, so
-    re-running an item replaces its result. ``cleanup`` runs after the commit, success or not.
+    re-running an item replaces its result. A commit that learns the quality only as it reads
+    the item's data may set ``quality_score`` on its result; the ledger records that value.
+    ``cleanup`` runs after the commit, success or not.
     """
 
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -228,3 +292,6 @@ class OperationSpec:
     # items of the batch would both write ({item_id} templates), is refused at submit, and
     # again by the runner before the item runs.
     item_targets: tuple[ItemTarget, ...] = ()
+    # How to undo a batch's writes (rollback, delete); None: they cannot be undone (cleanup
+    # deletes), so such a batch is never rolled back and a delete leaves its effects.
+    undo: UndoFn | None = None

@@ -14,10 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import duckdb
 from pydantic import BaseModel, Field
 
 from batch_pipelines.core import config
-from batch_pipelines.core.contract import ItemContext, ItemResult, OperationSpec
+from batch_pipelines.core.contract import (
+    CommitContext,
+    CommitFn,
+    ItemContext,
+    ItemResult,
+    OperationSpec,
+)
 from batch_pipelines.core.errors import (
     CANCELLED,
     Classified,
@@ -61,6 +68,13 @@ class ExecutionSettings(BaseModel, extra="forbid"):
         ),
     )
     flush_interval_s: float = Field(2.0, ge=0, le=600)
+    rollback_on_failure: bool = Field(
+        False,
+        description=(
+            "When the batch ends failed (stopped on its first error, over its error budget, "
+            "cancelled with --rollback, every item failed), undo its writes as `rollback` does"
+        ),
+    )
 
 
 # Unset chunk_size: each chunk run costs 2-3 s to launch (a new worker process) whatever its
@@ -122,6 +136,18 @@ class PendingCommit:
 
 
 _STOP_JOIN_S = 5.0
+
+
+def _score_after(commit: CommitFn, result: ItemResult, outcome: ItemOutcome) -> CommitFn:
+    """The commit, then the result's quality score again: a commit that reads the item's data
+    (import's direct load) knows the score only then, and sets ``result.quality_score``."""
+
+    def run(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> str | None:
+        status = commit(con, cc)
+        outcome.quality_score = result.quality_score
+        return status
+
+    return run
 
 
 def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemResult:
@@ -280,5 +306,7 @@ def run_item(
         outcome.record(_attempt(attempt_no, started_at, started, result.status))
         outcome.result = result.metrics
         outcome.quality_score = result.quality_score
+        if result.commit is not None:
+            result.commit = _score_after(result.commit, result, outcome)
         return PendingCommit(outcome, result)
     raise AssertionError("unreachable")

@@ -12,7 +12,7 @@ import itertools
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,7 +30,11 @@ Priority = Literal["low", "normal", "high", "critical"]
 
 
 class ManifestError(ValueError):
-    """A manifest that cannot be accepted; ``problems`` is a list of (field, message)."""
+    """A manifest that cannot be accepted; ``problems`` is a list of (field, message);
+    ``kind`` says why in a few words (a subclass refuses a valid manifest for another
+    reason)."""
+
+    kind: ClassVar[str] = "invalid manifest"
 
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems
@@ -38,9 +42,15 @@ class ManifestError(ValueError):
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "error": "invalid manifest",
+            "error": self.kind,
             "problems": [{"field": f, "message": m} for f, m in self.problems],
         }
+
+
+class QueueFullError(ManifestError):
+    """A valid batch refused whole: the queue holds too many unfinished items."""
+
+    kind: ClassVar[str] = "queue is full"
 
 
 class ItemsFrom(BaseModel):

@@ -21,6 +21,7 @@ from typing import Any
 
 from batch_pipelines.core.keys import slugify
 from batch_pipelines.core.ledger.models import TABLES as LEDGER_TABLES
+from batch_pipelines.core.ledger.snapshots import SCHEMA as SNAPSHOT_SCHEMA
 from batch_pipelines.core.schema import SCHEMA_TABLE, owned_relations
 
 ITEM_ID = "{item_id}"
@@ -108,6 +109,12 @@ def target_refusal(name: str) -> str | None:
     owner = owner_of(name)
     if owner is not None:
         return f"is a table batch_pipelines owns ({owner}); choose another name"
+    parts = name.lower().split(".")
+    if len(parts) > 1 and parts[-2] == SNAPSHOT_SCHEMA:
+        return (
+            f"is in the {SNAPSHOT_SCHEMA} schema, where rollback keeps its snapshots; "
+            "choose another name"
+        )
     if is_temp_table_name(name):
         schemas = ", ".join(TEMP_TABLE_SCHEMAS)
         return (

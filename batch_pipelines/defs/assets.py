@@ -38,6 +38,7 @@ from dagster import (
 
 from batch_pipelines.app.dagster_storage import buffer_materialization_batch
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG
+from batch_pipelines.app.lifecycle import rollback_if_failed
 from batch_pipelines.app.partitions import PARTITIONS
 from batch_pipelines.app.recovery import IN_PROCESS, LAUNCHED_BY_TAG, worker_tags
 from batch_pipelines.app.services import host_resources
@@ -176,7 +177,7 @@ def execute_partitions(
                 f"partition of batch {batch_id} belongs to {first['operation']}, not {spec.name}",
                 allow_retries=False,
             )
-        if dispatched and first["batch_status"] in ("cancelled", "failed"):
+        if dispatched and first["batch_status"] in ("cancelled", "failed", "rolled_back"):
             context.log.info(f"batch {batch_id} is {first['batch_status']}: nothing to run")
             continue
         if dispatched and first["paused"]:
@@ -248,6 +249,8 @@ def execute_partitions(
             f"{summary.count('skipped')} skipped, {summary.count('cancelled')} cancelled "
             f"(batch is {summary.batch_status})"
         )
+        if summary.batch_status == "failed" and rollback_if_failed(batch_id):
+            context.log.warning(f"batch {batch_id} failed: rolled back (rollback_on_failure)")
         if summary.handed_over:
             context.log.info(
                 f"time slice of {settings.chunk_time_slice_s:g}s used: "

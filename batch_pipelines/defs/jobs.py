@@ -6,7 +6,7 @@ from typing import Any
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
 from pydantic import Field
 
-from batch_pipelines.app import control
+from batch_pipelines.app import control, lifecycle, queue
 from batch_pipelines.app.submit import RateLimitError
 from batch_pipelines.app.submit import submit_batch as submit_batch_service
 from batch_pipelines.core.manifest import ManifestError
@@ -47,7 +47,7 @@ def register_batch(context: OpExecutionContext, config: SubmitBatchConfig) -> st
         )
     except ManifestError as exc:
         raise Failure(
-            description=f"invalid manifest: {exc}",
+            description=f"{exc.kind}: {exc}",
             metadata={"problems": MetadataValue.json(exc.to_dict())},
             allow_retries=False,
         ) from None
@@ -72,40 +72,75 @@ def submit_batch_job() -> None:
     register_batch()
 
 
-class BatchControlConfig(Config):
-    """A control on one batch, from the launchpad."""
+ACTIONS = ("cancel", "pause", "resume", "retry", "delete", "rollback", "priority")
 
-    batch_id: str = Field(description="The batch to act on")
-    action: str = Field(description="cancel, pause, resume or retry")
+
+class BatchControlConfig(Config):
+    """A control on one batch (or, for pause and resume with ``all``, on every batch), from
+    the launchpad."""
+
+    batch_id: str = Field("", description="The batch to act on (empty with all: true)")
+    action: str = Field(description=", ".join(ACTIONS))
+    all: bool = Field(
+        False, description="pause/resume: hold or release every batch (pause --all/resume --all)"
+    )
     categories: list[str] = Field(
         default_factory=list, description="retry: only failed items of these error categories"
     )
     items: list[str] = Field(default_factory=list, description="retry: only these item ids")
+    level: str | None = Field(None, description="priority: low, normal, high or critical")
+    keep_data: bool = Field(False, description="delete: keep what the batch wrote")
+    rollback: bool = Field(False, description="cancel: also undo what the batch wrote")
 
 
-@op(description="Cancel, pause, resume or retry a batch; the result is logged and audited.")
+def _control(config: BatchControlConfig, instance, actor: str) -> control.ControlResult:  # noqa: ANN001
+    if config.action not in ACTIONS:
+        raise control.ControlError(f"action {config.action!r} is not one of {', '.join(ACTIONS)}")
+    if config.all:
+        if config.action == "pause":
+            return queue.hold_all(instance=instance, actor=actor)
+        if config.action == "resume":
+            return queue.release_all(actor=actor)
+        raise control.ControlError(f"all: true applies to pause and resume, not {config.action}")
+    if not config.batch_id:
+        raise control.ControlError("batch_id is required (or all: true for pause/resume)")
+    batch_id = config.batch_id
+    if config.action == "cancel":
+        return control.cancel_batch(
+            batch_id, instance=instance, actor=actor, rollback=config.rollback
+        )
+    if config.action == "pause":
+        return control.pause_batch(batch_id, instance=instance, actor=actor)
+    if config.action == "resume":
+        return control.resume_batch(batch_id, instance=instance, actor=actor)
+    if config.action == "retry":
+        return control.retry_batch(
+            batch_id,
+            categories=config.categories,
+            item_ids=config.items,
+            instance=instance,
+            actor=actor,
+            source="launchpad",
+        )
+    if config.action == "delete":
+        return lifecycle.delete_batch(
+            batch_id, keep_data=config.keep_data, instance=instance, actor=actor
+        )
+    if config.action == "rollback":
+        return lifecycle.rollback_batch(batch_id, actor=actor)
+    if config.level is None:
+        raise control.ControlError("priority: give level (low, normal, high or critical)")
+    return queue.change_priority(batch_id, config.level, instance=instance, actor=actor)
+
+
+@op(
+    description="Cancel, pause, resume, retry, delete, roll back or re-prioritise a batch; the "
+    "result is logged and audited."
+)
 def control_batch(context: OpExecutionContext, config: BatchControlConfig) -> dict:
     actor = f"launchpad:{context.run.tags.get('dagster/user', 'ui')}"
     try:
-        if config.action == "cancel":
-            result = control.cancel_batch(config.batch_id, instance=context.instance, actor=actor)
-        elif config.action == "pause":
-            result = control.pause_batch(config.batch_id, instance=context.instance, actor=actor)
-        elif config.action == "resume":
-            result = control.resume_batch(config.batch_id, instance=context.instance, actor=actor)
-        elif config.action == "retry":
-            result = control.retry_batch(
-                config.batch_id,
-                categories=config.categories,
-                item_ids=config.items,
-                instance=context.instance,
-                actor=actor,
-                source="launchpad",
-            )
-        else:
-            raise control.ControlError(
-                f"action {config.action!r} is not one of cancel, pause, resume, retry"
-            )
+        result = _control(config, context.instance, actor)
     except control.ControlError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     context.log.info(result.message)
@@ -116,7 +151,8 @@ def control_batch(context: OpExecutionContext, config: BatchControlConfig) -> di
 @_launchpad_job(
     "batch_control",
     "Control a batch from the launchpad: config {batch_id, action: cancel | pause | resume "
-    "| retry, categories?, items?}. Each control is recorded in batch_events.",
+    "| retry | delete | rollback | priority, categories?, items?, level?, keep_data?, "
+    "rollback?, all?}. Each control is recorded in batch_events.",
 )
 def batch_control_job() -> None:
     control_batch()

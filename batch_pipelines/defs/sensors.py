@@ -16,6 +16,7 @@ from dagster import (
 
 from batch_pipelines.app.dispatch import chunk_states, plan_launches
 from batch_pipelines.app.inbox import file_owner, list_inbox, pick_manifests, take, tick_deadline
+from batch_pipelines.app.queue import retag_queued_runs
 from batch_pipelines.app.recovery import (
     batch_run_records,
     reap_dead_runs,
@@ -85,7 +86,9 @@ def inbox_sensor(context: SensorEvaluationContext) -> SkipReason:
     description=(
         "Launches the chunk runs of queued and running batches through the run queue: one run "
         "per chunk of items (a range of partition keys), highest batch priority first, "
-        "respecting pause, cancel and each batch's max_concurrency. Each tick first ends the "
+        "respecting pause, cancel, the instance-wide hold and each batch's max_concurrency; "
+        "chunks that wait rise in priority (BATCH_PIPELINES_PRIORITY_AGING_S). Each tick first "
+        "ends the "
         "runs whose worker process is gone (freeing their pool slots) and puts the items "
         "they left running back to pending."
     ),
@@ -97,18 +100,37 @@ def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipRea
         if reaped:
             context.log.warning(f"reaper: {reaped}")
         with warehouse.connect(paths.warehouse, read_only=True, timeout_s=20) as con:
-            rows = ledger.launchable_chunks(con)
+            hold = ledger.get_hold(con)
+            rows = [] if hold else ledger.launchable_chunks(con)
     except (warehouse.WarehouseBusyError, OSError) as exc:
         return SkipReason(f"warehouse not readable this tick: {exc}")
+    if hold:
+        since = f"{hold['held_at']:%Y-%m-%d %H:%M:%S}"
+        return SkipReason(
+            f"the instance is held (by {hold['held_by']} since {since} UTC): nothing "
+            "launches until `batch-pipelines resume --all`"
+        )
     if not rows:
         return SkipReason("no batch has chunks waiting to run")
-    chunks = chunk_states(rows)
+    chunks = chunk_states(rows, ledger.utcnow())
     now = time.time()
     records = batch_run_records(context.instance, sorted({c.batch_id for c in chunks}))
     retired = retire_stale_retries(context.instance, records, now)
     if retired:
         context.log.warning(f"no automatic retry will come for failed runs {retired}")
-    launches = plan_launches(chunks, run_states_from(records, now))
+    # Queued runs take their batch's priority now (re-prioritised, or aged while waiting).
+    retagged = retag_queued_runs(
+        context.instance,
+        records,
+        {c.batch_id: c.priority for c in chunks},
+        {c.batch_id: c.waiting_s for c in chunks},
+        now,
+    )
+    if retagged:
+        context.log.info(f"priority of queued runs changed: {retagged}")
+    launches = plan_launches(
+        chunks, run_states_from(records, now), aging_s=config.priority_aging_s()
+    )
     if not launches:
         return SkipReason(f"{len(chunks)} chunk(s) waiting, all running or held by limits")
     return SensorResult(

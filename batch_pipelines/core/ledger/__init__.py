@@ -6,11 +6,21 @@ batch_events); everything else calls it.
 - :mod:`.store`: batch writes (submit, status, pause, refresh, reap, delete) and events
 - :mod:`.outcomes`: item outcome and attempt writes
 - :mod:`.reads`: the reads the application decides on; public reads return plain dicts
+- :mod:`.lifecycle`: re-prioritising, rolling back, deleting a batch; the instance-wide hold
+- :mod:`.snapshots`: tables as they were before a batch wrote them, for rollback
 - :mod:`.recovery`: putting back what a stopped worker left `running`; pausing an interrupted batch
 
 Every function takes an open warehouse connection (see :mod:`batch_pipelines.core.warehouse`).
 """
 
+from batch_pipelines.core.ledger.lifecycle import (
+    clear_hold,
+    get_hold,
+    mark_rolled_back,
+    purge_batch,
+    set_hold,
+    set_priority,
+)
 from batch_pipelines.core.ledger.models import (
     ACTIVE_BATCH_STATUSES,
     BATCH_STATUSES,
@@ -51,6 +61,7 @@ from batch_pipelines.core.ledger.reads import (
     row_counts,
     running_groups,
     statuses_of,
+    unfinished_items,
 )
 from batch_pipelines.core.ledger.states import TransitionError
 from batch_pipelines.core.ledger.store import (
@@ -88,6 +99,7 @@ __all__ = [
     "batches_finished_since",
     "batches_submitted_since",
     "cancel_pending",
+    "clear_hold",
     "chunk_plan",
     "count_active",
     "count_items",
@@ -96,6 +108,7 @@ __all__ = [
     "finished_among",
     "finished_before",
     "get_batch",
+    "get_hold",
     "get_items",
     "insert_batch",
     "is_paused",
@@ -105,8 +118,10 @@ __all__ = [
     "list_batches",
     "load_batch",
     "load_items",
+    "mark_rolled_back",
     "mark_running",
     "partition_keys",
+    "purge_batch",
     "reap_items",
     "record_outcome",
     "record_outcomes",
@@ -115,7 +130,10 @@ __all__ = [
     "row_counts",
     "running_groups",
     "set_batch_status",
+    "set_hold",
     "set_paused",
+    "set_priority",
     "statuses_of",
+    "unfinished_items",
     "utcnow",
 ]

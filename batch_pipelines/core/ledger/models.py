@@ -26,6 +26,8 @@ class BatchStatus(StrEnum):
     COMPLETED_WITH_ERRORS = "completed_with_errors"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A finished batch whose writes were undone (``rollback``): nothing changes it any more.
+    ROLLED_BACK = "rolled_back"
 
 
 class ItemStatus(StrEnum):
@@ -51,6 +53,7 @@ TERMINAL_BATCH_STATUSES = _values(
     BatchStatus.COMPLETED_WITH_ERRORS,
     BatchStatus.FAILED,
     BatchStatus.CANCELLED,
+    BatchStatus.ROLLED_BACK,
 )
 BATCH_STATUSES = _values(*BatchStatus)
 ACTIVE_BATCH_STATUSES = _values(BatchStatus.QUEUED, BatchStatus.RUNNING, BatchStatus.PAUSED)

@@ -243,7 +243,7 @@ def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return _rows(
         con.execute(
             """
-            select i.batch_id, b.operation, b.priority, i.chunk_no,
+            select i.batch_id, b.operation, b.priority, b.queued_at, i.chunk_no,
                    arg_min(i.partition_key, i.seq) filter (where i.status = 'pending')
                        as first_key,
                    arg_max(i.partition_key, i.seq) filter (where i.status = 'pending')
@@ -261,6 +261,19 @@ def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
             order by i.batch_id, i.chunk_no
             """
         )
+    )
+
+
+def unfinished_items(con: duckdb.DuckDBPyConnection) -> int:
+    """Items not yet finished (pending or running) across all batches that are not."""
+    terminal = list(TERMINAL_BATCH_STATUSES)
+    return int(
+        one(
+            con,
+            "select count(*) from batch_items i join batches b using (batch_id) "
+            f"where i.status in ('pending', 'running') and b.status not in {_in(terminal)}",
+            terminal,
+        )[0]
     )
 
 

@@ -4,7 +4,8 @@ asks :func:`refresh` and writes the answer.
 
 A batch is ``pending`` while it is being recorded, ``queued`` once its partitions exist,
 ``running`` once an item started, and finishes ``completed``, ``completed_with_errors``,
-``failed`` or ``cancelled``. ``paused`` is a flag the status shows once no item is running.
+``failed`` or ``cancelled``; a finished batch whose writes were undone becomes
+``rolled_back``, after which nothing changes it. ``paused`` is a flag the status shows once no item is running.
 A finished batch whose items are re-run (e.g. from the Dagster UI) is recomputed, unless it
 was *stopped*: cancelled, stopped on its first error or over its error budget.
 """
@@ -32,6 +33,7 @@ TRANSITIONS: Mapping[BatchStatus, frozenset[BatchStatus]] = {
     _S.COMPLETED_WITH_ERRORS: _RERUN,
     _S.FAILED: _RERUN,
     _S.CANCELLED: frozenset(),
+    _S.ROLLED_BACK: frozenset(),
 }
 
 
@@ -40,8 +42,9 @@ class TransitionError(ValueError):
 
 
 def is_final(status: str, *, stopped: bool) -> bool:
-    """Whether nothing changes this batch's status any more (cancelled or stopped)."""
-    return stopped or status == _S.CANCELLED
+    """Whether nothing changes this batch's status any more (cancelled, rolled back or
+    stopped)."""
+    return stopped or status in (_S.CANCELLED, _S.ROLLED_BACK)
 
 
 def is_finished(status: str) -> bool:
@@ -52,6 +55,9 @@ def can_transition(current: str, new: str, *, stopped: bool = False) -> bool:
     """Whether a batch may go from ``current`` to ``new`` (staying put is always allowed)."""
     if current == new:
         return True
+    if new == _S.ROLLED_BACK:
+        # Any finished batch may be rolled back, stopped or not; an open one never.
+        return is_finished(current) and current != _S.ROLLED_BACK
     if is_final(current, stopped=stopped):
         return False
     return BatchStatus(new) in TRANSITIONS[BatchStatus(current)]

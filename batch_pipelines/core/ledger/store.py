@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from batch_pipelines.core.ledger import states
+from batch_pipelines.core.ledger import snapshots, states
 from batch_pipelines.core.ledger.models import (
     BatchStatus,
     ItemStatus,
@@ -99,6 +99,7 @@ def delete_finished_batches(con: duckdb.DuckDBPyConnection, batch_ids: Sequence[
     Detail tables of the operations are the caller's."""
     still = finished_among(con, batch_ids)
     if still:
+        snapshots.drop(con, still)
         with registered_ids(con, "_ledger_doomed", "batch_id", still):
             for table in ("item_attempts", "batch_events", "batch_items", "batches"):
                 write(

@@ -4,6 +4,7 @@ from batch_pipelines.core.contract import OperationSpec
 from batch_pipelines.operations.annotate.handler import RESOURCE_KEY, handle_annotate
 from batch_pipelines.operations.annotate.models import AnnotateItem, AnnotateOptions
 from batch_pipelines.operations.annotate.tables import DETAIL_TABLES
+from batch_pipelines.operations.annotate.undo import undo_annotate
 
 SPEC = OperationSpec(
     name="annotate",
@@ -19,6 +20,7 @@ SPEC = OperationSpec(
     detail_tables=DETAIL_TABLES,
     resources=(RESOURCE_KEY,),
     group_commits=True,  # the commit only writes `annotations`
+    undo=undo_annotate,
 )
 
 __all__ = ["SPEC"]

@@ -4,6 +4,7 @@ from batch_pipelines.core.contract import OperationSpec
 from batch_pipelines.operations.export.handler import handle_export
 from batch_pipelines.operations.export.models import ExportItem, ExportOptions
 from batch_pipelines.operations.export.tables import DETAIL_TABLES
+from batch_pipelines.operations.export.undo import undo_export
 
 SPEC = OperationSpec(
     name="export",
@@ -16,6 +17,7 @@ SPEC = OperationSpec(
     item_model=ExportItem,
     handler=handle_export,
     detail_tables=DETAIL_TABLES,
+    undo=undo_export,
 )
 
 __all__ = ["SPEC"]

@@ -5,6 +5,7 @@ from batch_pipelines.core.targets import ItemTarget
 from batch_pipelines.operations.import_.handler import handle_import
 from batch_pipelines.operations.import_.models import ImportItem, ImportOptions
 from batch_pipelines.operations.import_.tables import DETAIL_TABLES
+from batch_pipelines.operations.import_.undo import undo_import
 
 SPEC = OperationSpec(
     name="import",
@@ -18,6 +19,7 @@ SPEC = OperationSpec(
     handler=handle_import,
     detail_tables=DETAIL_TABLES,
     item_targets=(ItemTarget("options.target_table", lambda options, _: options.target_table),),
+    undo=undo_import,
 )
 
 __all__ = ["SPEC"]

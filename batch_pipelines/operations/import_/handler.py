@@ -1,11 +1,13 @@
 """import: load a file (CSV, TSV, JSON, NDJSON, Parquet) into a warehouse table.
 
-The file streams through DuckDB into a staging Parquet file outside the writer lock (rows
-DuckDB cannot parse go to ``import_rejects`` with the reason); the commit then loads the
-staged rows into the target table under the lock, in the item's transaction. A file whose
-sha256 was already imported into the same table by another item is ``skipped``. With
-``lineage_columns`` (default) every row carries ``_batch_id`` and ``_item_id``, so re-running
-an item replaces exactly its own rows (a file with columns of those names is refused).
+Outside the writer lock the handler hashes the file and sniffs its columns; the commit then
+reads the file straight into the target table, under the lock, in the item's transaction
+(rows DuckDB cannot parse go to ``import_rejects`` with the reason). Upserts, ``load:
+staged`` and NDJSON files with invalid lines stream through a staging Parquet file outside
+the lock first (see load.py). A file whose sha256 was already imported into the same table by
+another item is ``skipped``, unread. With ``lineage_columns`` (default) every row carries
+``_batch_id`` and ``_item_id``, so re-running an item replaces exactly its own rows (a file
+with columns of those names is refused).
 """
 
 from __future__ import annotations
@@ -27,30 +29,21 @@ from batch_pipelines.core.files import (
     unchanged_while_read,
 )
 from batch_pipelines.core.keys import slugify
-from batch_pipelines.core.sql import quote_ident, quote_literal, validate_table_name
+from batch_pipelines.core.sql import quote_literal, validate_table_name
 from batch_pipelines.core.targets import item_table_name
 from batch_pipelines.operations.import_ import tables
+from batch_pipelines.operations.import_.load import (
+    LINEAGE_COLUMNS,
+    MAX_STORED_REJECTS,
+    csv_source,
+    file_source,
+    load_direct,
+    load_rows,
+    table_types,
+)
 from batch_pipelines.operations.import_.models import ImportItem, ImportOptions
-from batch_pipelines.operations.relations import table_exists
 
-MAX_STORED_REJECTS = 1000
-LINEAGE_COLUMNS = ("_batch_id", "_item_id")
 _DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-
-
-def _csv_source(
-    path: Path, fmt: str, options: ImportOptions, types: dict[str, str] | None = None
-) -> str:
-    args = [quote_literal(str(path)), "store_rejects = true", "auto_detect = true"]
-    if types:
-        pairs = ", ".join(f"{quote_literal(k)}: {quote_literal(v)}" for k, v in types.items())
-        args.append(f"types = {{{pairs}}}")
-    delimiter = options.delimiter or ("\t" if fmt == "tsv" else None)
-    if delimiter:
-        args.append(f"delim = {quote_literal(delimiter)}")
-    if options.header is not None:
-        args.append(f"header = {str(options.header).lower()}")
-    return f"read_csv({', '.join(args)})"
 
 
 def _check_delimiter(path: Path, fmt: str, columns: int, options: ImportOptions) -> None:
@@ -101,7 +94,7 @@ def _stage(
         try:
             if fmt in ("csv", "tsv"):
                 con.execute(
-                    f"copy (select * from {_csv_source(path, fmt, options, types)}) "
+                    f"copy (select * from {csv_source(path, fmt, options, types)}) "
                     f"to {target} (format parquet)"
                 )
                 rejected = con.execute("select count(distinct line) from reject_errors").fetchone()[
@@ -170,19 +163,53 @@ def _refuse_own_lineage(path: Path, columns: list[str], options: ImportOptions) 
     )
 
 
-def _target_types(ctx: ItemContext, target: str) -> dict[str, str]:
-    with ctx.read_warehouse() as con:
-        if not table_exists(con, target):
-            return {}
-        return {
-            name: typ
-            for name, typ, *_ in con.execute(f"describe {quote_ident(target)}").fetchall()
-            if name not in LINEAGE_COLUMNS
-        }
+def _sniff_columns(ctx: ItemContext, path: Path, fmt: str, options: ImportOptions) -> list[str]:
+    """The file's column names, from DuckDB's sniffer (a sample of the file, not a pass)."""
+    with ctx.local_duckdb() as con:
+        try:
+            return [
+                r[0]
+                for r in con.execute(
+                    f"describe select * from {file_source(path, fmt, options)}"
+                ).fetchall()
+            ]
+        except duckdb.InterruptException:
+            ctx.check()
+            raise
+        except duckdb.Error as exc:
+            raise ValidationItemError(
+                f"cannot parse {path.name} as {fmt}: {str(exc).splitlines()[0]}"
+            ) from exc
 
 
-def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    return [r[0] for r in con.execute(f"describe {quote_ident(table)}").fetchall()]
+def _ndjson_parses(ctx: ItemContext, path: Path) -> bool:
+    """Whether every line of an NDJSON file is valid JSON: a parse without types or writes,
+    so that a file with invalid lines takes the staged load, which reports them as rejects."""
+    with ctx.local_duckdb() as con:
+        try:
+            con.execute(
+                f"select count(*) from read_json({quote_literal(str(path))}, "
+                "format = 'newline_delimited')"
+            ).fetchone()
+        except duckdb.InterruptException:
+            ctx.check()
+            raise
+        except duckdb.Error:
+            return False
+    return True
+
+
+def _check_rejects(rows: int, rejected: int, rejects: list[tuple], options: ImportOptions) -> None:
+    if rows == 0 and rejected:
+        first = rejects[0][2] if rejects else "unknown error"
+        raise ValidationItemError(f"all {rejected} rows were rejected; first: {first}")
+    total = rows + rejected
+    reject_ratio = rejected / total if total else 0.0
+    if options.max_reject_ratio is not None and reject_ratio > options.max_reject_ratio:
+        raise ValidationItemError(
+            f"{rejected} of {total} rows rejected ({reject_ratio:.0%}), more than "
+            f"max_reject_ratio {options.max_reject_ratio:.0%}"
+        )
 
 
 def handle_import(ctx: ItemContext) -> ItemResult:
@@ -197,13 +224,15 @@ def handle_import(ctx: ItemContext) -> ItemResult:
         raise ValidationItemError(f"{path.name} is empty (0 bytes)")
     target = item_table_name(options.target_table, ctx.item_id)
     validate_table_name(target, "target_table")
-    # Appending to an existing table: parse with its column types, so values that do not fit
-    # become rejects with a reason instead of failing the whole file at commit.
-    types = _target_types(ctx, target) if options.mode != "replace" else {}
+    direct = options.load == "auto" and options.mode != "upsert"
+    types: dict[str, str] = {}
+    rows = rejected = 0
+    rejects: list[tuple] = []
     stage = ctx.staging_dir / f"{slugify(ctx.item_id)}-{uuid.uuid4().hex[:8]}.parquet"
     try:
-        # The sha256 skips identical files later, so it must be the one of the rows staged:
-        # a file written to while it is hashed or parsed is read again on a retry.
+        # The sha256 skips identical files later, so it must be the one of the rows loaded:
+        # a file written to while it is hashed or parsed is read again on a retry (and the
+        # direct load checks it again after its read, in the commit).
         with unchanged_while_read(path, before):
             sha256 = sha256_file(path, ctx)
             fmt = detect_format(path, item.format or options.format)
@@ -213,20 +242,22 @@ def handle_import(ctx: ItemContext) -> ItemResult:
                         raise ValidationItemError(
                             f"{path.name} is not a {fmt} file: binary content"
                         )
-            rows, columns, rejected, rejects = _stage(ctx, path, fmt, options, stage, types)
+            if direct and fmt == "ndjson":
+                direct = _ndjson_parses(ctx, path)
+            if direct:
+                columns = _sniff_columns(ctx, path, fmt, options)
+            else:
+                # Appending to an existing table: parse with its column types, so values
+                # that do not fit become rejects with a reason instead of failing at commit.
+                if options.mode != "replace":
+                    with ctx.read_warehouse() as con:
+                        types = table_types(con, target)
+                rows, columns, rejected, rejects = _stage(ctx, path, fmt, options, stage, types)
             if fmt in ("csv", "tsv"):
                 _check_delimiter(path, fmt, len(columns), options)
         _refuse_own_lineage(path, columns, options)
-        if rows == 0 and rejected:
-            first = rejects[0][2] if rejects else "unknown error"
-            raise ValidationItemError(f"all {rejected} rows were rejected; first: {first}")
-        total = rows + rejected
-        reject_ratio = rejected / total if total else 0.0
-        if options.max_reject_ratio is not None and reject_ratio > options.max_reject_ratio:
-            raise ValidationItemError(
-                f"{rejected} of {total} rows rejected ({reject_ratio:.0%}), more than "
-                f"max_reject_ratio {options.max_reject_ratio:.0%}"
-            )
+        if not direct:
+            _check_rejects(rows, rejected, rejects, options)
         missing = [k for k in options.key_columns if k not in columns]
         if missing:
             raise ValidationItemError(f"key_columns {missing} are not columns of {path.name}")
@@ -238,6 +269,7 @@ def handle_import(ctx: ItemContext) -> ItemResult:
         "format": fmt,
         "target_table": target,
         "mode": options.mode,
+        "load": "direct" if direct else "staged",
         "rows": rows,
         "rejected_rows": rejected,
         "columns": len(columns),
@@ -246,15 +278,29 @@ def handle_import(ctx: ItemContext) -> ItemResult:
     }
 
     def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> str | None:
-        status = "imported"
+        nonlocal rows, rejected, rejects
         same = tables.identical_import(con, cc, target, sha256) if options.skip_identical else None
         if same:
-            status = "skipped"
             metrics["skipped_because"] = (
                 f"identical file already imported into {target} by batch {same[0]} item {same[1]}"
             )
+        elif direct:
+            # The read happens here, under the writer lock: the file must still be the one
+            # hashed, or the sha256 recorded would not be the one of the rows loaded.
+            with unchanged_while_read(path, before):
+                rows, rejected, rejects = load_direct(con, cc, target, path, fmt, options)
+            _check_rejects(rows, rejected, rejects, options)
+            metrics.update(rows=rows, rejected_rows=rejected)
+            # Known only now: the runner records the result's score after the commit.
+            result.quality_score = rows / (rows + rejected) if rows + rejected else 1.0
         else:
-            _load(con, cc, target, stage, options)
+            source = f"read_parquet({quote_literal(str(stage))})"
+            try:
+                load_rows(con, cc, target, source, options)
+            except duckdb.BinderException as exc:
+                raise ValidationItemError(
+                    f"file does not fit table {target}: {str(exc).splitlines()[0]}"
+                ) from exc
         tables.replace_file_row(
             con,
             cc,
@@ -262,64 +308,28 @@ def handle_import(ctx: ItemContext) -> ItemResult:
             fmt=fmt,
             target=target,
             mode=options.mode,
-            status=status,
-            rows=rows if status == "imported" else 0,
+            status="skipped" if same else "imported",
+            rows=0 if same else rows,
             rejected=rejected,
             columns=columns,
             size=size,
             sha256=sha256,
         )
-        tables.replace_rejects(con, cc, rejects if status == "imported" else [])
-        return "skipped" if status == "skipped" else None
+        tables.replace_rejects(con, cc, [] if same else rejects)
+        return "skipped" if same else None
 
     def cleanup() -> None:
         with contextlib.suppress(OSError):
             stage.unlink(missing_ok=True)
 
-    quality = rows / (rows + rejected) if rows + rejected else 1.0
-    # A table this item creates must exist before the next item is parsed with its types.
-    return ItemResult(
+    result = ItemResult(
         metrics=metrics,
-        quality_score=quality,
+        quality_score=rows / (rows + rejected) if rows + rejected else 1.0,
         commit=commit,
         cleanup=cleanup,
-        flush_now=options.mode != "replace" and not types,
+        # A staged file is parsed with the types of the table it goes to: a table this item
+        # creates must exist before the next item is parsed. A direct load parses in the
+        # commit, with the table as it is then.
+        flush_now=not direct and options.mode != "replace" and not types,
     )
-
-
-def _load(
-    con: duckdb.DuckDBPyConnection,
-    cc: CommitContext,
-    target: str,
-    stage: Path,
-    options: ImportOptions,
-) -> None:
-    lineage = (
-        f", {quote_literal(cc.batch_id)} as _batch_id, {quote_literal(cc.item_id)} as _item_id"
-        if options.lineage_columns
-        else ""
-    )
-    source = f"select *{lineage} from read_parquet({quote_literal(str(stage))})"
-    table = quote_ident(target)
-    if "." in target:
-        con.execute(f"create schema if not exists {quote_ident(target.rsplit('.', 1)[0])}")
-    if options.mode == "replace" or not table_exists(con, target):
-        con.execute(f"create or replace table {table} as {source}")
-        return
-    existing = _columns(con, target)
-    if options.lineage_columns:
-        for col in LINEAGE_COLUMNS:
-            if col not in existing:
-                con.execute(f"alter table {table} add column {col} varchar")
-        con.execute(
-            f"delete from {table} where _batch_id = ? and _item_id = ?", [cc.batch_id, cc.item_id]
-        )
-    if options.mode == "upsert":
-        keys = ", ".join(quote_ident(k) for k in options.key_columns)
-        con.execute(f"delete from {table} where ({keys}) in (select ({keys}) from ({source}))")
-    try:
-        con.execute(f"insert into {table} by name {source}")
-    except duckdb.BinderException as exc:
-        raise ValidationItemError(
-            f"file does not fit table {target}: {str(exc).splitlines()[0]}"
-        ) from exc
+    return result

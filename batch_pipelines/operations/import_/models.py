@@ -27,6 +27,13 @@ class ImportOptions(BaseModel, extra="forbid"):
     max_reject_ratio: float | None = Field(
         None, ge=0, le=1, description="Fail the item if more than this share of rows is rejected"
     )
+    load: Literal["auto", "staged"] = Field(
+        "auto",
+        description=(
+            "auto: read the file straight into the table in the item's commit (one pass; "
+            "upsert stages); staged: stream it to Parquet first, outside the writer lock"
+        ),
+    )
 
     @field_validator("target_table")
     @classmethod

@@ -4,6 +4,7 @@ from batch_pipelines.core.contract import OperationSpec
 from batch_pipelines.operations.report.handler import handle_report
 from batch_pipelines.operations.report.models import ReportItem, ReportOptions
 from batch_pipelines.operations.report.tables import DETAIL_TABLES
+from batch_pipelines.operations.report.undo import undo_report
 
 SPEC = OperationSpec(
     name="report",
@@ -18,6 +19,7 @@ SPEC = OperationSpec(
     item_model=ReportItem,
     handler=handle_report,
     detail_tables=DETAIL_TABLES,
+    undo=undo_report,
 )
 
 __all__ = ["SPEC"]

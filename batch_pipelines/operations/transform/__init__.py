@@ -5,6 +5,7 @@ from batch_pipelines.core.targets import ItemTarget
 from batch_pipelines.operations.transform.handler import handle_transform
 from batch_pipelines.operations.transform.models import TransformItem, TransformOptions
 from batch_pipelines.operations.transform.tables import DETAIL_TABLES
+from batch_pipelines.operations.transform.undo import undo_transform
 
 SPEC = OperationSpec(
     name="transform",
@@ -19,6 +20,7 @@ SPEC = OperationSpec(
     handler=handle_transform,
     detail_tables=DETAIL_TABLES,
     item_targets=(ItemTarget("target", lambda _, payload: payload.get("target")),),
+    undo=undo_transform,
 )
 
 __all__ = ["SPEC"]

@@ -222,6 +222,8 @@ def handle_transform(ctx: ItemContext) -> ItemResult:
     }
 
     def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> None:
+        # Rollback puts a replaced target back from this copy; appended rows go by lineage.
+        cc.snapshot_before_write(con, item.target, copy=mode == "replace")
         if mode == "replace":
             _swap_in(con, item.target, staged)
         else:

@@ -4,6 +4,7 @@ from batch_pipelines.core.contract import ItemCheck, OperationSpec
 from batch_pipelines.operations.validate.handler import handle_validate, rules_check
 from batch_pipelines.operations.validate.models import ValidateItem, ValidateOptions
 from batch_pipelines.operations.validate.tables import DETAIL_TABLES
+from batch_pipelines.operations.validate.undo import undo_validate
 
 SPEC = OperationSpec(
     name="validate",
@@ -29,6 +30,7 @@ SPEC = OperationSpec(
         ),
     ),
     group_commits=True,  # the commit only writes `validation_results`
+    undo=undo_validate,
 )
 
 __all__ = ["SPEC"]

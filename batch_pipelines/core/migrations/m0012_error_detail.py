@@ -1,8 +1,8 @@
-"""Migration 0011_error_detail: ``item_attempts.traceback``, the stack trace of an attempt that
+"""Migration 0012_error_detail: ``item_attempts.traceback``, the stack trace of an attempt that
 failed with an unexpected (``internal``) error, and ``error_distribution`` grouped by severity
 too, so the error reports can show it."""
 
-ID = "0011_error_detail"
+ID = "0012_error_detail"
 
 STATEMENTS = [
     "alter table item_attempts add column traceback varchar",

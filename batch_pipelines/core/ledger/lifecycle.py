@@ -1,0 +1,110 @@
+"""Ledger writes for a batch's later life: re-prioritising, rolling back, deleting, and the
+instance-wide hold. Every function takes an open warehouse connection; the caller holds the
+transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from batch_pipelines.core.ledger import snapshots
+from batch_pipelines.core.ledger.models import BatchStatus, from_json, to_json, utcnow
+from batch_pipelines.core.ledger.reads import one
+from batch_pipelines.core.ledger.store import add_event, set_batch_status, write
+
+
+def set_priority(
+    con: duckdb.DuckDBPyConnection, batch_id: str, priority: str, *, actor: str
+) -> str:
+    """Give a batch a new priority; returns the old one."""
+    row = one(con, "select priority from batches where batch_id = ?", [batch_id])
+    if row is None:
+        raise KeyError(batch_id)
+    write(
+        con,
+        "update batches set priority = ?, updated_at = ? where batch_id = ?",
+        [priority, utcnow(), batch_id],
+    )
+    add_event(
+        con,
+        batch_id,
+        "batch_priority_changed",
+        actor=actor,
+        detail={"from": row[0], "to": priority},
+    )
+    return row[0]
+
+
+def mark_rolled_back(
+    con: duckdb.DuckDBPyConnection, batch_id: str, *, actor: str, detail: dict[str, Any]
+) -> None:
+    """The batch's writes are undone: it becomes ``rolled_back`` (raises
+    :class:`~.states.TransitionError` for an unfinished batch) and its snapshots go."""
+    set_batch_status(con, batch_id, BatchStatus.ROLLED_BACK)
+    snapshots.drop(con, [batch_id])
+    add_event(con, batch_id, "batch_rolled_back", actor=actor, detail=detail)
+
+
+def purge_batch(
+    con: duckdb.DuckDBPyConnection, batch_id: str, *, actor: str, detail: dict[str, Any]
+) -> dict[str, int]:
+    """Delete every ledger row of a batch and its snapshots, and leave one ``batch_deleted``
+    event (with the counts) as the audit record; returns the counts."""
+    counts = {
+        table: write(con, f"delete from {table} where batch_id = ?", [batch_id])
+        for table in ("item_attempts", "batch_events", "batch_items")
+    }
+    counts["snapshots"] = snapshots.drop(con, [batch_id])
+    counts["batches"] = write(con, "delete from batches where batch_id = ?", [batch_id])
+    add_event(con, batch_id, "batch_deleted", actor=actor, detail={**detail, **counts})
+    return counts
+
+
+# --- the instance-wide hold ------------------------------------------------------------------
+
+
+def get_hold(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+    """The hold in force (held_at, held_by, paused_batches), or None."""
+    row = one(
+        con,
+        "select held_at, held_by, paused_batches::varchar from instance_hold "
+        "order by held_at limit 1",
+    )
+    if row is None:
+        return None
+    return {"held_at": row[0], "held_by": row[1], "paused_batches": from_json(row[2], [])}
+
+
+def set_hold(con: duckdb.DuckDBPyConnection, *, actor: str, paused_batches: list[str]) -> None:
+    """Hold the instance: the dispatcher launches nothing until :func:`clear_hold`. A second
+    hold adds the batches it paused to the first one's."""
+    current = get_hold(con)
+    if current is None:
+        write(
+            con,
+            "insert into instance_hold (held_at, held_by, paused_batches) values (?, ?, ?)",
+            [utcnow(), actor, to_json(paused_batches)],
+        )
+    else:
+        merged = list(dict.fromkeys([*current["paused_batches"], *paused_batches]))
+        write(con, "update instance_hold set paused_batches = ?", [to_json(merged)])
+    add_event(
+        con, None, "instance_held", actor=actor, detail={"paused_batches": len(paused_batches)}
+    )
+
+
+def clear_hold(con: duckdb.DuckDBPyConnection, *, actor: str) -> dict[str, Any] | None:
+    """Lift the hold; returns what it was (None if there was none)."""
+    current = get_hold(con)
+    if current is None:
+        return None
+    write(con, "delete from instance_hold")
+    add_event(
+        con,
+        None,
+        "instance_released",
+        actor=actor,
+        detail={"paused_batches": len(current["paused_batches"])},
+    )
+    return current
