@@ -33,7 +33,7 @@ DAGSTER_EVENT_BATCH_SIZE ?= 1000
 run: install $(DAGSTER_HOME)/dagster.yaml
 	mkdir -p $(DATA)/inbox
 	cat dagster.yaml $(DAGSTER_STORAGE) > $(DAGSTER_HOME)/dagster.yaml
-	DAGSTER_EVENT_BATCH_SIZE=$(DAGSTER_EVENT_BATCH_SIZE) $(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	DAGSTER_EVENT_BATCH_SIZE=$(DAGSTER_EVENT_BATCH_SIZE) $(BIN)/batch-pipelines dev --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check batch_pipelines batch_pipelines_tests bench

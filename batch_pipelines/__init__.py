@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from batch_pipelines.app.lifecycle import delete_batch, rollback_batch
     from batch_pipelines.app.queries import get_batch, get_items, list_batches
     from batch_pipelines.app.queue import change_priority, hold_all, release_all
-    from batch_pipelines.app.submit import prepare_batch, submit_batch
+    from batch_pipelines.app.submit import RateLimitError, prepare_batch, submit_batch
     from batch_pipelines.core.analytics import get_batch_metrics, get_stats
     from batch_pipelines.core.manifest import Manifest, ManifestError, load_manifest
 
@@ -42,6 +42,7 @@ _HOMES = {
     "get_batch": "batch_pipelines.app.queries",
     "get_items": "batch_pipelines.app.queries",
     "list_batches": "batch_pipelines.app.queries",
+    "RateLimitError": "batch_pipelines.app.submit",
     "prepare_batch": "batch_pipelines.app.submit",
     "submit_batch": "batch_pipelines.app.submit",
     "get_batch_metrics": "batch_pipelines.core.analytics",
@@ -55,6 +56,7 @@ __all__ = [
     "ControlError",
     "Manifest",
     "ManifestError",
+    "RateLimitError",
     "cancel_batch",
     "change_priority",
     "delete_batch",

@@ -8,7 +8,7 @@ Dagster's run storage:
 - **first item running**: submit → the first chunk run marks its items ``running``;
 - **all items in the ledger**: submit → the batch is terminal (``batches.completed_at``);
 - **report materialized**: submit → the ``analytics_reports_job`` run that the
-  ``analytics_on_batch_*`` sensors request for the batch has succeeded.
+  ``analytics_on_batch_finished`` sensor requests for the batch has succeeded.
 
 The light operation is ``annotate`` of short inline texts with the local backend (about
 0.3 ms of handler work and 1-2 ms for its DuckDB commit per item). The same item work is also

@@ -115,7 +115,7 @@ _FANOUT_NOTES = """
 | all items in ledger | submit → the batch is terminal in the ledger (`batches.completed_at`). |
 | ledger items/s, × naive (ledger) | items / (submit → all items in ledger), and the naive batch's seconds per item in the ledger over this batch's: the light-items target (600 items/s, 2,000×). |
 | in-run ms/item, handler ms/item | inside the chunk runs: for each run, its first item started → the run ended, summed over the runs, per item (the item loop, flushes, ledger writes and Dagster events, without the worker's start); and the items' mean `duration_ms` (the handler's own time). |
-| report materialized | submit → the `analytics_reports_job` run the `analytics_on_batch_*` sensors request for the batch has succeeded (those sensors look every 10 s). This is the end-to-end time. |
+| report materialized | submit → the `analytics_reports_job` run the `analytics_on_batch_finished` sensor requests for the batch has succeeded (it reads the ledger every 5 s). This is the end-to-end time. |
 | items/s, ms/item | items / end-to-end time, and its inverse. |
 | overhead ms/item | ms/item minus the plain loop's ms/item: what the fan-out (Dagster runs, events, ledger) adds per item. |
 | × naive | ms/item of the naive launch / ms/item of this batch. |

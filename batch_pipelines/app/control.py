@@ -4,13 +4,20 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batch_pipelines.app.dispatch import ACTIVE_RUN_STATUSES
-from batch_pipelines.app.recovery import end_dead_runs, is_stalled, reap_dead_runs
+from batch_pipelines.app.recovery import (
+    batch_run_records,
+    end_dead_runs,
+    is_stalled,
+    reap_dead_runs,
+    retire_stale_retries,
+)
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.ledger import Batch, BatchStatus, ItemStatus
 from batch_pipelines.core.manifest import ManifestError
@@ -217,15 +224,20 @@ def resume_batch(
     *,
     actor: str = "python",
     instance=None,  # noqa: ANN001
+    here: bool = False,
 ) -> ControlResult:
     """Let the dispatcher launch the batch's unfinished chunks again: a paused batch, or one
-    whose worker died (its runs are ended, the items they left running pending again)."""
+    whose worker died (its runs are ended, the items they left running pending again).
+    ``here``: the caller runs the rest in its own process, as no daemon runs: no automatic
+    retry of its failed runs will come either, so their items are pending again too."""
     from batch_pipelines.app.instance import get_instance
 
     instance = instance or get_instance()
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse, read_only=True) as con:
         _batch_or_error(con, batch_id)
+    if here:
+        retire_stale_retries(instance, batch_run_records(instance, [batch_id]), now=math.inf)
     recovered = reap_dead_runs(instance, paths, batch_id=batch_id)
     stalled = is_stalled(instance, batch_id)
     with warehouse.connect(paths.warehouse) as con:
@@ -265,7 +277,7 @@ def retry_batch(
     """A new batch with only the failed items of ``batch_id`` (optionally only some error
     categories, or the given item ids — which must have failed or been cancelled), linked by
     ``parent_batch_id``, with the parent's options and settings unless overridden."""
-    from batch_pipelines.app.submit import submit_batch
+    from batch_pipelines.app.submit import RateLimitError, submit_batch
 
     paths = config.get_paths()
     categories = list(categories or [])
@@ -302,9 +314,10 @@ def retry_batch(
             instance=instance,
             source=source,
             parent_batch_id=batch_id,
-            submitted_by=actor.split(":")[-1],
+            submitted_by=actor.split(":", 1)[-1],
+            actor=actor.split(":", 1)[-1],
         )
-    except ManifestError as exc:
+    except (ManifestError, RateLimitError) as exc:
         raise ControlError(f"cannot retry {batch_id}: {exc}") from exc
     with warehouse.connect(paths.warehouse) as con:
         ledger.add_event(

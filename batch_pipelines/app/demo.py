@@ -1,16 +1,21 @@
-"""``make demo`` / ``batch-pipelines demo``: batches over the bundled samples, in-process."""
+"""``make demo`` / ``batch-pipelines demo``: batches over the bundled samples, one after
+the other: through the Dagster daemon when one serves this DAGSTER_HOME (its dispatcher
+launches the chunk runs, so they show in the UI like any other batch's), else in this
+process."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from batch_pipelines.app.inprocess import run_batch_in_process
-from batch_pipelines.app.instance import get_instance
+from batch_pipelines.app.instance import daemon_running, get_instance
+from batch_pipelines.app.queries import get_batch
 from batch_pipelines.app.samples import write_samples
 from batch_pipelines.app.submit import submit_batch
-from batch_pipelines.core import config
+from batch_pipelines.core import config, ledger
 
 if TYPE_CHECKING:
     from dagster import Definitions
@@ -136,18 +141,34 @@ def demo_manifests() -> list[dict[str, Any]]:
     ]
 
 
-def run_demo(defs: Definitions, quiet: bool = False) -> list[dict[str, Any]]:
-    """Submit the demo batches and run each here with the jobs of ``defs``; returns their
-    final ledger rows."""
+DAEMON_CHECK_S = 5.0
+
+
+class DaemonGoneError(RuntimeError):
+    """The daemon running the demo's batches stopped."""
+
+
+def run_demo(
+    defs: Definitions, quiet: bool = False, in_process: bool = False
+) -> list[dict[str, Any]]:
+    """Submit the demo batches and run each to its end, through the daemon if one runs
+    (unless ``in_process``), else here with the jobs of ``defs``; returns their final ledger
+    rows. Raises :class:`DaemonGoneError` if the daemon stops in the middle."""
     console = Console(stderr=True, quiet=quiet)
     paths = config.get_paths()
     if not any(paths.samples.glob("penguins_*")):
         write_samples(paths.samples)
     instance = get_instance()
+    daemon = None if in_process else daemon_running(instance)
+    if daemon:
+        console.print("the Dagster daemon runs the demo batches: follow them in the UI")
     results = []
     for manifest in demo_manifests():
         batch_id = submit_batch(manifest, instance=instance, source="demo")
-        batch = run_batch_in_process(batch_id, instance, defs)
+        if daemon:
+            batch = wait_for_daemon(batch_id, instance)
+        else:
+            batch = run_batch_in_process(batch_id, instance, defs)
         results.append(batch)
         console.print(
             f"{batch['operation']:<10} {batch_id}  {batch['status']:<22} "
@@ -155,3 +176,20 @@ def run_demo(defs: Definitions, quiet: bool = False) -> list[dict[str, Any]]:
             f"{batch['skipped_items']} skipped of {batch['total_items']}"
         )
     return results
+
+
+def wait_for_daemon(batch_id: str, instance: Any, poll_s: float = 0.5) -> dict[str, Any]:  # noqa: ANN401
+    """The batch once it ends, run by the daemon; :class:`DaemonGoneError` if it stops."""
+    checked = time.monotonic()
+    while True:
+        batch = get_batch(batch_id)
+        if batch is None or batch["status"] in ledger.TERMINAL_BATCH_STATUSES:
+            return batch
+        if time.monotonic() - checked >= DAEMON_CHECK_S:
+            checked = time.monotonic()
+            daemon = daemon_running(instance)
+            if not daemon:
+                raise DaemonGoneError(
+                    f"the Dagster daemon stopped while it ran {batch_id}: {daemon.reason}"
+                )
+        time.sleep(poll_s)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from batch_pipelines.app.submit import RateLimitError
 from batch_pipelines.core import config
 from batch_pipelines.core.errors import WarehouseError
 from batch_pipelines.core.manifest import ManifestError, QueueFullError
@@ -75,6 +77,16 @@ def _unique_destination(folder: Path, name: str) -> Path:
     return dest
 
 
+def file_owner(path: Path) -> str:
+    """Who dropped a manifest: the owner of the file (the inbox's actor, whatever the
+    manifest's ``submitted_by`` says); ``uid:N`` for a uid with no user name."""
+    uid = path.stat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
+
+
 def idempotency_key(f: InboxFile, content: bytes) -> str:
     return f"inbox:{f.path.name}:{hashlib.sha256(content).hexdigest()[:16]}"
 
@@ -105,7 +117,7 @@ def take(
         except QueueFullError as exc:
             # A valid manifest: it waits in the inbox until the queue has room.
             return IntakeResult(f.path, f.path, error=f"left for a later tick: {exc}")
-        except ManifestError as exc:
+        except (ManifestError, RateLimitError) as exc:
             return _reject(f, inbox, exc.to_dict())
         except WarehouseError as exc:
             return IntakeResult(f.path, f.path, error=f"left for the next tick: {exc}")

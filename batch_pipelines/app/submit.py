@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import typing
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +81,7 @@ def prepare_batch(
     where = "items" if m.items is not None else "items_from"
     for seq, payload in enumerate(raw_items):
         try:
-            model = spec.item_model.model_validate(payload)
+            model = spec.item_model.model_validate(_numbers_as_text(spec.item_model, payload))
         except ValidationError as exc:
             problems += problems_from_validation(exc, f"{where}[{seq}]")
             continue
@@ -128,6 +130,22 @@ def prepare_batch(
     )
 
 
+def _numbers_as_text(model: type[BaseModel], payload: Any) -> Any:  # noqa: ANN401
+    """``payload`` with the numbers given for text-only fields as text: an ``id`` column of
+    ``items_from.sql`` (or a JSON item) is often an integer, and an id is text everywhere."""
+    if not isinstance(payload, dict):
+        return payload
+    out = dict(payload)
+    for name, value in payload.items():
+        field = model.model_fields.get(name)
+        if field is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        accepted = typing.get_args(field.annotation) or (field.annotation,)
+        if str in accepted and not ({int, float} & set(accepted)):
+            out[name] = str(value)
+    return out
+
+
 @contextlib.contextmanager
 def _submit_lock(paths: config.Paths) -> Iterator[None]:
     # Keys of one batch must be registered contiguously (chunk runs select a key range in
@@ -155,25 +173,33 @@ def submit_batch(
     submitted_by: str | None = None,
     parent_batch_id: str | None = None,
     idempotency_key: str | None = None,
+    actor: str | None = None,
 ) -> str:
     """Validate, record and register a batch; returns its id.
 
+    ``actor`` is who really submits (the entry point knows: the OS user of the CLI or of this
+    process, the inbox file's owner, the launchpad's user); the rate limit counts per actor,
+    and the audit events name it. ``submitted_by`` (else the manifest's) is only a label.
+
     Nothing is left behind when validation fails. The batch is recorded ``pending``, its
     partition keys are registered, then it becomes ``queued``: the dispatcher sensor launches
-    its chunks through the run queue (or ``run_batch_in_process`` runs them here).
+    its chunks through the run queue (or ``run_batch_in_process`` runs them here). Raises
+    :class:`ManifestError` for a bad manifest, :class:`RateLimitError` past the rate limit.
     """
     paths = config.get_paths()
     prepared = prepare_batch(manifest, paths)
     m = prepared.manifest
     instance = _get_instance(instance)
-    who = submitted_by or m.submitted_by or _whoami()
-    _check_rate_limit(paths, who)
+    actor = actor or whoami()
+    label = submitted_by or m.submitted_by or actor
     with _submit_lock(paths):
         if idempotency_key:
             with warehouse.connect(paths.warehouse, read_only=True) as con:
                 existing = ledger.batch_for_idempotency_key(con, idempotency_key)
             if existing:
                 return existing
+        # Under the lock, so that concurrent submissions cannot all pass the same count.
+        _check_rate_limit(paths, actor)
         _check_queue_cap(paths, len(prepared.items))
         now = ledger.utcnow()
         batch_row = {
@@ -185,7 +211,7 @@ def submit_batch(
             "total_items": len(prepared.items),
             "options": prepared.options,
             "settings": m.settings.model_dump(mode="json"),
-            "submitted_by": who,
+            "submitted_by": label,
             "source": source,
             "parent_batch_id": parent_batch_id,
             "idempotency_key": idempotency_key,
@@ -200,8 +226,12 @@ def submit_batch(
                 con,
                 prepared.batch_id,
                 "batch_submitted",
-                actor=f"{source}:{who}",
-                detail={"items": len(prepared.items), "priority": m.priority},
+                actor=f"{source}:{actor}",
+                detail={
+                    "items": len(prepared.items),
+                    "priority": m.priority,
+                    "submitted_by": label,
+                },
             )
             con.execute("commit")
         try:
@@ -213,14 +243,14 @@ def submit_batch(
                 con.execute("begin")
                 ledger.delete_batch(con, prepared.batch_id)
                 ledger.add_event(
-                    con, prepared.batch_id, "batch_submit_failed", actor=f"{source}:{who}"
+                    con, prepared.batch_id, "batch_submit_failed", actor=f"{source}:{actor}"
                 )
                 con.execute("commit")
             raise
         with warehouse.connect(paths.warehouse) as con:
             con.execute("begin")
             ledger.set_batch_status(con, prepared.batch_id, ledger.BatchStatus.QUEUED)
-            ledger.add_event(con, prepared.batch_id, "batch_queued", actor=f"{source}:{who}")
+            ledger.add_event(con, prepared.batch_id, "batch_queued", actor=f"{source}:{actor}")
             con.execute("commit")
     return prepared.batch_id
 
@@ -247,26 +277,35 @@ def _check_queue_cap(paths: config.Paths, new_items: int) -> None:
         )
 
 
-def _whoami() -> str:
+def whoami() -> str:
+    """The OS user running this process: the actor of the CLI and the Python API."""
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user database in some containers
-        return "unknown"
+        return f"uid:{os.getuid()}"
 
 
-def _check_rate_limit(paths: config.Paths, who: str) -> None:
+class RateLimitError(ValueError):
+    """A submission refused because its actor submitted too many batches in the last hour;
+    nothing was registered. Not a fault of the manifest: the same one goes in later."""
+
+    def __init__(self, actor: str, count: int, limit: int):
+        self.actor, self.count, self.limit = actor, count, limit
+        super().__init__(
+            f"rate limit: {actor} submitted {count} batches in the last hour; the limit is "
+            f"{limit} per user (BATCH_PIPELINES_MAX_BATCHES_PER_HOUR)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": "rate limit", "message": str(self), "actor": self.actor}
+
+
+def _check_rate_limit(paths: config.Paths, actor: str) -> None:
     limit = config.max_batches_per_hour()
     if limit <= 0:
         return
+    since = ledger.utcnow() - timedelta(hours=1)
     with warehouse.connect(paths.warehouse, read_only=True) as con:
-        n = ledger.batches_in_last_hour(con, who)
+        n = ledger.batches_submitted_since(con, actor, since)
     if n >= limit:
-        raise ManifestError(
-            [
-                (
-                    "submitted_by",
-                    f"{who} submitted {n} batches in the last hour; the limit is "
-                    f"{limit} (BATCH_PIPELINES_MAX_BATCHES_PER_HOUR)",
-                )
-            ]
-        )
+        raise RateLimitError(actor, n, limit)

@@ -25,6 +25,7 @@ from batch_pipelines.cli.utils import (
     OperationChoice,
     console,
     fail_manifest,
+    fail_refused,
     finish,
     get_batch_or_exit,
     operation_names,
@@ -160,7 +161,7 @@ def submit(
       batch-pipelines submit import --items 'data/samples/*.csv' \\
           --option target_table=penguins --priority high --wait
     """
-    from batch_pipelines.app.submit import submit_batch
+    from batch_pipelines.app.submit import RateLimitError, submit_batch
 
     manifest = _manifest_from_args(
         manifest_or_operation, (items, items_csv, items_json, inline), as_json
@@ -193,6 +194,8 @@ def submit(
         batch_id = submit_batch(manifest, instance=instance, source="cli")
     except ManifestError as exc:
         fail_manifest(exc, as_json)
+    except RateLimitError as exc:
+        fail_refused(exc, as_json)
     if not (wait or in_process):
         batch = get_batch_or_exit(batch_id)
         if as_json:
@@ -208,14 +211,16 @@ def submit(
                     "launch it, or submit with --wait to run it here[/]"
                 )
         return
-    if in_process or not daemon_running(instance):
+    daemon = None if in_process else daemon_running(instance)
+    if not daemon:
         if not as_json:
-            console.print(f"submitted [bold]{batch_id}[/]; running it in this process")
+            why = "" if daemon is None else f" ({daemon.reason})"
+            console.print(f"submitted [bold]{batch_id}[/]; running it in this process{why}")
         batch = run_here(batch_id, instance, quiet=as_json)
     else:
         if not as_json:
             console.print(f"submitted [bold]{batch_id}[/]; the Dagster daemon is running it")
-        batch = watch(batch_id, quiet=as_json)
+        batch = watch(batch_id, quiet=as_json, instance=instance)
     finish(batch, as_json)
 
 

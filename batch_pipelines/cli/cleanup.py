@@ -19,6 +19,7 @@ from batch_pipelines.cli.utils import (
     EXIT_OK,
     console,
     fail_manifest,
+    fail_refused,
     print_batch,
     print_json,
     run_here,
@@ -77,7 +78,7 @@ def cleanup(older_than_days: float, dry_run: bool, kinds: tuple[str, ...], as_js
     Dry run by default: prints what would go. --no-dry-run deletes, and records every
     deletion in the cleanup_log table. Runs in this process unless a Dagster daemon runs.
     """
-    from batch_pipelines.app.submit import submit_batch
+    from batch_pipelines.app.submit import RateLimitError, submit_batch
 
     manifest = {
         "operation": "cleanup",
@@ -92,10 +93,12 @@ def cleanup(older_than_days: float, dry_run: bool, kinds: tuple[str, ...], as_js
         batch_id = submit_batch(manifest, instance=instance, source="cli")
     except ManifestError as exc:
         fail_manifest(exc, as_json)
+    except RateLimitError as exc:
+        fail_refused(exc, as_json)
     if daemon_running(instance):
         if not as_json:
             console.print(f"submitted [bold]{batch_id}[/]; the Dagster daemon is running it")
-        batch = watch(batch_id, quiet=as_json)
+        batch = watch(batch_id, quiet=as_json, instance=instance)
     else:
         if not as_json:
             console.print(f"submitted [bold]{batch_id}[/]; running it in this process")

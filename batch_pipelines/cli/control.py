@@ -151,6 +151,7 @@ def resume(batch_id: str | None, all_: bool, wait: bool, as_json: bool) -> None:
         _run_queue_control(release_all, as_json, actor=actor())
         return
     instance = get_instance()
+    here = wait and not daemon_running(instance)
     _run_control(
         resume_batch,
         as_json,
@@ -158,10 +159,11 @@ def resume(batch_id: str | None, all_: bool, wait: bool, as_json: bool) -> None:
         batch_id=batch_id,
         actor=actor(),
         instance=instance,
+        here=here,
     )
     if wait:
-        if daemon_running(instance):
-            batch = watch(batch_id, quiet=as_json)
+        if not here:
+            batch = watch(batch_id, quiet=as_json, instance=instance)
         else:
             batch = run_here(batch_id, instance, quiet=as_json)
         finish(batch, as_json)
@@ -227,7 +229,7 @@ def retry(
     if wait:
         new_id = result.new_batch_id
         if daemon_running(instance):
-            batch = watch(new_id, quiet=as_json)
+            batch = watch(new_id, quiet=as_json, instance=instance)
         else:
             batch = run_here(new_id, instance, quiet=as_json)
         finish(batch, as_json)

@@ -48,6 +48,7 @@ for command in (
     batches.list_cmd,
     batches.items,
     demo.demo,
+    demo.dev,
     analytics.report,
     analytics.stats,
     control.cancel,

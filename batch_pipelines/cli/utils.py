@@ -2,7 +2,8 @@
 colours, a batch's summary and following a batch's progress.
 
 Exit codes: 0 ok, 1 the operation failed (a batch that ended with failures, a batch not
-found), 2 bad input (an invalid manifest, option or argument).
+found), 2 bad input (an invalid manifest, option or argument) or a submission refused
+(``rate limit: ...``): nothing was registered.
 
 The operation registry is imported inside ``operation_names``: it loads every operation's
 models and handler (about 0.1 s), which most verbs never need. ``run_here`` imports the Dagster
@@ -11,6 +12,7 @@ definitions inside it, as only running a batch here needs them.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -97,6 +99,17 @@ def fail_manifest(exc: ManifestError, as_json: bool) -> NoReturn:
         err_console.print(f"[bold red]{exc.kind}[/]")
         for field, message in exc.problems:
             err_console.print(f"  [yellow]{field or 'manifest'}[/]: {message}")
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def fail_refused(exc: Exception, as_json: bool) -> NoReturn:
+    """Print why a valid submission was refused (``rate limit: ...``) and exit 2: nothing was
+    registered, and the same command succeeds once the cause is gone."""
+    if as_json:
+        to_dict = getattr(exc, "to_dict", None)
+        print_json(to_dict() if to_dict else {"error": str(exc)})
+    else:
+        err_console.print(f"[bold red]{exc}[/]", highlight=False)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -292,29 +305,61 @@ def orphan_lines(batch_id: str, orphans: list[Any]) -> list[str]:
     return lines
 
 
-def watch(batch_id: str, quiet: bool, timeout_s: float | None = None) -> dict[str, Any]:
+DAEMON_CHECK_S = 5.0
+
+
+def watch(
+    batch_id: str,
+    quiet: bool,
+    timeout_s: float | None = None,
+    instance: DagsterInstance | None = None,
+) -> dict[str, Any]:
     """Poll the ledger until the batch ends (or ``timeout_s``), with a progress bar on stderr
-    unless ``quiet``; returns its last ledger row."""
+    unless ``quiet``; returns its last ledger row. Given the ``instance`` whose daemon runs
+    the batch, exits 1 with what to do as soon as that daemon is seen gone."""
     start = time.monotonic()
+    checked = start
     batch = get_batch_or_exit(batch_id)
-    if quiet:
-        while batch["status"] not in ledger.TERMINAL_BATCH_STATUSES:
-            if timeout_s and time.monotonic() - start > timeout_s:
-                break
-            time.sleep(1)
-            batch = get_batch_or_exit(batch_id)
-        return batch
-    with _progress() as progress:
-        task = progress.add_task(batch_id, total=batch["total_items"], counts=_counts(batch))
+
+    def check_daemon() -> None:
+        nonlocal checked
+        if instance is None or time.monotonic() - checked < DAEMON_CHECK_S:
+            return
+        checked = time.monotonic()
+        from batch_pipelines.app.instance import daemon_running
+
+        daemon = daemon_running(instance)
+        if not daemon:
+            daemon_gone(batch_id, daemon.reason)
+
+    with contextlib.ExitStack() as stack:
+        progress = None if quiet else stack.enter_context(_progress())
+        task = None
+        if progress is not None:
+            task = progress.add_task(batch_id, total=batch["total_items"], counts=_counts(batch))
         while True:
-            progress.update(task, completed=batch["processed_items"], counts=_counts(batch))
+            if progress is not None:
+                progress.update(task, completed=batch["processed_items"], counts=_counts(batch))
             if batch["status"] in ledger.TERMINAL_BATCH_STATUSES:
                 break
             if timeout_s and time.monotonic() - start > timeout_s:
                 break
+            check_daemon()
             time.sleep(1)
             batch = get_batch_or_exit(batch_id)
     return batch
+
+
+def daemon_gone(batch_id: str, reason: str) -> NoReturn:
+    """Say that the daemon running the batch is gone, what to do, and exit 1."""
+    err_console.print(f"[red]the Dagster daemon is not running: {reason}[/]", highlight=False)
+    err_console.print(
+        f"[yellow]the batch stays queued: start `make run` again and it goes on "
+        f"(`batch-pipelines status {batch_id} --watch` follows it), or run what is left here: "
+        f"`batch-pipelines pause {batch_id}`, then `batch-pipelines resume {batch_id} --wait`[/]",
+        highlight=False,
+    )
+    sys.exit(EXIT_FAILED)
 
 
 def finish(batch: dict[str, Any], as_json: bool) -> NoReturn:

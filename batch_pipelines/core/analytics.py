@@ -96,8 +96,8 @@ def batch_errors(
 ) -> list[dict[str, Any]]:
     """A batch's rows of ``error_distribution``, most frequent first."""
     columns = (
-        "error_category, fingerprint, count, percentage, example_error, example_item_id, "
-        "first_seen_at, last_seen_at"
+        "error_category, severity, fingerprint, count, percentage, example_error, "
+        "example_item_id, first_seen_at, last_seen_at"
     )
     order = "count desc, error_category, fingerprint"
     return _redacted(con, _batch_rows(con, "error_distribution", columns, order, batch_id, limit))
@@ -109,10 +109,10 @@ def most_frequent_errors(con: duckdb.DuckDBPyConnection, limit: int) -> list[dic
         con,
         query_rows(
             con,
-            "select error_category, fingerprint, sum(count)::bigint as count, "
+            "select error_category, severity, fingerprint, sum(count)::bigint as count, "
             "count(distinct batch_id) as batches, min(example_error) as example_error "
-            "from error_distribution group by error_category, fingerprint "
-            "order by count desc, error_category, fingerprint limit ?",
+            "from error_distribution group by error_category, severity, fingerprint "
+            "order by count desc, error_category, severity, fingerprint limit ?",
             [limit],
         ),
     )
@@ -294,6 +294,7 @@ DURATION_COLUMNS: list[Column] = [
 ]
 _ERROR_GROUP: list[Column] = [
     ("error_category", "category", ""),
+    ("severity", "severity", ""),
     ("fingerprint", "fingerprint", ""),
     ("count", "items", "int"),
 ]

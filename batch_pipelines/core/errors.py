@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import traceback
 from dataclasses import dataclass
 
 import duckdb
@@ -87,12 +88,16 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+TRACEBACK_MAX_CHARS = 16_000
+
+
 @dataclass(frozen=True)
 class Classified:
     category: str
     severity: str
     retryable: bool
     message: str
+    traceback: str | None = None  # kept for unexpected (``internal``) errors only
 
 
 def classify(exc: BaseException) -> Classified:
@@ -147,7 +152,12 @@ def classify(exc: BaseException) -> Classified:
         PERMANENT: "error",
         INTERNAL: "critical",
     }.get(category, "error")
-    return Classified(category, severity, category in RETRYABLE_CATEGORIES, message[:2000])
+    trace = None
+    if category == INTERNAL:
+        # An unexpected error is a bug to find: its stack trace is what finds it.
+        trace = redact("".join(traceback.format_exception(exc)))[-TRACEBACK_MAX_CHARS:]
+    retryable = category in RETRYABLE_CATEGORIES
+    return Classified(category, severity, retryable, message[:2000], trace)
 
 
 def is_interrupt(exc: BaseException) -> bool:

@@ -131,7 +131,7 @@ def _attempt(
 ) -> Attempt:
     """The attempt that began at ``started_at`` (``started`` on the monotonic clock) and ends
     now; ``c`` is its error."""
-    error = (c.message, c.category, c.severity) if c else (None, None, None)
+    error = (c.message, c.category, c.severity, c.traceback) if c else (None, None, None, None)
     elapsed_ms = (time.monotonic() - started) * 1000
     return Attempt(attempt_no, started_at, utcnow(), elapsed_ms, status, *error)
 
@@ -260,6 +260,7 @@ def run_item(
                 c.message,
                 c.category,
                 c.severity,
+                c.traceback,
             )
         )
         outcome.error, outcome.error_category, outcome.severity = c.message, c.category, c.severity

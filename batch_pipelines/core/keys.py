@@ -18,6 +18,7 @@ MAX_KEY_LENGTH = 120
 _SLUG_LENGTH = 60
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _DOTS = re.compile(r"\.{2,}")
+_DIGITS = re.compile(r"(\d+)")
 _BATCH_ID = re.compile(r"^[a-z]{2,10}-\d{8}-\d{6}-[0-9a-f]{6}$")
 
 
@@ -35,6 +36,13 @@ def slugify(text: str, max_length: int = _SLUG_LENGTH) -> str:
     slug = _UNSAFE.sub("_", text)
     slug = _DOTS.sub(".", slug).strip("._-")
     return slug[:max_length].rstrip("._-") or "item"
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """A sort key that orders the numbers in ``text`` by value: ``ok_2`` before ``ok_10``."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(text) if part
+    )
 
 
 def partition_key(batch_id: str, item_id: str) -> str:

@@ -22,6 +22,7 @@ from batch_pipelines.core.contract import resolve_under_roots
 from batch_pipelines.core.errors import ItemError, QueryTimeoutError
 from batch_pipelines.core.execution import ExecutionSettings
 from batch_pipelines.core.globs import GlobError, glob_under_roots
+from batch_pipelines.core.keys import natural_key
 
 PRIORITIES = {"low": -10, "normal": 0, "high": 10, "critical": 20}
 MAX_DEPTH = 64  # no real manifest nests deeper; deeper ones would exhaust recursion later
@@ -214,7 +215,7 @@ def resolve_items(manifest: Manifest, paths: config.Paths | None = None) -> list
                 raise ManifestError([("items_from.glob", str(exc))]) from None
             if not matches:
                 raise ManifestError([("items_from.glob", f"no file matches {src.glob!r}")])
-            return [{"path": str(m)} for m in matches]
+            return glob_items(matches, paths)
         if src.csv:
             path = resolve_under_roots(src.csv, paths, field_name="items_from.csv")
             with path.open(newline="", encoding="utf-8") as fh:
@@ -226,6 +227,20 @@ def resolve_items(manifest: Manifest, paths: config.Paths | None = None) -> list
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ManifestError([("items_from.csv", str(exc))]) from exc
     raise AssertionError("unreachable")
+
+
+def glob_items(matches: list[Path], paths: config.Paths) -> list[dict[str, Any]]:
+    """One item per matched file: its id is the file's path relative to the data root (or to
+    the allowed root it lies in), so ids and the tables named after them do not depend on
+    where the project lives; the path stays absolute. Natural order: ``ok_2`` before
+    ``ok_10``, which is the order of the batch's items and chunks."""
+    roots = sorted(paths.allowed_roots, key=lambda r: (r != paths.data, -len(r.parts)))
+    items = []
+    for match in matches:
+        root = next((r for r in roots if match.is_relative_to(r)), None)
+        item_id = match.relative_to(root).as_posix() if root else str(match)
+        items.append({"id": item_id, "path": str(match)})
+    return sorted(items, key=lambda i: natural_key(i["id"]))
 
 
 def _items_from_sql(query: str, paths: config.Paths) -> list[dict[str, Any]]:

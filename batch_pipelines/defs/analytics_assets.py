@@ -7,7 +7,7 @@ more (durations, quality, timeline), a small PNG chart embedded in the Markdown 
 URI. The Markdown and chart are also written under ``data/reports/analytics/``.
 
 A run of ``analytics_reports_job`` focuses on one batch: the ``batch_id`` of its config (set by
-the ``analytics_on_batch_*`` sensors for the batch that just finished), else the batch that
+the ``analytics_on_batch_finished`` sensor for the batch that just finished), else the batch that
 finished last. The views themselves always cover every batch: query them for anything else.
 The rows come from :mod:`batch_pipelines.core.analytics`; the tables and charts from
 :mod:`batch_pipelines.defs.analytics_render`.
@@ -170,8 +170,8 @@ def batch_metrics_report(
 @_analytics_asset(
     "error_report",
     "What failed and why (SQL view `error_distribution`): failed items grouped by error "
-    "category and normalised message fingerprint, with counts and share of the batch's "
-    "failures, for the focus batch and across all batches.",
+    "category, severity and normalised message fingerprint, with counts and share of the "
+    "batch's failures, for the focus batch and across all batches.",
 )
 def error_report(
     context: AssetExecutionContext, config: FocusConfig, warehouse: WarehouseResource

@@ -1,70 +1,66 @@
 """When the analytics assets refresh: as soon as a batch finishes, and on a schedule as a
 fallback.
 
-A batch finishes when its last chunk run ends, successfully or not (a run fails when any of
-its items failed). Two run status sensors watch the ``<operation>_job`` runs; after each one
-they read the run's batch (tag ``batch/id``) from the ledger and, if it is now terminal,
-request one ``analytics_reports_job`` run focused on it (run key ``analytics:<batch_id>``).
-The schedule catches what the sensors cannot see (batches run in-process by the CLI, a
-daemon that was down): every 15 minutes it requests a run if a batch finished after the
-last refresh started, and skips otherwise. Decisions live in the pure functions
-:func:`decide_for_run` and :func:`decide_for_schedule`.
+The ``analytics_on_batch_finished`` sensor reads the ledger, not Dagster's runs: every 5 s it
+asks for the batches that finished since its cursor (the latest ``completed_at`` it has seen)
+and requests one ``analytics_reports_job`` run focused on each (run key
+``analytics:<batch_id>:<completed_at>``, tag ``analytics/batch_id``), however the batch ran:
+chunk runs of the daemon, ``submit --wait`` or ``make demo`` in-process, a cancel. It reads
+again a little before its cursor, so a batch whose finish committed late is not missed (the
+run keys keep it from being requested twice). The schedule catches what the sensor cannot see
+(a daemon that was down for long): every 15 minutes it requests a run if a batch finished
+after the last refresh started, and skips otherwise. Decisions live in the pure functions
+:func:`decide_for_finished` and :func:`decide_for_schedule`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
-    RunFailureSensorContext,
     RunRequest,
     RunsFilter,
-    RunStatusSensorContext,
     ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SensorResult,
     SkipReason,
-    run_failure_sensor,
-    run_status_sensor,
+    sensor,
 )
 
 from batch_pipelines.core import analytics, config, ledger, warehouse
 from batch_pipelines.defs.analytics_assets import analytics_reports_job, analytics_run_config
-from batch_pipelines.defs.jobs import OPERATION_JOBS
 from batch_pipelines.defs.schedules import utc_schedule
 
-BATCH_TAG = "batch/id"
 FOCUS_TAG = "analytics/batch_id"
 SCHEDULE_CRON = "*/15 * * * *"
+SENSOR_INTERVAL_S = 5
+# How far before its cursor the sensor reads again (a finish stamped before the cursor but
+# committed after the tick that set it), and how far back it looks on its first tick.
+LOOKBACK = timedelta(minutes=2)
+FIRST_WINDOW = timedelta(minutes=15)
+MAX_PER_TICK = 200
 _NOT_REFRESHED = {"FAILURE", "CANCELED", "CANCELING"}
 
 
-@dataclass(frozen=True)
-class BatchState:
-    batch_id: str
-    status: str | None  # None: not in the ledger
-
-
-def decide_for_run(
-    run_tags: dict[str, str], state: BatchState | None, already_requested: bool
-) -> RunRequest | SkipReason:
-    """What to do after an operation run ended: an analytics run if its batch is now finished."""
-    batch_id = run_tags.get(BATCH_TAG)
-    if not batch_id:
-        return SkipReason("run was not launched for a batch (no batch/id tag)")
-    if state is None or state.status is None:
-        return SkipReason(f"batch {batch_id} is not in the ledger")
-    if state.status not in ledger.TERMINAL_BATCH_STATUSES:
-        return SkipReason(f"batch {batch_id} is {state.status}: analytics wait until it finishes")
-    if already_requested:
-        return SkipReason(f"analytics for batch {batch_id} were already requested")
-    return RunRequest(
-        run_key=f"analytics:{batch_id}",
-        run_config=analytics_run_config(batch_id),
-        tags={FOCUS_TAG: batch_id},
-    )
+def decide_for_finished(
+    finished: list[tuple[str, datetime]], cursor: datetime | None
+) -> tuple[list[RunRequest], datetime | None]:
+    """One analytics run per finished batch ``(batch_id, completed_at)``, and the new cursor
+    (the latest ``completed_at`` seen)."""
+    requests = [
+        RunRequest(
+            run_key=f"analytics:{batch_id}:{completed_at.isoformat()}",
+            run_config=analytics_run_config(batch_id),
+            tags={FOCUS_TAG: batch_id},
+        )
+        for batch_id, completed_at in finished
+    ]
+    latest = max((at for _, at in finished), default=None)
+    if cursor is not None and (latest is None or latest < cursor):
+        latest = cursor
+    return requests, latest
 
 
 def decide_for_schedule(
@@ -81,62 +77,42 @@ def decide_for_schedule(
     return RunRequest(run_key=f"analytics-schedule:{last_completion.isoformat()}", run_config={})
 
 
-def _batch_state(batch_id: str | None) -> BatchState | None:
-    if not batch_id:
-        return None
-    paths = config.get_paths()
-    with warehouse.connect(paths.warehouse, read_only=True, timeout_s=20) as con:
-        status = ledger.batch_status(con, batch_id)
-    return BatchState(batch_id, str(status) if status else None)
-
-
-def _already_requested(instance, batch_id: str | None) -> bool:  # noqa: ANN001
-    if not batch_id:
-        return False
-    return bool(instance.get_run_ids(filters=RunsFilter(tags={FOCUS_TAG: batch_id}), limit=1))
-
-
-def _evaluate(context: RunStatusSensorContext) -> RunRequest | SkipReason:
-    tags = dict(context.dagster_run.tags)
-    batch_id = tags.get(BATCH_TAG)
+@sensor(
+    name="analytics_on_batch_finished",
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+    job=analytics_reports_job,
+    description=(
+        "Refreshes the analytics assets, focused on each batch that finished since the last "
+        "tick, read from the ledger: batches run by the daemon and in-process alike."
+    ),
+)
+def analytics_on_batch_finished(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+    cursor = datetime.fromisoformat(context.cursor) if context.cursor else None
+    since = cursor - LOOKBACK if cursor else ledger.utcnow() - FIRST_WINDOW
     try:
-        state = _batch_state(batch_id)
+        with warehouse.connect(config.get_paths().warehouse, read_only=True, timeout_s=20) as con:
+            finished = ledger.batches_finished_since(con, since, MAX_PER_TICK)
     except (warehouse.WarehouseBusyError, OSError) as exc:
         return SkipReason(f"warehouse not readable: {exc}")
-    return decide_for_run(tags, state, _already_requested(context.instance, batch_id))
+    if cursor is not None:
+        # Read again from before the cursor: keep only what no analytics run was asked for.
+        finished = [
+            (batch_id, at)
+            for batch_id, at in finished
+            if at > cursor or not _already_requested(context.instance, batch_id)
+        ]
+    requests, latest = decide_for_finished(finished, cursor)
+    new_cursor = latest.isoformat() if latest else context.cursor
+    if not requests:
+        return SensorResult(
+            skip_reason=SkipReason("no batch finished since the last tick"), cursor=new_cursor
+        )
+    return SensorResult(run_requests=requests, cursor=new_cursor)
 
 
-_ON_BATCH_END: dict[str, Any] = {
-    "monitored_jobs": list(OPERATION_JOBS.values()),
-    "request_job": analytics_reports_job,
-    "default_status": DefaultSensorStatus.RUNNING,
-    "minimum_interval_seconds": 10,
-}
-
-
-@run_status_sensor(
-    name="analytics_on_batch_success",
-    run_status=DagsterRunStatus.SUCCESS,
-    description=(
-        "After an operation chunk run succeeds, refreshes the analytics assets if the run's "
-        "batch has now finished."
-    ),
-    **_ON_BATCH_END,
-)
-def analytics_on_batch_success(context: RunStatusSensorContext) -> RunRequest | SkipReason:
-    return _evaluate(context)
-
-
-@run_failure_sensor(
-    name="analytics_on_batch_failure",
-    description=(
-        "After an operation chunk run fails (some of its items failed), refreshes the "
-        "analytics assets if the run's batch has now finished."
-    ),
-    **_ON_BATCH_END,
-)
-def analytics_on_batch_failure(context: RunFailureSensorContext) -> RunRequest | SkipReason:
-    return _evaluate(context)
+def _already_requested(instance, batch_id: str) -> bool:  # noqa: ANN001
+    return bool(instance.get_run_ids(filters=RunsFilter(tags={FOCUS_TAG: batch_id}), limit=1))
 
 
 def _last_refresh_start(instance) -> datetime | None:  # noqa: ANN001
@@ -171,5 +147,5 @@ def analytics_reports_schedule(context: ScheduleEvaluationContext) -> RunRequest
     return decide_for_schedule(completed, _last_refresh_start(context.instance))
 
 
-ANALYTICS_SENSORS = [analytics_on_batch_success, analytics_on_batch_failure]
+ANALYTICS_SENSORS = [analytics_on_batch_finished]
 ANALYTICS_SCHEDULES = [analytics_reports_schedule]

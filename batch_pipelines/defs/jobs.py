@@ -7,6 +7,7 @@ from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
 from pydantic import Field
 
 from batch_pipelines.app import control, lifecycle, queue
+from batch_pipelines.app.submit import RateLimitError
 from batch_pipelines.app.submit import submit_batch as submit_batch_service
 from batch_pipelines.core.manifest import ManifestError
 from batch_pipelines.defs.assets import build_operation_asset, build_operation_job
@@ -35,12 +36,14 @@ class SubmitBatchConfig(Config):
 @op(description="Validate the manifest and register the batch; the dispatcher runs it.")
 def register_batch(context: OpExecutionContext, config: SubmitBatchConfig) -> str:
     manifest = {k: v for k, v in config.model_dump().items() if v is not None}
+    source = context.run.tags.get("batch/entry_point", "launchpad")
     try:
         batch_id = submit_batch_service(
             manifest,
             instance=context.instance,
-            source=context.run.tags.get("batch/entry_point", "launchpad"),
-            submitted_by=context.run.tags.get("dagster/user"),
+            source=source,
+            # The manifest's submitted_by is a label: the actor is who launched the run.
+            actor=context.run.tags.get("dagster/user") or source,
         )
     except ManifestError as exc:
         raise Failure(
@@ -48,6 +51,8 @@ def register_batch(context: OpExecutionContext, config: SubmitBatchConfig) -> st
             metadata={"problems": MetadataValue.json(exc.to_dict())},
             allow_retries=False,
         ) from None
+    except RateLimitError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
     context.add_output_metadata({"batch_id": batch_id})
     context.log.info(f"registered batch {batch_id}")
     return batch_id

@@ -15,7 +15,7 @@ from dagster import (
 )
 
 from batch_pipelines.app.dispatch import chunk_states, plan_launches
-from batch_pipelines.app.inbox import list_inbox, pick_manifests, take, tick_deadline
+from batch_pipelines.app.inbox import file_owner, list_inbox, pick_manifests, take, tick_deadline
 from batch_pipelines.app.queue import retag_queued_runs
 from batch_pipelines.app.recovery import (
     batch_run_records,
@@ -51,7 +51,13 @@ def inbox_sensor(context: SensorEvaluationContext) -> SkipReason:
         return SkipReason(f"no manifest waiting in {paths.inbox}")
 
     def submit(path, key):  # noqa: ANN001, ANN202
-        return submit_batch(path, instance=context.instance, source="inbox", idempotency_key=key)
+        return submit_batch(
+            path,
+            instance=context.instance,
+            source="inbox",
+            idempotency_key=key,
+            actor=file_owner(path),
+        )
 
     accepted, rejected = [], []
     deadline = tick_deadline()

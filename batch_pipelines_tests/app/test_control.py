@@ -6,6 +6,7 @@ limit, and failed runs reach the ledger and a webhook."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -17,13 +18,13 @@ from dagster import DagsterRunStatus, build_sensor_context
 from batch_pipelines.app import control
 from batch_pipelines.app.dispatch import RunState, chunk_tags, plan_reaping
 from batch_pipelines.app.inprocess import run_batch_in_process
-from batch_pipelines.app.submit import submit_batch
+from batch_pipelines.app.submit import RateLimitError, submit_batch
 from batch_pipelines.core import ledger, warehouse
 from batch_pipelines.core.contract import ItemContext, ItemResult, OperationSpec
 from batch_pipelines.core.manifest import ManifestError
 from batch_pipelines.core.runner import ExecutionSettings, run_chunk
 from batch_pipelines.definitions import defs
-from batch_pipelines.defs.sensors import batch_dispatcher, reap_dead_runs
+from batch_pipelines.defs.sensors import batch_dispatcher, inbox_sensor, reap_dead_runs
 from batch_pipelines_tests.helpers import Item, Opts, make_batch
 
 
@@ -231,14 +232,46 @@ def test_reaper_against_the_ledger(samples: Path, env, instance) -> None:  # noq
     assert env.sql("select status, count(*) from batch_items group by 1") == [("pending", 6)]
 
 
-def test_submission_rate_limit(samples: Path, env, instance, monkeypatch) -> None:  # noqa: ANN001
+def test_submission_rate_limit_counts_who_submits_not_the_label(
+    samples: Path,
+    env,
+    instance,
+    monkeypatch,  # noqa: ANN001
+) -> None:
     monkeypatch.setenv("BATCH_PIPELINES_MAX_BATCHES_PER_HOUR", "2")
-    submit_batch(import_manifest(), instance=instance, submitted_by="ana")
-    submit_batch(import_manifest(), instance=instance, submitted_by="ana")
-    with pytest.raises(ManifestError, match="ana submitted 2 batches in the last hour") as info:
-        submit_batch(import_manifest(), instance=instance, submitted_by="ana")
-    assert info.value.problems[0][0] == "submitted_by"
-    submit_batch(import_manifest(), instance=instance, submitted_by="bob")
+    submit_batch(import_manifest(), instance=instance, actor="ana")
+    submit_batch(import_manifest(submitted_by="someone_else"), instance=instance, actor="ana")
+    # Neither the manifest's submitted_by nor the argument's label bypasses the limit.
+    for label in ({"submitted_by": "bob"}, {}):
+        with pytest.raises(RateLimitError, match="rate limit: ana submitted 2 batches") as info:
+            submit_batch(import_manifest(**label), instance=instance, actor="ana")
+        assert not isinstance(info.value, ManifestError)
+    assert env.sql("select count(*) from batches") == [(2,)]
+    submit_batch(import_manifest(), instance=instance, actor="bob")
+    rows = env.sql(
+        "select b.submitted_by, e.actor from batches b join batch_events e using (batch_id) "
+        "where e.event = 'batch_submitted' order by e.event_id"
+    )
+    assert rows == [("ana", "python:ana"), ("someone_else", "python:ana"), ("bob", "python:bob")]
+
+
+def test_inbox_actor_is_the_file_owner(samples: Path, env, instance, monkeypatch) -> None:  # noqa: ANN001
+    import pwd
+
+    monkeypatch.setenv("BATCH_PIPELINES_MAX_BATCHES_PER_HOUR", "1")
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    for n in range(2):
+        path = env.data / "inbox" / f"m{n}.json"
+        path.write_text(json.dumps(import_manifest(submitted_by=f"label{n}")))
+        os.utime(path, (time.time() - 5 - n, time.time() - 5 - n))
+    inbox_sensor(build_sensor_context(instance=instance))
+    assert env.sql("select submitted_by from batches") == [("label1",)]
+    assert env.sql("select actor from batch_events where event = 'batch_submitted'") == [
+        (f"inbox:{owner}",)
+    ]
+    (rejected,) = (env.data / "inbox" / "rejected").glob("*.error.json")
+    error = json.loads(rejected.read_text())
+    assert error["error"] == "rate limit" and f"rate limit: {owner} submitted 1" in error["message"]
 
 
 class _Hook(BaseHTTPRequestHandler):

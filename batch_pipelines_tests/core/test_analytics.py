@@ -24,9 +24,8 @@ from batch_pipelines import get_batch_metrics, get_stats, list_batches
 from batch_pipelines.core import analytics, warehouse
 from batch_pipelines.defs.analytics_assets import ANALYTICS_ASSETS, analytics_run_config
 from batch_pipelines.defs.analytics_refresh import (
-    BatchState,
     analytics_reports_schedule,
-    decide_for_run,
+    decide_for_finished,
     decide_for_schedule,
 )
 from batch_pipelines.defs.analytics_render import md_table
@@ -628,6 +627,8 @@ def test_analytics_assets_materialize_with_previews_and_charts(ledger: Path, env
         )
     assert "data:image" not in meta["error_report"]["preview"].value
     assert "could not parse line <n> of <path>" in meta["error_report"]["preview"].value
+    assert "| category | severity | fingerprint |" in meta["error_report"]["preview"].value
+    assert "| validation | error |" in meta["error_report"]["preview"].value
     assert meta["batch_metrics_report"]["focus_batch_id"].value == MIXED
     assert meta["batch_metrics_report"]["focus_success_rate"].value == pytest.approx(8 / 12)
     report_md = (env.data / "reports" / "analytics" / "operation_stats_report.md").read_text()
@@ -663,18 +664,25 @@ def test_md_table_escapes_and_formats() -> None:
 # ------------------------------------------------------------------- sensors and schedule
 
 
-def test_decide_for_run() -> None:
-    assert isinstance(decide_for_run({}, None, False), SkipReason)
-    tags = {"batch/id": MIXED}
-    assert "not in the ledger" in decide_for_run(tags, BatchState(MIXED, None), False).skip_message
-    assert "running" in decide_for_run(tags, BatchState(MIXED, "running"), False).skip_message
-    assert "already" in decide_for_run(tags, BatchState(MIXED, "failed"), True).skip_message
-    request = decide_for_run(tags, BatchState(MIXED, "completed"), False)
-    assert isinstance(request, RunRequest)
-    assert request.run_key == f"analytics:{MIXED}"
-    assert request.tags["analytics/batch_id"] == MIXED
-    assert request.run_config["ops"]["batch_metrics_report"]["config"]["batch_id"] == MIXED
-    assert "operation_stats_report" not in request.run_config["ops"]
+def test_decide_for_finished() -> None:
+    at = datetime(2026, 1, 1, 12)
+    assert decide_for_finished([], None) == ([], None)
+    assert decide_for_finished([], at) == ([], at)
+    requests, cursor = decide_for_finished(
+        [(MIXED, at), (EMPTY, at + timedelta(seconds=3))], at - timedelta(seconds=1)
+    )
+    assert cursor == at + timedelta(seconds=3)
+    assert [r.run_key for r in requests] == [
+        f"analytics:{MIXED}:2026-01-01T12:00:00",
+        f"analytics:{EMPTY}:2026-01-01T12:00:03",
+    ]
+    assert requests[0].tags["analytics/batch_id"] == MIXED
+    assert requests[0].run_config["ops"]["batch_metrics_report"]["config"]["batch_id"] == MIXED
+    assert "operation_stats_report" not in requests[0].run_config["ops"]
+    # A cursor never goes back.
+    assert decide_for_finished([(MIXED, at)], at + timedelta(seconds=9))[1] == at + timedelta(
+        seconds=9
+    )
 
 
 def test_decide_for_schedule() -> None:
@@ -706,71 +714,53 @@ def test_schedule_skips_on_an_empty_warehouse(env, instance: DagsterInstance) ->
     assert "no batch has finished" in analytics_reports_schedule(context).skip_message
 
 
-def test_sensors_request_reports_after_a_real_batch(samples: Path, env, instance) -> None:  # noqa: ANN001
-    """A real import batch (one item fails) run in-process: the failure sensor, evaluated on
-    the batch's real failed run, requests one report run for the batch; the success sensor
-    skips runs of unfinished batches."""
-    from dagster import (
-        DagsterEventType,
-        DagsterRunStatus,
-        RunsFilter,
-        build_run_status_sensor_context,
-    )
+def test_sensor_requests_reports_for_batches_run_in_process(samples: Path, env, instance) -> None:  # noqa: ANN001
+    """Real batches run in-process (as the CLI and `make demo` do): the sensor, reading the
+    ledger, requests one report run per finished batch, once, and waits for a running one."""
+    from dagster import build_sensor_context
 
     from batch_pipelines.app.inprocess import run_batch_in_process
     from batch_pipelines.app.submit import submit_batch
     from batch_pipelines.definitions import defs
-    from batch_pipelines.defs.analytics_refresh import (
-        analytics_on_batch_failure,
-        analytics_on_batch_success,
-    )
+    from batch_pipelines.defs.analytics_refresh import analytics_on_batch_finished
 
-    batch_id = submit_batch(
-        {
+    def manifest(path: str) -> dict:
+        return {
             "operation": "import",
             "options": {"target_table": "p"},
-            "settings": {"chunk_size": 10},
-            "items": [
-                {"path": "data/samples/penguins_2007.csv"},
-                {"path": "data/samples/bad/empty.csv"},
-            ],
-        },
-        instance=instance,
+            "items": [{"path": "data/samples/penguins_2007.csv"}, {"path": path}],
+        }
+
+    first = submit_batch(manifest("data/samples/bad/empty.csv"), instance=instance)
+    assert run_batch_in_process(first, instance, defs)["status"] == "completed_with_errors"
+    second = submit_batch(manifest("data/samples/penguins_2008.tsv"), instance=instance)
+    assert run_batch_in_process(second, instance, defs)["status"] == "completed"
+    waiting = submit_batch(manifest("data/samples/penguins_2009.json"), instance=instance)
+
+    result = analytics_on_batch_finished(build_sensor_context(instance=instance))
+    assert [r.tags["analytics/batch_id"] for r in result.run_requests] == [first, second]
+    assert all(
+        r.run_key.startswith(f"analytics:{r.tags['analytics/batch_id']}:")
+        for r in result.run_requests
     )
-    batch = run_batch_in_process(batch_id, instance, defs)
-    assert batch["status"] == "completed_with_errors"
-    run = instance.get_runs(filters=RunsFilter(tags={"batch/id": batch_id}))[0]
-    assert run.status == DagsterRunStatus.FAILURE
-    event = next(
-        e.get_dagster_event()
-        for e in instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)
-    )
-    context = build_run_status_sensor_context(
-        sensor_name="analytics_on_batch_failure",
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=event,
-    ).for_run_failure()
-    request = analytics_on_batch_failure(context)
-    assert isinstance(request, RunRequest) and request.run_key == f"analytics:{batch_id}"
+    cursor = result.cursor
+    # Nothing new: no request, whether or not the runs were launched yet (their run keys
+    # keep the daemon from launching them twice).
+    for request in result.run_requests:
+        defs.resolve_job_def("analytics_reports_job").execute_in_process(
+            instance=instance, run_config=request.run_config, tags=request.tags
+        )
+    again = analytics_on_batch_finished(build_sensor_context(instance=instance, cursor=cursor))
+    assert not again.run_requests
+    assert run_batch_in_process(waiting, instance, defs)["status"] == "completed"
+    result = analytics_on_batch_finished(build_sensor_context(instance=instance, cursor=cursor))
+    assert [r.tags["analytics/batch_id"] for r in result.run_requests] == [waiting]
 
     # The report itself reads what the runner wrote.
-    metrics = get_batch_metrics(batch_id)
+    metrics = get_batch_metrics(first)
     assert (metrics["succeeded"], metrics["failed"], metrics["success_rate"]) == (1, 1, 0.5)
     assert metrics["errors"][0]["error_category"] == "validation"
     assert metrics["p50_duration_ms"] > 0 and metrics["throughput_per_min"] > 0
-
-    # A run whose batch is not finished yet: the success sensor waits.
-    with warehouse.connect(env.warehouse) as con:
-        con.execute("update batches set status = 'running' where batch_id = ?", [batch_id])
-    context = build_run_status_sensor_context(
-        sensor_name="analytics_on_batch_success",
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=event,
-    )
-    skip = analytics_on_batch_success(context)
-    assert isinstance(skip, SkipReason) and "running" in skip.skip_message
 
 
 def test_definitions_include_the_analytics_job_sensors_and_schedule() -> None:
@@ -778,9 +768,7 @@ def test_definitions_include_the_analytics_job_sensors_and_schedule() -> None:
 
     repo = defs.get_repository_def()
     assert "analytics_reports_job" in {j.name for j in repo.get_all_jobs()}
-    assert {"analytics_on_batch_success", "analytics_on_batch_failure"} <= {
-        s.name for s in repo.sensor_defs
-    }
+    assert "analytics_on_batch_finished" in {s.name for s in repo.sensor_defs}
     assert "analytics_reports_schedule" in {s.name for s in repo.schedule_defs}
     report = defs.resolve_assets_def("batch_metrics_report")
     deps = {k.to_user_string() for k in report.asset_deps[report.key]}

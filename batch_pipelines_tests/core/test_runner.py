@@ -4,6 +4,7 @@ budget, and re-running an item replaces its ledger rows instead of duplicating t
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 from batch_pipelines.core.contract import ItemContext, ItemResult, OperationSpec
 from batch_pipelines.core.errors import TransientItemError, ValidationItemError
 from batch_pipelines.core.runner import ExecutionSettings, WorkItem, backoff_delay, run_chunk
-from batch_pipelines_tests.helpers import Item, Opts, make_batch
+from batch_pipelines_tests.helpers import Item, Opts, cli, make_batch
 
 CALLS: dict[str, int] = {}
 LOCK = threading.Lock()
@@ -107,6 +108,22 @@ def test_retries_only_retryable_errors(env) -> None:  # noqa: ANN001
     )[0]
     assert batch == ("completed_with_errors", 5, 2, 3, 1.0)
     assert summary.count("failed") == 3
+    # Only the unexpected error keeps its stack trace, down to the handler's raise.
+    traces = dict(env.sql("select item_id, traceback from item_attempts where attempt = 1"))
+    assert "RuntimeError: unexpected" in traces.pop("boom")
+    assert set(traces.values()) == {None}
+    # `report` shows each error group's severity.
+    p = cli(env, "report", batch_id)
+    assert p.returncode == 0, p.stderr
+    assert "severity" in p.stdout
+    lines = {line.split()[1]: line for line in p.stdout.splitlines() if "│" in line}
+    assert "critical" in lines["internal"] and "warning" in lines["transient"]
+    groups = json.loads(cli(env, "report", batch_id, "--json").stdout)["errors"]
+    assert {(g["error_category"], g["severity"]) for g in groups} == {
+        ("internal", "critical"),
+        ("transient", "warning"),
+        ("validation", "error"),
+    }
 
 
 def test_timeout_fails_the_item_and_the_run_goes_on(env) -> None:  # noqa: ANN001

@@ -16,6 +16,7 @@ operations not registered yet are left out, not failed).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -651,3 +652,69 @@ def test_web_ui_shows_assets_partitions_and_report_chart(
         finally:
             browser.close()
     print(f"\nscreenshots: {shots}")
+
+
+ANALYTICS_RUNS_QUERY = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    ... on Runs { results { status tags { key value } } }
+  }
+}
+"""
+
+
+def _analytics_done(dev: DevServer, batch_ids: list[str]) -> list[str]:
+    """The batches of ``batch_ids`` that have no succeeded report run focused on them yet."""
+    data = dev.graphql(ANALYTICS_RUNS_QUERY, {"filter": {"pipelineName": "analytics_reports_job"}})
+    done = {
+        t["value"]
+        for r in data["runsOrError"]["results"]
+        if r["status"] == "SUCCESS"
+        for t in r["tags"]
+        if t["key"] == "analytics/batch_id"
+    }
+    return [b for b in batch_ids if b not in done]
+
+
+def test_demo_runs_through_the_daemon_and_reports_follow_every_batch(
+    dev: DevServer, dev_env: Env, ran: Ran
+) -> None:
+    env = {**dev_env.environ(), "COLUMNS": "200"}
+    p = subprocess.run(
+        [CLI, "submit", "import", "--items", "data/samples/penguins_2007.csv"]
+        + ["--option", "target_table=in_process_t", "--in-process", "--json"],
+        env=env,
+        cwd=dev_env.root,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert p.returncode == 0, p.stderr
+    in_process = json.loads(p.stdout)["batch_id"]
+    p = subprocess.run(
+        [CLI, "demo", "--json"],
+        env=env,
+        cwd=dev_env.root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    demo = [b["batch_id"] for b in json.loads(p.stdout)]
+    assert len(demo) == 7
+    for batch_id in demo:
+        runs = _runs(dev, batch_id)
+        assert runs, batch_id
+        for run in runs:
+            tags = {t["key"]: t["value"] for t in run["tags"]}
+            assert tags.get("dagster/sensor_name") == "batch_dispatcher", (batch_id, tags)
+    # Every finished batch gets its report run, however it ran: the daemon's (the module's
+    # batches, the demo's) or in-process (the CLI's --in-process), without the 15-minute
+    # schedule.
+    everything = [*ran.batches.values(), *demo, in_process]
+    dev.wait_for(
+        lambda: not _analytics_done(dev, everything),
+        300,
+        "a succeeded report run for every batch",
+        interval=3,
+    )

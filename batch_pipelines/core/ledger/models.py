@@ -81,6 +81,7 @@ class Attempt:
     error: str | None = None
     error_category: str | None = None
     severity: str | None = None
+    traceback: str | None = None
 
 
 @dataclass

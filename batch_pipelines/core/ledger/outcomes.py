@@ -82,8 +82,9 @@ def record_outcome(
             con,
             """
             insert or replace into item_attempts (batch_id, item_id, attempt, started_at,
-                finished_at, duration_ms, outcome, error, error_category, severity, run_id)
-            values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                finished_at, duration_ms, outcome, error, error_category, severity, run_id,
+                traceback)
+            values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
                 outcome.batch_id,
@@ -97,6 +98,7 @@ def record_outcome(
                 a.error_category,
                 a.severity,
                 run_id,
+                a.traceback,
             ],
         )
     if outcome.status == ItemStatus.FAILED:
@@ -131,6 +133,7 @@ _ATTEMPT_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("error_category", pa.string()),
         ("severity", pa.string()),
+        ("traceback", pa.string()),
     ]
 )
 
@@ -175,6 +178,7 @@ def record_outcomes(
                 "error": redact_optional(a.error),
                 "error_category": a.error_category,
                 "severity": a.severity,
+                "traceback": a.traceback,
             }
             for o in outcomes
             for a in o.attempts
@@ -203,9 +207,10 @@ def record_outcomes(
                 con,
                 """
                 insert or replace into item_attempts (batch_id, item_id, attempt, started_at,
-                    finished_at, duration_ms, outcome, error, error_category, severity, run_id)
+                    finished_at, duration_ms, outcome, error, error_category, severity, run_id,
+                    traceback)
                 select batch_id, item_id, attempt, started_at, finished_at, duration_ms,
-                    outcome, error, error_category, severity, ? from _attempts
+                    outcome, error, error_category, severity, ?, traceback from _attempts
                 """,
                 [run_id],
             )

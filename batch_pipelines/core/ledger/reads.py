@@ -171,15 +171,34 @@ def batch_for_idempotency_key(con: duckdb.DuckDBPyConnection, key: str) -> str |
     return row[0] if row else None
 
 
-def batches_in_last_hour(con: duckdb.DuckDBPyConnection, submitted_by: str) -> int:
+def batches_submitted_since(con: duckdb.DuckDBPyConnection, actor: str, since: datetime) -> int:
+    """How many batches ``actor`` (who really submitted, whatever the entry point: the part
+    of a ``batch_submitted`` event's ``<source>:<actor>`` after the first colon) submitted
+    since ``since`` (UTC); a batch deleted since still counts."""
     return int(
         one(
             con,
-            "select count(*) from batches where submitted_by = ? and "
-            "created_at > now()::timestamp - interval 1 hour",
-            [submitted_by],
+            "select count(*) from batch_events where event = 'batch_submitted' and \"at\" > ? "
+            "and substr(actor, strpos(actor, ':') + 1) = ?",
+            [since, actor],
         )[0]
     )
+
+
+def batches_finished_since(
+    con: duckdb.DuckDBPyConnection, since: datetime, limit: int
+) -> list[tuple[str, datetime]]:
+    """``(batch_id, completed_at)`` of the batches in a final status that finished after
+    ``since`` (UTC), oldest first."""
+    terminal = [str(s) for s in TERMINAL_BATCH_STATUSES]
+    return [
+        (r[0], r[1])
+        for r in con.execute(
+            "select batch_id, completed_at from batches where completed_at > ? and status in "
+            f"({', '.join('?' for _ in terminal)}) order by completed_at, batch_id limit ?",
+            [since, *terminal, limit],
+        ).fetchall()
+    ]
 
 
 def items_for_keys(con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> list[dict[str, Any]]:
