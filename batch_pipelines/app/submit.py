@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
 import os
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,8 @@ def submit_batch(
             "chunk_count": (len(prepared.items) - 1) // m.settings.chunk_size + 1,
             "created_at": now,
             "updated_at": now,
+            "correlation_id": m.correlation_id or uuid.uuid4().hex,
+            "options_hash": options_hash(prepared.options),
         }
         with warehouse.connect(paths.warehouse) as con:
             con.execute("begin")
@@ -201,7 +205,11 @@ def submit_batch(
                 prepared.batch_id,
                 "batch_submitted",
                 actor=f"{source}:{who}",
-                detail={"items": len(prepared.items), "priority": m.priority},
+                detail={
+                    "items": len(prepared.items),
+                    "priority": m.priority,
+                    "correlation_id": batch_row["correlation_id"],
+                },
             )
             con.execute("commit")
         try:
@@ -245,6 +253,12 @@ def _check_queue_cap(paths: config.Paths, new_items: int) -> None:
                 )
             ]
         )
+
+
+def options_hash(options: Mapping[str, Any]) -> str:
+    """sha256 of the validated options as the ledger stores them (sorted keys), so two batches
+    with the same options have the same hash."""
+    return hashlib.sha256((ledger.models.to_json(dict(options)) or "null").encode()).hexdigest()
 
 
 def _whoami() -> str:
