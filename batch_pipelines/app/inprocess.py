@@ -30,6 +30,7 @@ from batch_pipelines.app.dispatch import HANDED_OVER_TAG, chunk_states, chunk_ta
 from batch_pipelines.app.recovery import IN_PROCESS, LAUNCHED_BY_TAG, LIVE_RUN_STATUSES, worker_tags
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.ledger import recovery
+from batch_pipelines.core.outbox import WebhookSender
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, Definitions
@@ -132,7 +133,8 @@ def run_batch_in_process(
     from dagster import DagsterExecutionInterruptedError
 
     started: list[str] = []
-    with _StopSignals() as stop:
+    # Lifecycle webhooks go out while the batch runs, from a thread off the items' path.
+    with WebhookSender(), _StopSignals() as stop:
         try:
             return _run_chunks(batch_id, instance, defs, stop, started, on_chunk_done, log_level)
         except (KeyboardInterrupt, DagsterExecutionInterruptedError):

@@ -28,9 +28,7 @@ PACKAGE = "batch_pipelines"
 
 def _io() -> tuple[int, int]:
     try:
-        fields = dict(
-            line.split(":", 1) for line in Path("/proc/self/io").read_text().splitlines()
-        )
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/io").read_text().splitlines())
         return int(fields["rchar"]), int(fields["wchar"])
     except (OSError, KeyError, ValueError):
         return 0, 0

@@ -37,8 +37,8 @@ from dagster import (
     in_process_executor,
 )
 
-from batch_pipelines.app.dagster_storage import buffer_materialization_batch
 from batch_pipelines.app import runmetrics
+from batch_pipelines.app.dagster_storage import buffer_materialization_batch
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG
 from batch_pipelines.app.lifecycle import rollback_if_failed
 from batch_pipelines.app.partitions import PARTITIONS
@@ -236,11 +236,9 @@ def execute_partitions(
             for r in todo
         ]
         correlation = first.get("correlation_id")
-        if correlation and context.run.tags.get(runmetrics.CORRELATION_TAG) != correlation:
-            if not context.instance.is_ephemeral:
-                context.instance.add_run_tags(
-                    context.run_id, {runmetrics.CORRELATION_TAG: correlation}
-                )
+        tagged = context.run.tags.get(runmetrics.CORRELATION_TAG) == correlation
+        if correlation and not tagged and not context.instance.is_ephemeral:
+            context.instance.add_run_tags(context.run_id, {runmetrics.CORRELATION_TAG: correlation})
         meter = Meter()
         summary = run_chunk(
             spec,
