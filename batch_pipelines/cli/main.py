@@ -5,7 +5,8 @@ found), 2 bad input (an invalid manifest, option or argument). ``--json`` prints
 machine-readable output on stdout.
 
 Dagster loads only when a verb submits, runs or controls a batch; ``--help`` and the read
-verbs (``status``, ``list``, ``items``, ``report``, ``stats``, ``sql``) load neither Dagster
+verbs (``status``, ``list``, ``items``, ``report``, ``stats``, ``sql``, ``metrics``,
+``webhooks``) load neither Dagster
 nor pandas.
 """
 
@@ -15,7 +16,16 @@ import warnings
 
 import click
 
-from batch_pipelines.cli import analytics, batches, cleanup, control, demo, lifecycle, sql
+from batch_pipelines.cli import (
+    analytics,
+    batches,
+    cleanup,
+    control,
+    demo,
+    lifecycle,
+    observe,
+    sql,
+)
 from batch_pipelines.cli.utils import EXIT_FAILED
 from batch_pipelines.core.errors import WarehouseError
 
@@ -59,6 +69,8 @@ for command in (
     lifecycle.delete,
     cleanup.cleanup,
     sql.sql,
+    observe.metrics,
+    observe.webhooks_group,
 ):
     main.add_command(command)
 

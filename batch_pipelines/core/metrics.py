@@ -94,7 +94,9 @@ def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
     families.append(items)
 
     batches = _Family("batches", "gauge", "Batches by operation and status.")
-    for op, status, n in _rows(con, "select operation, status, count(*) from batches group by all order by all"):
+    for op, status, n in _rows(
+        con, "select operation, status, count(*) from batches group by all order by all"
+    ):
         batches.sample(n, operation=op, status=status)
     families.append(batches)
 
@@ -112,9 +114,7 @@ def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
         queue.sample(n, operation=op)
     families.append(queue)
 
-    inflight = _Family(
-        "inflight_runs", "gauge", "Chunk runs with items running now, by operation."
-    )
+    inflight = _Family("inflight_runs", "gauge", "Chunk runs with items running now, by operation.")
     for op, n in _rows(
         con,
         "select b.operation, count(distinct i.run_id) from batch_items i join batches b "

@@ -301,8 +301,10 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
             batch_id,
         ],
     )
-    for percent in PROGRESS_MARKS:
-        # One event per mark crossed (a flush may cross several at once).
+    # One event per mark crossed (a flush may cross several at once); items a stop cancels
+    # are no progress.
+    working = not (decision.stopped or stopped)
+    for percent in PROGRESS_MARKS if working else ():
         if processed_before * 100 < percent * total <= c.processed * 100:
             add_event(
                 con,
