@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from batch_pipelines.core import config
+from batch_pipelines.core.fmt import Column
 
 SLOT_TIMELINE_POINTS = 60  # the run-slots chart of a report: at most this many points
 
@@ -136,3 +137,14 @@ def now(con: duckdb.DuckDBPyConnection, paths: config.Paths | None = None) -> di
     row["run_slots"] = limit
     row["run_slot_utilisation"] = row["running_runs"] / limit if limit else None
     return row
+
+
+# How the Resources part is shown (key, header with its unit, kind of core.fmt.fmt_value).
+RESOURCE_COLUMNS: list[Column] = [
+    ("runs", "chunk runs", "int"),
+    ("peak_rss_mb", "peak MB", ""),
+    ("cpu_s_per_item", "cpu s/item", ""),
+    ("queue_wait_p50_s", "wait p50 s", "s"),
+    ("queue_wait_p95_s", "wait p95 s", "s"),
+    ("max_slots", "max slots", "int"),
+]
