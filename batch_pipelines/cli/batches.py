@@ -378,7 +378,7 @@ def _print_provenance(rows: list[dict[str, Any]], as_json: bool) -> None:
             r["item_id"],
             f"[{status_style(r['status'])}]{r['status']}[/]",
             str(r["attempt"]),
-            r["input_key"] or "",
+            "" if r["input_key"] == r["item_id"] else r["input_key"] or "",
             (r["input_sha256"] or "")[:16],
             (r["options_hash"] or "")[:12],
             r["code_version"] or "",

@@ -14,11 +14,19 @@ from batch_pipelines.core.metrics import get_metrics
 
 
 @click.command("metrics")
-def metrics() -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["openmetrics", "prometheus"]),
+    default="openmetrics",
+    show_default=True,
+    help="prometheus: the classic text format, for node-exporter's textfile collector.",
+)
+def metrics(fmt: str) -> None:
     """Print the ledger's figures in the OpenMetrics text format: items by status and
     operation, queue depth, in-flight runs, item duration histogram, HTTP 429s, webhook
-    failures. Point a node-exporter textfile collector or a scrape job at it."""
-    sys.stdout.write(get_metrics())
+    failures. Point a scrape job or a node-exporter textfile collector at it."""
+    sys.stdout.write(get_metrics(openmetrics=fmt == "openmetrics"))
 
 
 @click.group("webhooks")

@@ -7,6 +7,7 @@ limits file of the annotate endpoints (``<data>/http_limits.sqlite3``) when it e
 
 from __future__ import annotations
 
+import functools
 import math
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -39,10 +40,17 @@ def _num(value: float) -> str:
 
 
 class _Family:
-    def __init__(self, name: str, kind: str, help_text: str, unit: str = "") -> None:
-        self.name, self.kind = f"{PREFIX}_{name}", kind
-        self.lines = [f"# TYPE {self.name} {kind}", f"# HELP {self.name} {help_text}"]
-        if unit:
+    def __init__(
+        self, name: str, kind: str, help_text: str, unit: str = "", *, openmetrics: bool = True
+    ) -> None:
+        self.name, self.kind, self.openmetrics = f"{PREFIX}_{name}", kind, openmetrics
+        # OpenMetrics names a counter without its ``_total`` and has ``# UNIT``; the classic
+        # Prometheus text format (node-exporter's textfile collector) names it with ``_total``.
+        declared = self.name
+        if kind == "counter" and not openmetrics:
+            declared += "_total"
+        self.lines = [f"# TYPE {declared} {kind}", f"# HELP {declared} {help_text}"]
+        if unit and self.openmetrics:
             self.lines.insert(1, f"# UNIT {self.name} {unit}")
 
     def sample(self, value: float, suffix: str = "", **labels: object) -> None:
@@ -80,11 +88,15 @@ def _throttled_429(data: Path) -> list[tuple[str, int]]:
         return []
 
 
-def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
-    """The OpenMetrics text (ends with ``# EOF``)."""
+def render(
+    con: duckdb.DuckDBPyConnection, data: Path | None = None, *, openmetrics: bool = True
+) -> str:
+    """The OpenMetrics text (ends with ``# EOF``), or with ``openmetrics=False`` the classic
+    Prometheus text format (version 0.0.4)."""
+    family = functools.partial(_Family, openmetrics=openmetrics)
     families: list[_Family] = []
 
-    items = _Family("items", "gauge", "Items in the ledger by operation and status.")
+    items = family("items", "gauge", "Items in the ledger by operation and status.")
     for op, status, n in _rows(
         con,
         "select b.operation, i.status, count(*) from batch_items i join batches b "
@@ -93,14 +105,14 @@ def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
         items.sample(n, operation=op, status=status)
     families.append(items)
 
-    batches = _Family("batches", "gauge", "Batches by operation and status.")
+    batches = family("batches", "gauge", "Batches by operation and status.")
     for op, status, n in _rows(
         con, "select operation, status, count(*) from batches group by all order by all"
     ):
         batches.sample(n, operation=op, status=status)
     families.append(batches)
 
-    queue = _Family(
+    queue = family(
         "queue_depth",
         "gauge",
         "Pending items of queued or running batches that are not paused, by operation.",
@@ -114,7 +126,7 @@ def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
         queue.sample(n, operation=op)
     families.append(queue)
 
-    inflight = _Family("inflight_runs", "gauge", "Chunk runs with items running now, by operation.")
+    inflight = family("inflight_runs", "gauge", "Chunk runs with items running now, by operation.")
     for op, n in _rows(
         con,
         "select b.operation, count(distinct i.run_id) from batch_items i join batches b "
@@ -123,7 +135,7 @@ def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
         inflight.sample(n, operation=op)
     families.append(inflight)
 
-    duration = _Family(
+    duration = family(
         "item_duration_seconds",
         "histogram",
         "Duration of finished items (all attempts), by operation.",
@@ -141,7 +153,7 @@ def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
     )
     families.append(duration)
 
-    http429 = _Family(
+    http429 = family(
         "http_429",
         "counter",
         "HTTP 429 answers: per endpoint from the shared HTTP limits (source=endpoint), and "
@@ -156,7 +168,7 @@ def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
     http429.sample(n, "_total", source="item_attempts")
     families.append(http429)
 
-    hooks = _Family(
+    hooks = family(
         "webhook_deliveries",
         "counter",
         "Webhook delivery attempts by result (delivered, failed).",
@@ -167,7 +179,7 @@ def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
         hooks.sample(n, "_total", result="delivered" if delivered else "failed")
     families.append(hooks)
 
-    failures = _Family(
+    failures = family(
         "webhook_failures",
         "counter",
         "Webhook delivery attempts that failed (each retry counts).",
@@ -177,10 +189,10 @@ def render(con: duckdb.DuckDBPyConnection, data: Path | None = None) -> str:
     families.append(failures)
 
     lines = [line for f in families for line in f.lines]
-    return "\n".join([*lines, "# EOF"]) + "\n"
+    return "\n".join([*lines, "# EOF"] if openmetrics else lines) + "\n"
 
 
-def get_metrics() -> str:
+def get_metrics(*, openmetrics: bool = True) -> str:
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse, read_only=True) as con:
-        return render(con, paths.data)
+        return render(con, paths.data, openmetrics=openmetrics)

@@ -37,9 +37,12 @@ FAST_VERBS = [
     ["status", DONE],
     ["status", DONE, "--json"],
     ["items", DONE],
+    ["items", DONE, "--provenance"],
     ["report", DONE],
     ["stats"],
     ["sql", "select count(*) from batch_items"],
+    ["metrics"],
+    ["webhooks", "list"],
 ]
 
 PROBE = """
@@ -139,6 +142,7 @@ def test_every_command_is_registered_once() -> None:
         "demo",
         "items",
         "list",
+        "metrics",
         "pause",
         "report",
         "resume",
@@ -147,6 +151,7 @@ def test_every_command_is_registered_once() -> None:
         "stats",
         "status",
         "submit",
+        "webhooks",
     ]
 
 
