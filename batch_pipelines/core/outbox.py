@@ -37,6 +37,7 @@ from batch_pipelines.core.ledger.models import from_json, to_json, utcnow
 from batch_pipelines.core.webhooks import (
     LIFECYCLE_EVENTS,
     Endpoint,
+    WebhookConfigError,
     encode,
     endpoints,
     lifecycle_body,
@@ -294,7 +295,11 @@ class WebhookSender:
         self._thread = threading.Thread(
             target=self._loop, name=f"webhooks-{uuid.uuid4().hex[:6]}", daemon=True
         )
-        self.targets = endpoints()
+        try:
+            self.targets = endpoints()
+        except WebhookConfigError as exc:  # a bad URL never stops a batch
+            log.warning("lifecycle webhooks off: %s", exc)
+            self.targets = []
 
     def __enter__(self) -> WebhookSender:
         if self.targets:

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.e2e
 
 TOKEN = "hooktoken-3f9a1c7e55d2"
 SECRET = "signing-key-b7e2d91c04aa"
+LLM_KEY = "sk-llmkey-0c4d8e2f6a1b"
 
 
 class Receiver:
@@ -79,6 +80,7 @@ def test_webhooks_run_metrics_provenance_and_metrics(samples: Path, env, receive
     hooks = {
         "BATCH_PIPELINES_WEBHOOK_URL": receiver.url,
         "BATCH_PIPELINES_WEBHOOK_SECRET": SECRET,
+        "BATCH_PIPELINES_LLM_API_KEY": LLM_KEY,
     }
     manifest = env.data / "m.yaml"
     manifest.write_text(
@@ -183,7 +185,7 @@ def test_webhooks_run_metrics_provenance_and_metrics(samples: Path, env, receive
     dagster_files = b"".join(
         f.read_bytes() for f in Path(env.dagster_home).rglob("*") if f.is_file()
     )
-    for secret in (TOKEN, SECRET):
+    for secret in (TOKEN, SECRET, LLM_KEY):
         assert secret not in stored
         assert secret.encode() not in dagster_files
         assert secret not in logs

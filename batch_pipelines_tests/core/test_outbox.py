@@ -137,3 +137,22 @@ def test_no_endpoint_sends_nothing_and_bad_urls_are_named(
     monkeypatch.setenv(webhooks.WEBHOOK_ENV, "http://127.0.0.1:1/a, ftp://x")
     with pytest.raises(webhooks.WebhookConfigError, match="http\\(s\\) URLs"):
         webhooks.endpoints()
+
+
+def test_the_webhook_sender_sensor_delivers(env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from dagster import build_sensor_context
+
+    from batch_pipelines.defs.sensors import webhook_sender
+
+    monkeypatch.delenv(webhooks.WEBHOOK_ENV, raising=False)
+    with build_sensor_context() as context:
+        assert "is not set" in webhook_sender(context).skip_message
+    hook = Hook([])
+    try:
+        monkeypatch.setenv(webhooks.WEBHOOK_ENV, hook.url)
+        _events(_batch(), "batch_submitted", "batch_started")
+        with build_sensor_context() as context:
+            assert "2 delivered" in webhook_sender(context).skip_message
+        assert hook.events() == ["batch.submitted", "batch.started"]
+    finally:
+        hook.close()
