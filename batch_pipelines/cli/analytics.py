@@ -94,6 +94,7 @@ def _print_report(m: dict[str, Any]) -> None:
     columns = [*QUALITY_COLUMNS, ("bar", "", "")]
     console.print(_rows_table("quality score distribution", columns, quality))
     _print_resources(m.get("resources"))
+    _print_provenance(m.get("provenance"))
     if m["timeline"]:
         shown = m["timeline"][-TIMELINE_ROWS:]
         title = "timeline (items finished per minute)"
@@ -138,6 +139,28 @@ def _print_resources(r: dict[str, Any] | None) -> None:
         ]
         console.print(f"run slots used over time (max {r['max_slots']})")
         console.print("\n".join(lines), highlight=False)
+
+
+def _print_provenance(p: dict[str, Any] | None) -> None:
+    if not p:
+        return
+    versions = "; ".join(
+        f"{v['code_version']} (dagster {v['dagster_version']}, duckdb {v['duckdb_version']}, "
+        f"{v['runs']} runs)"
+        for v in p["versions"]
+    )
+    console.print(
+        _kv_table(
+            "provenance",
+            [
+                ("correlation id", p["correlation_id"] or "-"),
+                ("options hash", p["options_hash"] or "-"),
+                ("code", versions or "-"),
+                ("formats", ", ".join(f"{k} {v}" for k, v in p["formats"].items()) or "-"),
+                ("most runs at once", str(p["max_parallel_runs"])),
+            ],
+        )
+    )
 
 
 @click.command("report")

@@ -152,6 +152,7 @@ def test_webhooks_run_metrics_provenance_and_metrics(samples: Path, env, receive
     p = cli(env, "report", batch_id)
     assert p.returncode == 0, p.stderr
     assert "resources (run_metrics)" in p.stdout and "run slots used over time" in p.stdout
+    assert "req-42" in p.stdout and "options hash" in p.stdout
     report = json.loads(cli(env, "report", batch_id, "--json").stdout)
     assert report["resources"]["runs"] == 3 and report["resources"]["peak_rss_mb"] > 0
     assert report["resources"]["cpu_s_per_item"] > 0
