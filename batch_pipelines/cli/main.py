@@ -6,8 +6,7 @@ machine-readable output on stdout.
 
 Dagster loads only when a verb submits, runs or controls a batch; ``--help`` and the read
 verbs (``status``, ``list``, ``items``, ``report``, ``stats``, ``sql``, ``metrics``,
-``webhooks``) load neither Dagster
-nor pandas.
+``webhooks``) load neither Dagster nor pandas.
 """
 
 from __future__ import annotations

@@ -226,6 +226,13 @@ def test_controls_reach_the_webhook_and_retries_are_recorded(samples: Path, env,
     rows = json.loads(p.stdout)
     assert len(rows) == 4 and all(r["delivered"] for r in rows)
     assert all(TOKEN not in json.dumps(r) for r in rows)
+    # Events written later by other verbs flow out too: delete leaves batch_deleted.
+    p = cli(env, "delete", batch_id, "--yes", **hooks)
+    assert p.returncode == 0, p.stderr
+    p = cli(env, "webhooks", "deliver", "--json", **hooks)
+    assert p.returncode == 0 and json.loads(p.stdout)["delivered"] == 1, p.stdout + p.stderr
+    deleted = receiver.events()[-1]
+    assert deleted["event"] == "batch.deleted" and deleted["batch_id"] == batch_id
     # Nothing configured: a clear error, exit 2.
     p = cli(env, "webhooks", "deliver", BATCH_PIPELINES_WEBHOOK_URL="ftp://nowhere")
     assert p.returncode == 2 and "http(s) URLs" in p.stderr
