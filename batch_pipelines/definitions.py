@@ -12,12 +12,23 @@ from batch_pipelines.defs.jobs import (
 )
 from batch_pipelines.defs.resources import AnnotatorResource, WarehouseResource
 from batch_pipelines.defs.schedules import nightly_cleanup
-from batch_pipelines.defs.sensors import batch_dispatcher, inbox_sensor, run_failure_recorder
+from batch_pipelines.defs.sensors import (
+    batch_dispatcher,
+    inbox_sensor,
+    run_failure_recorder,
+    webhook_sender,
+)
 
 defs = Definitions(
     assets=[*OPERATION_ASSETS.values(), *ANALYTICS_ASSETS],
     jobs=[*OPERATION_JOBS.values(), submit_batch_job, batch_control_job, analytics_reports_job],
-    sensors=[inbox_sensor, batch_dispatcher, run_failure_recorder, *ANALYTICS_SENSORS],
+    sensors=[
+        inbox_sensor,
+        batch_dispatcher,
+        run_failure_recorder,
+        webhook_sender,
+        *ANALYTICS_SENSORS,
+    ],
     schedules=[*ANALYTICS_SCHEDULES, nightly_cleanup],
     resources={"warehouse": WarehouseResource(), "annotator": AnnotatorResource()},
 )

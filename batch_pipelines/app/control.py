@@ -308,6 +308,9 @@ def retry_batch(
         "settings": {**parent.settings, **(settings or {})},
         "items": [{**(r.payload or {}), "id": r.item_id} for r in rows],
     }
+    if parent.correlation_id:
+        # A retry answers the same request as its parent.
+        manifest["correlation_id"] = parent.correlation_id
     try:
         new_id = submit_batch(
             manifest,

@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG, chunk_states, chunk_tags
 from batch_pipelines.app.recovery import IN_PROCESS, LAUNCHED_BY_TAG, LIVE_RUN_STATUSES, worker_tags
+from batch_pipelines.app.runmetrics import CORRELATION_TAG
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.ledger import recovery
+from batch_pipelines.core.outbox import WebhookSender
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, Definitions
@@ -132,7 +134,8 @@ def run_batch_in_process(
     from dagster import DagsterExecutionInterruptedError
 
     started: list[str] = []
-    with _StopSignals() as stop:
+    # Lifecycle webhooks go out while the batch runs, from a thread off the items' path.
+    with WebhookSender(), _StopSignals() as stop:
         try:
             return _run_chunks(batch_id, instance, defs, stop, started, on_chunk_done, log_level)
         except (KeyboardInterrupt, DagsterExecutionInterruptedError):
@@ -172,6 +175,8 @@ def _run_chunks(
         run_id = str(uuid.uuid4())
         tags[LAUNCHED_BY_TAG] = IN_PROCESS
         tags.update(worker_tags(run_id))
+        if batch.get("correlation_id"):
+            tags[CORRELATION_TAG] = batch["correlation_id"]
         started.append(run_id)
         result = job.execute_in_process(
             instance=instance,

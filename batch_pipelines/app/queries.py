@@ -70,3 +70,24 @@ def get_cleanup_log(batch_id: str) -> list[dict[str, Any]]:
         )
         names = [d[0] for d in rel.description]
         return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
+
+
+def get_provenance(
+    batch_id: str,
+    *,
+    status: Iterable[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """A batch's rows of the ``item_provenance`` view (code and library versions, options
+    hash, input hash and key, backend and model, run and attempt), in submission order."""
+    statuses = list(status or ())
+    where = f" and p.status in ({', '.join('?' for _ in statuses)})" if statuses else ""
+    with warehouse.connect(read_only=True) as con:
+        rel = con.execute(
+            "select p.* from item_provenance p join batch_items i using (batch_id, item_id) "
+            f"where p.batch_id = ?{where} order by i.seq limit ? offset ?",
+            [batch_id, *statuses, limit, offset],
+        )
+        names = [d[0] for d in rel.description]
+        return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
 import os
 import typing
+import uuid
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -218,6 +220,8 @@ def submit_batch(
             "chunk_count": (len(prepared.items) - 1) // m.settings.chunk_size + 1,
             "created_at": now,
             "updated_at": now,
+            "correlation_id": m.correlation_id or uuid.uuid4().hex,
+            "options_hash": options_hash(prepared.options),
         }
         with warehouse.connect(paths.warehouse) as con:
             con.execute("begin")
@@ -231,6 +235,7 @@ def submit_batch(
                     "items": len(prepared.items),
                     "priority": m.priority,
                     "submitted_by": label,
+                    "correlation_id": batch_row["correlation_id"],
                 },
             )
             con.execute("commit")
@@ -275,6 +280,12 @@ def _check_queue_cap(paths: config.Paths, new_items: int) -> None:
                 )
             ]
         )
+
+
+def options_hash(options: Mapping[str, Any]) -> str:
+    """sha256 of the validated options as the ledger stores them (sorted keys), so two batches
+    with the same options have the same hash."""
+    return hashlib.sha256((ledger.models.to_json(dict(options)) or "null").encode()).hexdigest()
 
 
 def whoami() -> str:

@@ -93,12 +93,74 @@ def _print_report(m: dict[str, Any]) -> None:
     quality = [{**q, "bar": _bar(q["percentage"])} for q in m["quality"]]
     columns = [*QUALITY_COLUMNS, ("bar", "", "")]
     console.print(_rows_table("quality score distribution", columns, quality))
+    _print_resources(m.get("resources"))
+    _print_provenance(m.get("provenance"))
     if m["timeline"]:
         shown = m["timeline"][-TIMELINE_ROWS:]
         title = "timeline (items finished per minute)"
         if len(shown) < len(m["timeline"]):
             title += f": last {len(shown)} of {len(m['timeline'])} minutes"
         console.print(_rows_table(title, TIMELINE_COLUMNS, shown))
+
+
+def _print_resources(r: dict[str, Any] | None) -> None:
+    """The Resources part: what the batch's chunk runs cost (run_metrics)."""
+    if not r or not r["runs"]:
+        console.print("[dim]resources: no chunk run recorded (see run_metrics)[/]")
+        return
+    console.print(
+        _kv_table(
+            "resources (run_metrics)",
+            [
+                ("chunk runs", f"{r['runs']:,} ({r['items'] or 0:,} items)"),
+                ("peak memory", f"{fmt_value(r['peak_rss_mb'])} MB"),
+                (
+                    "cpu",
+                    f"{fmt_value(r['cpu_user_s'])} s user + {fmt_value(r['cpu_system_s'])} s "
+                    f"system, {fmt_value(r['cpu_s_per_item'])} s per item",
+                ),
+                (
+                    "queue wait",
+                    f"p50 {fmt_value(r['queue_wait_p50_s'], 's')}, "
+                    f"p95 {fmt_value(r['queue_wait_p95_s'], 's')}",
+                ),
+                ("read / written", f"{r['read_bytes'] or 0:,} / {r['write_bytes'] or 0:,} bytes"),
+            ],
+        )
+    )
+    slots = r["slots"]
+    if slots:
+        top = max(p["runs"] for p in slots) or 1
+        step = max(1, len(slots) // TIMELINE_ROWS)
+        lines = [
+            f"{fmt_value(p['at'], 'time', time_format='%H:%M:%S')}  "
+            f"{'█' * round(BAR_WIDTH * p['runs'] / top):<{BAR_WIDTH}} {p['runs']}"
+            for p in slots[::step]
+        ]
+        console.print(f"run slots used over time (max {r['max_slots']})")
+        console.print("\n".join(lines), highlight=False)
+
+
+def _print_provenance(p: dict[str, Any] | None) -> None:
+    if not p:
+        return
+    versions = "; ".join(
+        f"{v['code_version']} (dagster {v['dagster_version']}, duckdb {v['duckdb_version']}, "
+        f"{v['runs']} runs)"
+        for v in p["versions"]
+    )
+    console.print(
+        _kv_table(
+            "provenance",
+            [
+                ("correlation id", p["correlation_id"] or "-"),
+                ("options hash", p["options_hash"] or "-"),
+                ("code", versions or "-"),
+                ("formats", ", ".join(f"{k} {v}" for k, v in p["formats"].items()) or "-"),
+                ("most runs at once", str(p["max_parallel_runs"])),
+            ],
+        )
+    )
 
 
 @click.command("report")
@@ -157,6 +219,26 @@ def _print_stats(s: dict[str, Any]) -> None:
             ],
         )
     )
+    now = s.get("now")
+    if now:
+        slots = (
+            f"{now['running_runs']} of {now['run_slots']} "
+            f"({fmt_value(now['run_slot_utilisation'], 'rate')})"
+            if now["run_slots"]
+            else f"{now['running_runs']} (limit unknown)"
+        )
+        console.print(
+            _kv_table(
+                "now",
+                [
+                    (
+                        "queue depth",
+                        f"{now['queued_items']:,} items in {now['queued_chunks']:,} chunks",
+                    ),
+                    ("run slots in use", slots),
+                ],
+            )
+        )
     console.print(_rows_table("by operation", OPERATION_COLUMNS, s["by_operation"]))
     if not s["by_operation"]:
         console.print("[dim]no batches yet[/]")

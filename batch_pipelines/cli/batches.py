@@ -17,7 +17,12 @@ import click
 from rich.table import Table
 
 from batch_pipelines.app.instance import active_runs, daemon_running, get_instance
-from batch_pipelines.app.queries import get_items, list_batches, may_have_active_runs
+from batch_pipelines.app.queries import (
+    get_items,
+    get_provenance,
+    list_batches,
+    may_have_active_runs,
+)
 from batch_pipelines.cli.utils import (
     EXIT_FAILED,
     EXIT_OK,
@@ -326,12 +331,30 @@ def list_cmd(as_json: bool, **filters: Any) -> None:  # noqa: ANN401
 @click.option("--status", "statuses", multiple=True, type=click.Choice(list(ledger.ITEM_STATUSES)))
 @click.option("--limit", type=int, default=100, show_default=True)
 @click.option("--offset", type=int, default=0, show_default=True)
+@click.option(
+    "--provenance",
+    is_flag=True,
+    help="Where each result came from: code and library versions, options and input hashes, "
+    "backend and model, run and attempt (the item_provenance view).",
+)
 @click.option("--json", "as_json", is_flag=True)
-def items(batch_id: str, statuses: tuple[str, ...], limit: int, offset: int, as_json: bool) -> None:
+def items(
+    batch_id: str,
+    statuses: tuple[str, ...],
+    limit: int,
+    offset: int,
+    provenance: bool,
+    as_json: bool,
+) -> None:
     """List a batch's items with status, attempts, duration and error."""
     if limit < 1 or offset < 0:
         raise BadInput("--limit must be at least 1 and --offset at least 0")
     get_batch_or_exit(batch_id)
+    if provenance:
+        _print_provenance(
+            get_provenance(batch_id, status=statuses, limit=limit, offset=offset), as_json
+        )
+        return
     rows = get_items(batch_id, status=statuses, limit=limit, offset=offset)
     if as_json:
         print_json(rows)
@@ -350,3 +373,31 @@ def items(batch_id: str, statuses: tuple[str, ...], limit: int, offset: int, as_
             r["error"] or "",
         )
     console.print(table)
+
+
+def _print_provenance(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print_json(rows)
+        return
+    table = Table()
+    columns = ("item_id", "status", "attempt", "input", "input sha256", "options", "code", "run")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["item_id"],
+            f"[{status_style(r['status'])}]{r['status']}[/]",
+            str(r["attempt"]),
+            "" if r["input_key"] == r["item_id"] else r["input_key"] or "",
+            (r["input_sha256"] or "")[:16],
+            (r["options_hash"] or "")[:12],
+            r["code_version"] or "",
+            (r["run_id"] or "")[:8],
+        )
+    console.print(table)
+    backends = {(r["backend"], r["model"]) for r in rows if r["backend"] or r["model"]}
+    versions = {(r["dagster_version"], r["duckdb_version"]) for r in rows if r["dagster_version"]}
+    for backend, model in sorted(backends, key=str):
+        console.print(f"backend {backend}, model {model}")
+    for dagster, duck in sorted(versions, key=str):
+        console.print(f"dagster {dagster}, duckdb {duck}")

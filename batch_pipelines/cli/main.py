@@ -5,8 +5,8 @@ found), 2 bad input (an invalid manifest, option or argument). ``--json`` prints
 machine-readable output on stdout.
 
 Dagster loads only when a verb submits, runs or controls a batch; ``--help`` and the read
-verbs (``status``, ``list``, ``items``, ``report``, ``stats``, ``sql``) load neither Dagster
-nor pandas.
+verbs (``status``, ``list``, ``items``, ``report``, ``stats``, ``sql``, ``metrics``,
+``webhooks``) load neither Dagster nor pandas.
 """
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ import warnings
 
 import click
 
-from batch_pipelines.cli import analytics, batches, cleanup, control, demo, lifecycle, sql
+from batch_pipelines.cli import (
+    analytics,
+    batches,
+    cleanup,
+    control,
+    demo,
+    lifecycle,
+    observe,
+    sql,
+)
 from batch_pipelines.cli.utils import EXIT_FAILED
 from batch_pipelines.core.errors import WarehouseError
 
@@ -60,6 +69,8 @@ for command in (
     lifecycle.delete,
     cleanup.cleanup,
     sql.sql,
+    observe.metrics,
+    observe.webhooks_group,
 ):
     main.add_command(command)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from batch_pipelines.core import ledger, warehouse
+from batch_pipelines.core import costs, ledger, warehouse
 from batch_pipelines.core.fmt import Column
 from batch_pipelines.core.redact import redact_optional
 
@@ -72,6 +72,8 @@ def batch_metrics(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, An
     ]
     out["quality"] = quality_buckets(con, batch_id)
     out["timeline"] = batch_timeline(con, batch_id)
+    out["resources"] = costs.batch_resources(con, batch_id)
+    out["provenance"] = costs.batch_provenance(con, batch_id)
     return out
 
 
@@ -219,6 +221,7 @@ def stats(con: duckdb.DuckDBPyConnection, top_errors: int = 10) -> dict[str, Any
         "mean_quality": mean_quality,
         "by_operation": by_operation,
         "top_errors": most_frequent_errors(con, top_errors),
+        "now": costs.now(con),
     }
 
 
@@ -226,7 +229,8 @@ def get_batch_metrics(batch_id: str) -> dict[str, Any]:
     """A batch's analytics: every column of ``batch_metrics`` (counts, success rate,
     p50/p95/p99/avg/total duration, throughput, wall time, mean quality), plus ``errors``
     (rows of ``error_distribution``), ``error_categories``, ``quality`` (the five buckets of
-    ``quality_distribution``) and ``timeline`` (``batch_timeline``).
+    ``quality_distribution``), ``timeline`` (``batch_timeline``), ``resources`` (what its
+    chunk runs cost, from ``run_metrics``) and ``provenance`` (the batch-level record).
 
     Raises :class:`BatchNotFoundError` (a ``KeyError``) for an unknown id."""
     with warehouse.connect(read_only=True) as con:
@@ -236,7 +240,8 @@ def get_batch_metrics(batch_id: str) -> dict[str, Any]:
 def get_stats(top_errors: int = 10) -> dict[str, Any]:
     """Global figures: batches by status, completion rate (completed or completed with errors
     among finished batches), items by status, item success rate, duration percentiles, mean
-    quality, ``by_operation`` (rows of ``operation_stats``) and the most frequent errors."""
+    quality, ``by_operation`` (rows of ``operation_stats``), the most frequent errors and
+    ``now`` (queue depth and run slots in use: :func:`.costs.now`)."""
     with warehouse.connect(read_only=True) as con:
         return stats(con, top_errors)
 

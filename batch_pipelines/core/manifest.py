@@ -83,6 +83,14 @@ class Manifest(BaseModel):
     items: list[dict[str, Any]] | None = None
     items_from: ItemsFrom | None = None
     submitted_by: str | None = Field(None, max_length=200)
+    correlation_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Ties the batch's runs, events, webhooks and logs to the caller's request "
+        "(generated when absent)",
+    )
 
     @field_validator("items", mode="before")
     @classmethod

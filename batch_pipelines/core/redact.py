@@ -31,7 +31,8 @@ MIN_SECRET_CHARS = 8
 # never imported that code (the daemon recording a failed run, a report) still masks them.
 SECRET_ENV_VARS: tuple[str, ...] = (
     "BATCH_PIPELINES_LLM_API_KEY",  # the annotate backend's key
-    "BATCH_PIPELINES_WEBHOOK_URL",  # webhook URLs often carry their token
+    "BATCH_PIPELINES_WEBHOOK_URL",  # webhook URLs often carry their token (comma-separated)
+    "BATCH_PIPELINES_WEBHOOK_SECRET",  # the key that signs webhook bodies
     "DAGSTER_PG_PASSWORD",  # deploy/dagster.postgres.yaml
 )
 
@@ -98,8 +99,9 @@ def known_secrets() -> list[str]:
     values = set(_registered)
     for name in SECRET_ENV_VARS:
         value = os.environ.get(name, "").strip()
-        if len(value) >= MIN_SECRET_CHARS:
-            values.add(value)
+        for part in (value, *value.split(",")):
+            if len(part.strip()) >= MIN_SECRET_CHARS:
+                values.add(part.strip())
     forms = {form for value in values for form in _forms(value)}
     return sorted(forms, key=len, reverse=True)
 

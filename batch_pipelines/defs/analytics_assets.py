@@ -32,12 +32,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from batch_pipelines.core import analytics
+from batch_pipelines.core import analytics, costs
 from batch_pipelines.core.warehouse import connect as connect_warehouse
 from batch_pipelines.defs.analytics_render import (
     duration_histogram,
     md_table,
     quality_histogram,
+    slots_chart,
     timeline_chart,
 )
 from batch_pipelines.defs.resources import WarehouseResource
@@ -162,9 +163,28 @@ def batch_metrics_report(
                 extra[f"focus_{key}"] = MetadataValue.float(float(metrics[key]))
         if durations:
             chart = duration_histogram(durations, metrics)
+        parts += _resources_part(metrics["resources"], focus, extra)
     parts.append(f"Latest {min(PREVIEW_ROWS, total)} batches:")
     parts.append(md_table(recent, analytics.BATCH_COLUMNS))
     return _result(context, warehouse, total, parts, chart, extra)
+
+
+def _resources_part(resources: dict[str, Any], batch_id: str, extra: dict[str, Any]) -> list[str]:
+    """The Resources part of the focus batch: what its chunk runs cost, with the run slots
+    they used over time as an inline chart."""
+    if not resources["runs"]:
+        return ["**Resources**: no chunk run recorded in `run_metrics` for this batch."]
+    for key in ("peak_rss_mb", "cpu_s_per_item", "queue_wait_p95_s"):
+        if resources[key] is not None:
+            extra[f"focus_{key}"] = MetadataValue.float(float(resources[key]))
+    parts = [
+        f"**Resources** (SQL: `select * from run_metrics where batch_id = '{batch_id}'`)",
+        md_table([resources], costs.RESOURCE_COLUMNS),
+    ]
+    if resources["slots"]:
+        encoded = base64.b64encode(slots_chart(resources["slots"], batch_id)).decode()
+        parts.append(f"![run slots](data:image/png;base64,{encoded})")
+    return parts
 
 
 @_analytics_asset(

@@ -109,3 +109,16 @@ def timeline_chart(timeline: Sequence[dict[str, Any]], batch_id: str) -> bytes:
         ax.legend(fontsize=7, loc="lower left")
 
     return _png(draw)
+
+
+def slots_chart(slots: Sequence[dict[str, Any]], batch_id: str) -> bytes:
+    """The run slots a batch's chunk runs used over time (from ``run_metrics``)."""
+
+    def draw(ax: Any) -> None:
+        ax.step([p["at"] for p in slots], [p["runs"] for p in slots], where="post", color="#4f7cac")
+        ax.set_ylabel("chunk runs executing")
+        ax.set_ylim(0, max(p["runs"] for p in slots) + 1)
+        ax.set_title(f"run slots used: {batch_id}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
+
+    return _png(draw)

@@ -22,6 +22,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AssetObservation,
     AssetsDefinition,
     BackfillPolicy,
     Backoff,
@@ -36,6 +37,7 @@ from dagster import (
     in_process_executor,
 )
 
+from batch_pipelines.app import runmetrics
 from batch_pipelines.app.dagster_storage import buffer_materialization_batch
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG
 from batch_pipelines.app.lifecycle import rollback_if_failed
@@ -47,6 +49,7 @@ from batch_pipelines.core.contract import ItemCheck, OperationSpec
 from batch_pipelines.core.errors import is_interrupt
 from batch_pipelines.core.redact import redact_optional
 from batch_pipelines.core.runner import ExecutionSettings, WorkItem, run_chunk
+from batch_pipelines.core.usage import Meter
 from batch_pipelines.defs.resources import WarehouseResource
 
 WRITER_POOL = "duckdb_writer"
@@ -236,6 +239,11 @@ def execute_partitions(
             )
             for r in todo
         ]
+        correlation = first.get("correlation_id")
+        tagged = context.run.tags.get(runmetrics.CORRELATION_TAG) == correlation
+        if correlation and not tagged and not context.instance.is_ephemeral:
+            context.instance.add_run_tags(context.run_id, {runmetrics.CORRELATION_TAG: correlation})
+        meter = Meter()
         summary = run_chunk(
             spec,
             work,
@@ -247,11 +255,28 @@ def execute_partitions(
             on_flushed=on_flushed,
             time_slice_s=settings.chunk_time_slice_s if sliced else None,
         )
+        usage = runmetrics.run_metrics_row(
+            run_id=context.run_id,
+            batch_id=batch_id,
+            operation=spec.name,
+            chunk_no=first["chunk_no"],
+            usage=meter.stop(),
+            outcomes=summary.outcomes,
+            launched_by=context.run.tags.get(LAUNCHED_BY_TAG),
+            queued=runmetrics.queued_at(context.instance, context.run_id),
+            correlation_id=correlation,
+        )
+        runmetrics.record(paths, usage)
+        context.log_event(
+            AssetObservation(asset_key=context.asset_key, metadata=runmetrics.metadata(usage))
+        )
         n_failed = summary.count("failed")
         context.log.info(
             f"batch {batch_id}: {summary.count('succeeded')} succeeded, {n_failed} failed, "
             f"{summary.count('skipped')} skipped, {summary.count('cancelled')} cancelled "
-            f"(batch is {summary.batch_status})"
+            f"(batch is {summary.batch_status}; correlation id {correlation}); "
+            f"cpu {usage['cpu_user_s'] + usage['cpu_system_s']:.2f}s, "
+            f"peak rss {usage['peak_rss_mb']:.0f} MB"
         )
         if summary.batch_status == "failed" and rollback_if_failed(batch_id):
             context.log.warning(f"batch {batch_id} failed: rolled back (rollback_on_failure)")

@@ -1,5 +1,6 @@
-"""Sensors: the manifest inbox and the batch dispatcher (whose reaper, in
-:mod:`batch_pipelines.app.recovery`, ends runs whose worker is gone)."""
+"""Sensors: the manifest inbox, the batch dispatcher (whose reaper, in
+:mod:`batch_pipelines.app.recovery`, ends runs whose worker is gone), the failed-run recorder
+and the lifecycle webhook sender (:mod:`batch_pipelines.core.outbox`)."""
 
 import time
 
@@ -24,7 +25,7 @@ from batch_pipelines.app.recovery import (
     run_states_from,
 )
 from batch_pipelines.app.submit import submit_batch
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, ledger, outbox, warehouse, webhooks
 from batch_pipelines.core.webhooks import failure_payload, post_webhook
 from batch_pipelines.defs.assets import CHUNK_RUN_CONFIG
 from batch_pipelines.defs.jobs import OPERATION_JOBS
@@ -173,3 +174,27 @@ def run_failure_recorder(context: RunFailureSensorContext) -> None:
                 detail={**payload, "webhook_delivered": delivered, "webhook_detail": detail},
             )
     context.log.info(f"run {run.run_id} failed (batch {batch_id}); webhook: {detail}")
+
+
+@sensor(
+    name="webhook_sender",
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Sends the lifecycle webhooks (batch.submitted, started, progress, completed, failed, "
+        "cancelled, paused, resumed, ...) read from batch_events to the endpoints in "
+        "BATCH_PIPELINES_WEBHOOK_URL, signed with BATCH_PIPELINES_WEBHOOK_SECRET; every "
+        "attempt is in webhook_deliveries."
+    ),
+)
+def webhook_sender(context: SensorEvaluationContext) -> SkipReason:
+    try:
+        if not webhooks.endpoints():
+            return SkipReason(f"{webhooks.WEBHOOK_ENV} is not set")
+    except webhooks.WebhookConfigError as exc:
+        return SkipReason(str(exc))
+    result = outbox.deliver(config.get_paths())
+    return SkipReason(
+        f"{result.enqueued} queued, {result.delivered} delivered, {result.failed_attempts} "
+        f"failed attempts, {result.due_later} waiting"
+    )

@@ -37,9 +37,12 @@ FAST_VERBS = [
     ["status", DONE],
     ["status", DONE, "--json"],
     ["items", DONE],
+    ["items", DONE, "--provenance"],
     ["report", DONE],
     ["stats"],
     ["sql", "select count(*) from batch_items"],
+    ["metrics"],
+    ["webhooks", "list"],
 ]
 
 PROBE = """
@@ -141,6 +144,7 @@ def test_every_command_is_registered_once() -> None:
         "dev",
         "items",
         "list",
+        "metrics",
         "pause",
         "priority",
         "report",
@@ -151,6 +155,7 @@ def test_every_command_is_registered_once() -> None:
         "stats",
         "status",
         "submit",
+        "webhooks",
     ]
 
 

@@ -599,6 +599,25 @@ def test_analytics_on_an_empty_warehouse(env) -> None:  # noqa: ANN001
 
 
 def test_analytics_assets_materialize_with_previews_and_charts(ledger: Path, env, instance) -> None:  # noqa: ANN001
+    from batch_pipelines.core import ledger as ledger_api
+
+    with warehouse.connect(ledger) as con:
+        for n, (start, end) in enumerate(((0, 60), (30, 90))):
+            ledger_api.record_run_metrics(
+                con,
+                {
+                    "run_id": f"run{n}",
+                    "batch_id": MIXED,
+                    "items": 6,
+                    "queued_at": T0,
+                    "started_at": T0 + timedelta(seconds=start),
+                    "ended_at": T0 + timedelta(seconds=end),
+                    "queue_wait_s": float(start),
+                    "cpu_user_s": 1.5,
+                    "cpu_system_s": 0.5,
+                    "peak_rss_mb": 200.0 + n,
+                },
+            )
     result = materialize(
         ANALYTICS_ASSETS,
         instance=instance,
@@ -631,6 +650,15 @@ def test_analytics_assets_materialize_with_previews_and_charts(ledger: Path, env
     assert "| validation | error |" in meta["error_report"]["preview"].value
     assert meta["batch_metrics_report"]["focus_batch_id"].value == MIXED
     assert meta["batch_metrics_report"]["focus_success_rate"].value == pytest.approx(8 / 12)
+    # The Resources part: what the focus batch's chunk runs cost, and the slots they used.
+    assert meta["batch_metrics_report"]["focus_peak_rss_mb"].value == 201.0
+    assert meta["batch_metrics_report"]["focus_cpu_s_per_item"].value == pytest.approx(4 / 12)
+    preview = meta["batch_metrics_report"]["preview"].value
+    assert "**Resources**" in preview and "![run slots](data:image/png;base64," in preview
+    resources = get_batch_metrics(MIXED)["resources"]
+    assert (resources["runs"], resources["max_slots"]) == (2, 2)  # they overlapped 30 s
+    assert resources["queue_wait_p50_s"] == pytest.approx(15.0)
+    assert [p["runs"] for p in resources["slots"]][:1] == [1]
     report_md = (env.data / "reports" / "analytics" / "operation_stats_report.md").read_text()
     assert "| validate |" in report_md
 

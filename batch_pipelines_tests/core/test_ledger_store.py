@@ -93,8 +93,13 @@ def test_a_stopped_batch_stays_failed(con) -> None:  # noqa: ANN001
     finish(con, "b1", i1="succeeded", i2="succeeded")
     assert ledger.refresh_batch(con, "b1") == BatchStatus.FAILED
     assert row(con)[:3] == ("failed", True, error)
-    events = con.execute("select event from batch_events order by event_id").fetchall()
+    events = con.execute(
+        "select event from batch_events where event != 'batch_progress' order by event_id"
+    ).fetchall()
     assert events == [("batch_failed",)]
+    # The items its stop cancelled are no progress.
+    marks = con.execute("select count(*) from batch_events where event = 'batch_progress'")
+    assert marks.fetchone() == (0,)
 
 
 def test_cancel_stops_the_batch_and_the_state_machine_guards_set_status(con) -> None:  # noqa: ANN001
@@ -171,7 +176,8 @@ def test_submit_rollback_and_cleanup_deletes(con) -> None:  # noqa: ANN001
     ledger.refresh_batch(con, "b2")
     assert ledger.finished_among(con, ["b2", "b3"]) == ["b2"]
     assert ledger.statuses_of(con, ["b2", "b3", "b9"]) == {"b2": "completed", "b3": "queued"}
-    assert ledger.row_counts(con, ["b2"]) == {("batch_events", "b2"): 2, ("batch_items", "b2"): 3}
+    # x, batch_progress at 25/50/75% and batch_completed
+    assert ledger.row_counts(con, ["b2"]) == {("batch_events", "b2"): 5, ("batch_items", "b2"): 3}
     assert ledger.delete_finished_batches(con, ["b2", "b3"]) == ["b2"]
     assert ledger.known_batch_ids(con) == {"b3"}
     assert con.execute("select count(*) from batch_events where batch_id = 'b2'").fetchone() == (0,)

@@ -46,6 +46,8 @@ def test_a_good_manifest_prepares(samples: Path) -> None:
         (good(settings={"max_retries": "many"}), "settings.max_retries", "integer"),
         (good(settings={"chunk_size": 0}), "settings.chunk_size", "greater than"),
         (good(priority="urgent"), "priority", "low"),
+        (good(correlation_id="has spaces"), "correlation_id", "should match pattern"),
+        (good(correlation_id="x" * 129), "correlation_id", "at most 128"),
         (good(items=[{"path": "data/samples/nope.csv"}]), "items[0].path", "does not exist"),
         (good(items=[{"path": "/etc/passwd"}]), "items[0].path", "outside the allowed roots"),
         (good(items=[{"path": "data/../../../etc/passwd"}]), "items[0].path", "outside"),

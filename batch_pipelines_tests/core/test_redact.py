@@ -132,8 +132,13 @@ def test_webhooks_never_carry_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     delivered, detail = webhooks.post_webhook({"a": 1}, "ftp://hook:pw-hook-123@h/x")
     assert (delivered, detail) == (
         False,
-        f"{webhooks.WEBHOOK_ENV} must be an http(s) URL, got '***'",
+        f"{webhooks.WEBHOOK_ENV} must hold http(s) URLs, comma-separated; got '***'",
     )
     monkeypatch.setenv(webhooks.WEBHOOK_ENV, "not-a-url/with-its-token-inside")
     delivered, detail = webhooks.post_webhook({"a": 1}, attempts=1)
     assert delivered is False and "with-its-token-inside" not in detail, detail
+    # One bad URL among several: the others are masked too.
+    monkeypatch.setenv(webhooks.WEBHOOK_ENV, "https://h/hook-token-a1b2c3d4,not-a-url-e5f6g7h8")
+    delivered, detail = webhooks.post_webhook({"a": 1}, attempts=1)
+    assert delivered is False and "e5f6g7h8" not in detail, detail
+    assert "a1b2c3d4" not in redact.redact("x https://h/hook-token-a1b2c3d4 y")

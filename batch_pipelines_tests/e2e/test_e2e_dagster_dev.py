@@ -510,6 +510,22 @@ def test_one_batch_of_every_operation_through_inbox_cli_and_daemon(
                 assert run["jobName"] == f"{op}_job"
                 launched = tags.get("dagster/sensor_name") == "batch_dispatcher"
                 assert launched or tags.get("dagster/parent_run_id"), (op, tags)
+            # Each chunk run that succeeded recorded what it cost (queued by the dispatcher, so
+            # with a queue wait) and is tagged with the batch's correlation id.
+            costs = env.sql(
+                "select run_id, queue_wait_s, cpu_user_s + cpu_system_s, peak_rss_mb "
+                "from run_metrics where batch_id = ?",
+                [batch_id],
+            )
+            done = {r["runId"] for r, _ in runs if r["status"] == "SUCCESS"}
+            assert done <= {c[0] for c in costs}, (op, costs)
+            assert all(c[1] is not None and c[1] >= 0 and c[3] > 0 for c in costs), (op, costs)
+            (correlation,) = env.sql(
+                "select correlation_id from batches where batch_id = ?", [batch_id]
+            )[0]
+            assert {t.get("batch/correlation_id") for r, t in runs if r["runId"] in done} == {
+                correlation
+            }, op
     finally:
         instance.dispose()
 

@@ -8,6 +8,7 @@ batch_events); everything else calls it.
 - :mod:`.reads`: the reads the application decides on; public reads return plain dicts
 - :mod:`.lifecycle`: re-prioritising, rolling back, deleting a batch; the instance-wide hold
 - :mod:`.snapshots`: tables as they were before a batch wrote them, for rollback
+- :mod:`.runs`: what each chunk run cost (``run_metrics``)
 - :mod:`.recovery`: putting back what a stopped worker left `running`; pausing an interrupted batch
 
 Every function takes an open warehouse connection (see :mod:`batch_pipelines.core.warehouse`).
@@ -64,6 +65,7 @@ from batch_pipelines.core.ledger.reads import (
     statuses_of,
     unfinished_items,
 )
+from batch_pipelines.core.ledger.runs import correlation_id, record_run_metrics
 from batch_pipelines.core.ledger.states import TransitionError
 from batch_pipelines.core.ledger.store import (
     add_event,
@@ -102,6 +104,7 @@ __all__ = [
     "cancel_pending",
     "clear_hold",
     "chunk_plan",
+    "correlation_id",
     "count_active",
     "count_items",
     "failed_of_total",
@@ -127,6 +130,7 @@ __all__ = [
     "reap_items",
     "record_outcome",
     "record_outcomes",
+    "record_run_metrics",
     "refresh_batch",
     "release_items",
     "row_counts",

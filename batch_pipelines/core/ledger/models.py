@@ -169,6 +169,7 @@ class Batch(_Row):
     completed_at: datetime | None
     updated_at: datetime | None
     error: str | None
+    correlation_id: str | None = None
 
     status_type: ClassVar[type[StrEnum]] = BatchStatus
 

@@ -213,7 +213,7 @@ def items_for_keys(con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> list[
                 select i.batch_id, i.item_id, i.seq, i.chunk_no, i.partition_key,
                        i.payload::varchar as payload, i.status, i.attempts, b.operation,
                        b.options::varchar as options, b.settings::varchar as settings,
-                       b.status as batch_status, b.paused
+                       b.status as batch_status, b.paused, b.correlation_id
                 from batch_items i join _keys k using (partition_key)
                 join batches b using (batch_id)
                 order by i.batch_id, i.seq

@@ -26,6 +26,8 @@ from batch_pipelines.core.ledger.models import (
 from batch_pipelines.core.ledger.reads import finished_among, one, registered_ids
 from batch_pipelines.core.redact import redact_optional, redact_value
 
+PROGRESS_MARKS = (25, 50, 75)  # batch_progress events, at these percentages of items processed
+
 
 def write(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> int:
     """Run a write and read its row count, so no unfinished result is left on the connection
@@ -178,6 +180,7 @@ def mark_running(
     at: datetime | None = None,
 ) -> None:
     at = at or utcnow()
+    first = one(con, "select started_at is null from batches where batch_id = ?", [batch_id])
     with registered_ids(con, "_ids", "item_id", item_ids):
         write(
             con,
@@ -192,6 +195,8 @@ def mark_running(
         "where batch_id = ?",
         [BatchStatus.PENDING, BatchStatus.QUEUED, BatchStatus.RUNNING, at, at, batch_id],
     )
+    if first and first[0]:
+        add_event(con, batch_id, "batch_started", actor=f"run:{run_id}" if run_id else "runner")
 
 
 def release_items(
@@ -228,13 +233,13 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
     stop-on-first-error) has its pending items cancelled."""
     batch = one(
         con,
-        "select status, total_items, settings::varchar, paused, stopped from batches "
-        "where batch_id = ?",
+        "select status, total_items, settings::varchar, paused, stopped, processed_items "
+        "from batches where batch_id = ?",
         [batch_id],
     )
     if batch is None:
         raise KeyError(batch_id)
-    status, total, settings_json, paused, stopped = batch
+    status, total, settings_json, paused, stopped, processed_before = batch
     counts = states.ItemCounts.from_mapping(
         dict(
             con.execute(
@@ -296,6 +301,18 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
             batch_id,
         ],
     )
+    # One event per mark crossed (a flush may cross several at once); items a stop cancels
+    # are no progress.
+    working = not (decision.stopped or stopped)
+    for percent in PROGRESS_MARKS if working else ():
+        if processed_before * 100 < percent * total <= c.processed * 100:
+            add_event(
+                con,
+                batch_id,
+                "batch_progress",
+                actor="ledger",
+                detail={"percent": percent, "processed": c.processed, "total": total},
+            )
     if decision.status != status:
         add_event(
             con,
