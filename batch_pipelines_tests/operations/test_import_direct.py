@@ -145,10 +145,54 @@ def test_a_file_larger_than_the_duckdb_memory_limit_imports(
 
 
 def test_an_ndjson_file_with_invalid_lines_is_staged_and_reports_them(env, instance) -> None:  # noqa: ANN001
-    (env.data / "a.ndjson").write_text('{"id": 1}\n{"id": 2\n{"id": 3}\n')
+    (env.data / "a.ndjson").write_text('{"id": 1, "v": "a"}\n{"id": 2\n\n{"id": 3, "v": "c"}\n')
     batch = _import("data/a.ndjson", instance)
     assert batch["status"] == "completed", batch
-    assert env.sql("select id from sales where id is not null order by id") == [(1,), (3,)]
-    assert env.sql("select result->>'load' from batch_items") == [("staged",)]
+    # The invalid line is a reject only: no row of NULLs stands in for it in the table.
+    assert env.sql("select id, v from sales order by id") == [(1, "a"), (3, "c")]
+    assert env.sql(
+        "select result->>'load', (result->>'rows')::int, (result->>'rejected_rows')::int, "
+        "quality_score from batch_items"
+    ) == [("staged", 2, 1, pytest.approx(2 / 3))]
+    assert env.sql("select rows, rejected_rows from import_files") == [(2, 1)]
     ((line, raw),) = env.sql("select line, raw from import_rejects")
     assert (line, raw) == (2, '{"id": 2')
+
+    # Appending to the table (parsed with its types) and upserting take the same path.
+    (env.data / "b.ndjson").write_text('[1, 2]\n{"id": 4, "v": "d"}\nnope\n')
+    assert _import("data/b.ndjson", instance)["status"] == "completed"
+    (env.data / "c.ndjson").write_text('{"id": 3, "v": "C"}\n{"id": 5,\n')
+    assert _import("data/c.ndjson", instance, mode="upsert", key_columns=["id"])["status"] == (
+        "completed"
+    )
+    assert env.sql("select id, v from sales order by id") == [(1, "a"), (3, "C"), (4, "d")]
+    assert sorted(env.sql("select line, raw from import_rejects")) == [
+        (1, "[1, 2]"),
+        (2, '{"id": 2'),
+        (2, '{"id": 5,'),
+        (3, "nope"),
+    ]
+
+
+def test_an_ndjson_file_of_only_invalid_lines_fails_and_writes_nothing(env, instance) -> None:  # noqa: ANN001
+    (env.data / "a.ndjson").write_text("nope\n{oops\n")
+    batch = _import("data/a.ndjson", instance)
+    assert batch["status"] == "failed"
+    ((category, error),) = env.sql("select error_category, error from batch_items")
+    assert category == "validation" and "all 2 rows were rejected" in error
+    tables = [r[0] for r in env.sql("select table_name from duckdb_tables()")]
+    assert "sales" not in tables
+
+
+def test_a_json_array_with_an_invalid_element_fails_and_writes_nothing(env, instance) -> None:  # noqa: ANN001
+    (env.data / "a.json").write_text('[{"id": 1}, {"id": 2]')
+    (env.data / "good.json").write_text('[{"id": 1}, {"id": 2}]')
+    assert _import("data/good.json", instance)["status"] == "completed"
+    for load in ("auto", "staged"):
+        batch = _import("data/a.json", instance, load=load)
+        assert batch["status"] == "failed", load
+        (error,) = env.sql("select error from batch_items where batch_id = ?", [batch["batch_id"]])[
+            0
+        ]
+        assert "cannot parse a.json as json" in error
+    assert env.sql("select id from sales order by id") == [(1,), (2,)]

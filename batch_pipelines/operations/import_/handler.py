@@ -60,9 +60,15 @@ def _check_delimiter(path: Path, fmt: str, columns: int, options: ImportOptions)
         )
 
 
-def _invalid_ndjson_lines(path: Path, ctx: ItemContext) -> list[tuple[int, str, str]]:
+def _split_ndjson(path: Path, ctx: ItemContext, valid: Path) -> list[tuple[int, str, str]]:
+    """Copy the lines that are JSON objects to ``valid``; returns the others as (line number,
+    reason, raw line). DuckDB's ``ignore_errors`` would read an invalid line as a row of
+    NULLs, indistinguishable from a valid ``{}``: only the valid lines are read."""
     bad = []
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
+    with (
+        path.open("r", encoding="utf-8", errors="replace") as fh,
+        valid.open("w", encoding="utf-8") as out,
+    ):
         for number, line in enumerate(fh, start=1):
             if number % 10000 == 0:
                 ctx.check()
@@ -74,6 +80,8 @@ def _invalid_ndjson_lines(path: Path, ctx: ItemContext) -> list[tuple[int, str, 
                     raise ValueError("line is not a JSON object")
             except ValueError as exc:
                 bad.append((number, str(exc), line.rstrip("\n")[:1000]))
+                continue
+            out.write(line if line.endswith("\n") else line + "\n")
     return bad
 
 
@@ -122,15 +130,23 @@ def _stage(
                         f"to {target} (format parquet)"
                     )
                 except duckdb.Error:
-                    bad = _invalid_ndjson_lines(path, ctx)
-                    if not bad:
-                        raise
-                    rejected = len(bad)
-                    rejects = [(n, None, err, raw) for n, err, raw in bad[:MAX_STORED_REJECTS]]
-                    con.execute(
-                        f"copy (select * from read_json({src}, format = 'newline_delimited', "
-                        f"ignore_errors = true)) to {target} (format parquet)"
-                    )
+                    valid = stage.with_suffix(".valid.ndjson")
+                    try:
+                        bad = _split_ndjson(path, ctx, valid)
+                        if not bad:
+                            raise
+                        rejected = len(bad)
+                        rejects = [(n, None, e, raw) for n, e, raw in bad[:MAX_STORED_REJECTS]]
+                        if valid.stat().st_size == 0:
+                            raise ValidationItemError(
+                                f"all {rejected} rows were rejected; first: {bad[0][1]}"
+                            ) from None
+                        con.execute(
+                            f"copy (select * from read_json({quote_literal(str(valid))}, "
+                            f"format = 'newline_delimited')) to {target} (format parquet)"
+                        )
+                    finally:
+                        valid.unlink(missing_ok=True)
             else:
                 raise ValidationItemError(f"format: unsupported format {fmt!r}")
         except duckdb.InterruptException:
