@@ -17,6 +17,11 @@ sender (the ``webhook_sender`` sensor under the daemon, a background thread of `
    exponential backoff, or ``failed`` after :data:`MAX_ATTEMPTS` attempts or a 4xx answer
    other than 408/429. A failing endpoint stops its own rows for this pass, so events reach
    each endpoint in order; other endpoints go on.
+
+Retention: :func:`purge` (run by cleanup's ``old_batches`` target, so by the nightly cleanup
+too) deletes ``delivered`` and ``failed`` rows created before the cutoff, and the delivery
+attempts before it. Rows still to send (``pending``, ``sending``) are kept whatever their
+age, and so are the rows of a batch still running: its last event is what stops a repeat.
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ import duckdb
 
 from batch_pipelines.core import config, warehouse
 from batch_pipelines.core.http import Retry
-from batch_pipelines.core.ledger.models import from_json, to_json, utcnow
+from batch_pipelines.core.ledger.models import (
+    TERMINAL_BATCH_STATUSES,
+    from_json,
+    to_json,
+    utcnow,
+)
 from batch_pipelines.core.webhooks import (
     LIFECYCLE_EVENTS,
     Endpoint,
@@ -53,6 +63,47 @@ LEASE = timedelta(minutes=2)
 BACKOFF = Retry(backoff_base_s=2, backoff_max_s=300, jitter=0.25)
 SEND_TIMEOUT_S = 10.0
 _NO_REPEAT = {"batch.progress"}
+
+
+_OUTBOX_DONE = (
+    "from webhook_outbox o where o.status in ('delivered', 'failed') and o.created_at < $cutoff "
+    "and (o.batch_id is null or not exists (select 1 from batches b where b.batch_id = "
+    "o.batch_id and b.status not in (select unnest($terminal))))"
+)
+# Attempts go by their own age, except those of a row still to send: they say why it is late.
+_DELIVERIES_DONE = (
+    'from webhook_deliveries d where d."at" < $cutoff and not exists (select 1 from '
+    "webhook_outbox o where o.event_id = d.event_id and o.endpoint_id = d.endpoint_id and "
+    "o.status in ('pending', 'sending'))"
+)
+
+
+def _outbox_args(cutoff: datetime) -> dict[str, Any]:
+    return {"cutoff": cutoff, "terminal": list(TERMINAL_BATCH_STATUSES)}
+
+
+def purgeable(con: duckdb.DuckDBPyConnection, cutoff: datetime) -> tuple[int, int]:
+    """(outbox rows, delivery attempts) that :func:`purge` would delete."""
+    (rows,) = con.execute(f"select count(*) {_OUTBOX_DONE}", _outbox_args(cutoff)).fetchone()
+    (attempts,) = con.execute(f"select count(*) {_DELIVERIES_DONE}", {"cutoff": cutoff}).fetchone()
+    return rows, attempts
+
+
+def purge(con: duckdb.DuckDBPyConnection, cutoff: datetime) -> tuple[int, int]:
+    """Delete the delivered and given-up outbox rows created before ``cutoff`` and the
+    attempts made before it, never what is still to send (caller's transaction); returns
+    (outbox rows, delivery attempts) deleted."""
+    (attempts,) = con.execute(
+        f"delete from webhook_deliveries where delivery_id in (select d.delivery_id "
+        f"{_DELIVERIES_DONE})",
+        {"cutoff": cutoff},
+    ).fetchone()
+    (rows,) = con.execute(
+        "delete from webhook_outbox where (event_id, endpoint_id) in (select "
+        f"(o.event_id, o.endpoint_id) {_OUTBOX_DONE})",
+        _outbox_args(cutoff),
+    ).fetchone()
+    return rows, attempts
 
 
 @dataclass

@@ -21,10 +21,18 @@ from batch_pipelines.app.services import host_resources
 from batch_pipelines.core import warehouse
 from batch_pipelines.core.contract import ItemContext
 from batch_pipelines.core.errors import ItemError, ValidationItemError
+from batch_pipelines.core.keys import new_batch_id
 from batch_pipelines.operations.cleanup.files import safe_unlink, walk_files
 from batch_pipelines.operations.cleanup.handler import handle_cleanup
 from batch_pipelines.operations.cleanup.models import CleanupItem, CleanupOptions
-from batch_pipelines_tests.helpers import cli, import_penguins, item_context, run_batch, run_item
+from batch_pipelines_tests.helpers import (
+    cli,
+    import_penguins,
+    insert_queued_batch,
+    item_context,
+    run_batch,
+    run_item,
+)
 
 
 def make_ctx(env, payload: dict, instance=None, **options) -> ItemContext:  # noqa: ANN001, ANN003
@@ -387,6 +395,30 @@ def test_cli_cleanup_command(env, samples: Path, instance) -> None:  # noqa: ANN
     old = import_penguins(instance)
     age_batches(env, [old], 60)
     stale = write(env.data / "reports" / "old_report.html", age_days=60)
+    running = new_batch_id("import")
+    with warehouse.connect(env.warehouse) as con:
+        insert_queued_batch(con, running, [{"id": "i0", "path": "x.csv"}])
+        # event_id: (batch, status, age in days); each row has one attempt of its age.
+        for event_id, (batch_id, status, days) in {
+            1: (old, "delivered", 60),
+            2: (None, "failed", 60),
+            3: (None, "pending", 60),  # still to send: kept whatever its age
+            4: (None, "delivered", 5),
+            5: (running, "delivered", 60),  # its batch's last event: kept while it runs
+        }.items():
+            at = f"now()::timestamp - interval {days} day"
+            con.execute(
+                "insert into webhook_outbox (event_id, endpoint_id, endpoint, batch_id, event, "
+                f"body, status, attempts, created_at) values (?, 'e1', 'http://h/***', ?, "
+                f"'batch.completed', '{{}}', ?, 1, {at})",
+                [event_id, batch_id, status],
+            )
+            con.execute(
+                "insert into webhook_deliveries (event_id, endpoint_id, endpoint, batch_id, "
+                f"event, attempt, \"at\", delivered) values (?, 'e1', 'http://h/***', ?, "
+                f"'batch.completed', 1, {at}, ?)",
+                [event_id, batch_id, status == "delivered"],
+            )
     instance.dispose()
 
     dry = cli(env, "cleanup", "--older-than-days", "30", "--json", timeout=300)
@@ -397,12 +429,20 @@ def test_cli_cleanup_command(env, samples: Path, instance) -> None:  # noqa: ANN
     assert stale.exists() and env.sql("select count(*) from batches where batch_id = ?", [old]) == [
         (1,)
     ]
+    webhook_rows = {
+        (o["object"], o["rows"]) for o in out["objects"] if o["object"].startswith("webhook")
+    }
+    assert webhook_rows == {("webhook_outbox", 2), ("webhook_deliveries", 3)}
+    assert env.sql("select count(*) from webhook_outbox") == [(5,)]
 
     real = cli(env, "cleanup", "--older-than-days", "30", "--no-dry-run", timeout=300)
     assert real.returncode == 0, real.stderr[-3000:]
     assert "cleanup: deleted" in real.stdout and f"deleted batch {old}" in real.stdout
     assert not stale.exists()
     assert env.sql("select count(*) from batches where batch_id = ?", [old]) == [(0,)]
+    assert env.sql("select event_id from webhook_outbox order by 1") == [(3,), (4,), (5,)]
+    assert env.sql("select event_id from webhook_deliveries order by 1") == [(3,), (4,)]
+    assert "deleted rows webhook_outbox" in real.stdout
     assert cli(env, "cleanup", "--older-than-days", "-1").returncode == 2
 
     submitted = cli(

@@ -7,7 +7,9 @@ An item is a target:
   (``batches``, ``batch_items``, ``item_attempts``, ``batch_events``), their rows in every
   operation detail table that exists with a ``batch_id`` column, their Dagster dynamic
   partitions, and their files under ``data/exports/<batch_id>/``,
-  ``data/reports/<batch_id>/`` and ``data/staging/<batch_id>/``.
+  ``data/reports/<batch_id>/`` and ``data/staging/<batch_id>/``. Also the webhook outbox rows
+  delivered or given up, and the delivery attempts, older than N days (never a webhook still
+  to send, nor the rows of a batch still running).
   ``cleanup_log`` itself is never cleaned (it is the audit trail); imported data tables keep
   their rows.
 - ``{kind: old_files, root: exports|reports, older_than_days, path?}``: files under the root
@@ -42,7 +44,7 @@ from typing import Any
 
 import duckdb
 
-from batch_pipelines.core import ledger
+from batch_pipelines.core import ledger, outbox
 from batch_pipelines.core.contract import (
     DELETE_PARTITIONS,
     DETAIL_TABLES,
@@ -63,6 +65,8 @@ from batch_pipelines.operations.cleanup.files import (
 )
 from batch_pipelines.operations.cleanup.models import CleanupItem, CleanupOptions, Planned
 from batch_pipelines.operations.cleanup.plan import (
+    WEBHOOK_NOTE,
+    WEBHOOK_TABLES,
     Plan,
     detail_tables,
     make_plan,
@@ -133,6 +137,14 @@ def execute_plan(
     for o in plan.objects:
         if o.object_type in ("batch", "rows") and o.object.rsplit(":", 1)[-1] in gone:
             deleted.append(o)
+    if plan.webhooks_before is not None:
+        # Counted again here: the sender may have delivered more since the plan.
+        counts = outbox.purge(con, plan.webhooks_before)
+        deleted += [
+            Planned("rows", table, rows=n, note=WEBHOOK_NOTE)
+            for table, n in zip(WEBHOOK_TABLES, counts, strict=True)
+            if n
+        ]
     dropped = set(_drop_tables(con, plan.tables))
     deleted += [o for o in by_type["table"] if o.object in dropped]
     rts = roots(ctx.paths)

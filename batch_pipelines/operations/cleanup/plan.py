@@ -10,14 +10,14 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from batch_pipelines.core import ledger
+from batch_pipelines.core import ledger, outbox
 from batch_pipelines.core.contract import ItemContext
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.keys import is_batch_id, partitions_def_name
@@ -29,6 +29,8 @@ from batch_pipelines.operations.cleanup.tables import CLEANUP_LOG
 
 NEVER_CLEANED = frozenset({CLEANUP_LOG, *ledger.TABLES})  # cleanup_log is the audit trail
 WRITING_OPERATIONS = ("transform", "import")
+WEBHOOK_TABLES = ("webhook_outbox", "webhook_deliveries")
+WEBHOOK_NOTE = "webhooks delivered or given up"
 
 
 # --- warehouse discovery ---------------------------------------------------------------------
@@ -103,6 +105,7 @@ class Plan:
     tables: list[str]
     refused: list[str]
     notes: list[str]
+    webhooks_before: datetime | None = None  # webhook outbox rows and attempts before this
 
 
 def _cutoff(days: float) -> Any:
@@ -134,6 +137,10 @@ def plan_old_batches(ctx: ItemContext, days: float, declared: Sequence[str]) -> 
     plan = Plan([], [], {}, [], [], [], [], [])
     cutoff = _cutoff(days)
     with ctx.read_warehouse() as con:
+        plan.webhooks_before = cutoff
+        for table, n in zip(WEBHOOK_TABLES, outbox.purgeable(con, cutoff), strict=True):
+            if n:
+                plan.objects.append(Planned("rows", table, rows=n, note=WEBHOOK_NOTE))
         batches = ledger.finished_before(con, cutoff, exclude=ctx.batch_id)
         ids = [b[0] for b in batches]
         plan.batch_ids = ids
