@@ -34,8 +34,9 @@ def retention_days() -> int:
 
 
 def nightly_cleanup_manifest(days: int) -> dict[str, Any]:
-    """Finished batches (ledger rows, partitions, files), export and report files, and staging
-    leftovers older than ``days``; temporary tables left by interrupted transforms."""
+    """Finished batches (ledger rows, partitions, files), sent webhooks, export and report
+    files, and staging leftovers older than ``days``; temporary tables left by interrupted
+    transforms."""
     return {
         "operation": "cleanup",
         "name": f"nightly cleanup (retention {days} days)",
@@ -70,9 +71,9 @@ def utc_schedule(name: str, cron: str, job: Any, description: str) -> Callable: 
     CLEANUP_CRON,
     submit_batch_job,
     "Every night at 02:30 UTC, submits a cleanup batch deleting finished batches, export and "
-    "report files older than BATCH_PIPELINES_RETENTION_DAYS (default 30), staging "
-    "leftovers and interrupted transforms' temporary tables. Every deletion is recorded "
-    "in cleanup_log. Stop the schedule in the UI to keep everything.",
+    "report files and sent webhooks older than BATCH_PIPELINES_RETENTION_DAYS (default 30), "
+    "staging leftovers and interrupted transforms' temporary tables. Every deletion is "
+    "recorded in cleanup_log. Stop the schedule in the UI to keep everything.",
 )
 def nightly_cleanup(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
     try:
