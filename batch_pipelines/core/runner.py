@@ -17,8 +17,8 @@ cancelled. A time slice that runs out leaves the items not started ``pending``.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -138,19 +138,6 @@ class _BatchWatcher:
                 return
 
 
-class _InlineExecutor:
-    """One item at a time in the calling thread (``item_concurrency`` 1): the item runs in
-    ``submit``, so an interrupt reaches it exactly as in a plain loop."""
-
-    def submit(self, fn: Callable[..., PendingCommit], /, *args: Any, **kwargs: Any) -> cf.Future:  # noqa: ANN401
-        future: cf.Future = cf.Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        pass
-
-
 class _Chunk:
     """What one run of a chunk keeps between items: the buffer, the flushes, the budget."""
 
@@ -171,20 +158,26 @@ class _Chunk:
         self.on_progress, self.on_flushed = on_progress, on_flushed
         self.buffer: list[PendingCommit] = []
         self.last_flush = time.monotonic()
+        # Under ``lock``: the worker threads count their failures and check the budget the
+        # moment an item ends, even while the calling thread is busy with a flush.
+        self.lock = threading.Lock()
         self.failed = 0  # the batch's failed items at the last flush
         self.total = 0
-        self.buffered_failed = 0
+        self.unflushed_failed = 0  # failed items ended since (buffered or not yet taken)
 
     def flush(self) -> None:
+        buffer, self.buffer = self.buffer, []
+        flushed_failed = sum(1 for p in buffer if p.outcome.status == ItemStatus.FAILED)
         state: BatchState = flush(
-            self.buffer, {self.batch_id}, self.run_id, self.paths,
+            buffer, {self.batch_id}, self.run_id, self.paths,
             group_commits=self.spec.group_commits,
         )[self.batch_id]  # fmt: skip
+        with self.lock:
+            self.failed, self.total = state.failed, state.total
+            self.unflushed_failed -= flushed_failed
         if self.on_flushed:
-            self.on_flushed([p.outcome for p in self.buffer])
-        self.buffer, self.buffered_failed = [], 0
+            self.on_flushed([p.outcome for p in buffer])
         self.last_flush = time.monotonic()
-        self.failed, self.total = state.failed, state.total
         self.summary.batch_status = BatchStatus(state.status)
         if state.status in _STOPPED:
             self.watcher.seen(state.status)
@@ -197,11 +190,27 @@ class _Chunk:
     def _over_budget(self) -> bool:
         # The rule of ledger.states, on the last flush's count plus the failures since.
         ratio = self.settings.max_failure_ratio
-        failed = self.failed + self.buffered_failed
+        failed = self.failed + self.unflushed_failed
         return ratio is not None and self.total > 0 and failed / self.total > ratio
 
-    def finish(self, pending: PendingCommit) -> None:
-        """Take a finished item: buffer it, and flush or stop as the settings say."""
+    def ended(self, pending: PendingCommit) -> bool:
+        """Called where the item ran, the moment it ends: count a failure and stop new items
+        from starting when it stops the batch. True when the batch stops here."""
+        if pending.outcome.status != ItemStatus.FAILED:
+            return False
+        with self.lock:
+            self.unflushed_failed += 1
+            if not self.settings.continue_on_error:
+                self.watcher.drain("stopped on first error")
+                return True
+            if not self.watcher.draining and self._over_budget():
+                self.watcher.drain("error budget exceeded")
+                return True
+        return False
+
+    def finish(self, pending: PendingCommit, stops: bool) -> None:
+        """Take a finished item in the calling thread: buffer it, and flush as the settings
+        say (at once when it stopped the batch)."""
         outcome = pending.outcome
         if outcome.status == ItemStatus.CANCELLED and outcome.error:
             outcome.error = f"{outcome.error} ({self.watcher.reason})"
@@ -209,17 +218,7 @@ class _Chunk:
         self.summary.outcomes.append(outcome)
         if self.on_progress:
             self.on_progress(outcome)
-        if outcome.status == ItemStatus.FAILED:
-            self.buffered_failed += 1
-            if not self.settings.continue_on_error:
-                self.watcher.drain("stopped on first error")
-                self.flush()
-                return
-            if not self.watcher.draining and self._over_budget():
-                self.watcher.drain("error budget exceeded")
-                self.flush()
-                return
-        if (pending.result is not None and pending.result.flush_now) or self.flush_due():
+        if stops or (pending.result is not None and pending.result.flush_now) or self.flush_due():
             self.flush()
 
     def not_run(self, rest: Sequence[WorkItem]) -> None:
@@ -236,6 +235,104 @@ class _Chunk:
             )
             self.buffer.append(PendingCommit(o, None))
             self.summary.outcomes.append(o)
+
+
+class _Items:
+    """The chunk's items not started yet, handed out one at a time to whoever runs them:
+    none once the chunk is halted, and the rest handed over once the time slice is used."""
+
+    def __init__(
+        self,
+        work_items: Sequence[WorkItem],
+        watcher: _BatchWatcher,
+        time_slice_s: float | None,
+        summary: ChunkSummary,
+    ):
+        self.work_items, self.watcher = work_items, watcher
+        self.time_slice_s, self.summary = time_slice_s, summary
+        self.started = time.monotonic()
+        self.index = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> WorkItem | None:
+        with self._lock:
+            if self.index >= len(self.work_items) or self.watcher.halt.is_set():
+                return None
+            if (
+                self.time_slice_s is not None
+                and self.index
+                and time.monotonic() - self.started >= self.time_slice_s
+            ):
+                self.summary.handed_over = [w.item_id for w in self.work_items[self.index :]]
+                self.index = len(self.work_items)
+                return None
+            w = self.work_items[self.index]
+            self.index += 1
+            return w
+
+
+_DONE = object()  # a worker's last word on the results queue
+
+
+def _run_pulled(
+    chunk: _Chunk,
+    items: _Items,
+    run_one: Callable[[WorkItem], PendingCommit],
+    concurrency: int,
+    flush_interval_s: float,
+) -> None:
+    """``concurrency`` worker threads each take the next item as soon as theirs ends, so
+    items stay in flight while the calling thread flushes; the calling thread takes their
+    results from a queue, in the order they end."""
+    results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def work() -> None:
+        try:
+            while (w := items.next()) is not None:
+                pending = run_one(w)
+                results.put((pending, chunk.ended(pending)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            chunk.watcher.trip("interrupted")
+            results.put(exc)
+        finally:
+            results.put(_DONE)
+
+    # Not daemon threads: one killed inside DuckDB at interpreter exit aborts the process.
+    threads = [
+        threading.Thread(target=work, name=f"items-{chunk.spec.name}-{i}")
+        for i in range(concurrency)
+    ]
+    for t in threads:
+        t.start()
+    live = len(threads)
+    try:
+        while live:
+            wait_s = None
+            if chunk.buffer:
+                wait_s = max(0.0, flush_interval_s - (time.monotonic() - chunk.last_flush))
+            try:
+                got = results.get(timeout=wait_s)
+            except queue.Empty:
+                got = None
+            if got is _DONE:
+                live -= 1
+            elif isinstance(got, BaseException):
+                raise got
+            elif got is not None:
+                chunk.finish(*got)
+            if chunk.flush_due():
+                chunk.flush()
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or a flush that cannot write: tell the items in
+        # flight to stop and give them a moment to leave their handlers; what they did is
+        # not committed (their items are still `running`: recovery puts them back).
+        chunk.watcher.trip("interrupted")
+        deadline = time.monotonic() + _DRAIN_ON_INTERRUPT_S
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        raise
+    for t in threads:
+        t.join()
 
 
 def run_chunk(
@@ -272,63 +369,29 @@ def run_chunk(
         con.execute("commit")
         failed_total = ledger.failed_of_total(con, batch_id)
 
-    concurrency = settings.concurrency_for(spec)
-    started = time.monotonic()
+    concurrency = min(settings.concurrency_for(spec), len(work_items))
     with _BatchWatcher(batch_id, paths, watch_interval_s) as watcher:
         chunk = _Chunk(
             spec, settings, batch_id, run_id, paths, watcher, summary, on_progress, on_flushed
         )
         chunk.failed, chunk.total = failed_total
-        pool: Any = (
-            cf.ThreadPoolExecutor(concurrency, thread_name_prefix=f"items-{spec.name}")
-            if concurrency > 1
-            else _InlineExecutor()
-        )
-        in_flight: dict[cf.Future, int] = {}
-        index = 0
-        try:
-            while True:
-                while index < len(work_items) and len(in_flight) < concurrency:
-                    if watcher.halt.is_set():
-                        break
-                    if (
-                        time_slice_s is not None
-                        and index
-                        and (time.monotonic() - started >= time_slice_s)
-                    ):
-                        summary.handed_over = [w.item_id for w in work_items[index:]]
-                        index = len(work_items)
-                        break
-                    future = pool.submit(
-                        run_item, spec, work_items[index], options, settings,
-                        run_id=run_id, paths=paths, resources=resources,
-                        batch_stop=watcher.stop, sleep=sleep,
-                    )  # fmt: skip
-                    in_flight[future] = index
-                    index += 1
-                if not in_flight:
-                    break
-                wait_s = None
-                if chunk.buffer:
-                    elapsed = time.monotonic() - chunk.last_flush
-                    wait_s = max(0.0, settings.flush_interval_s - elapsed)
-                done, _ = cf.wait(in_flight, timeout=wait_s, return_when=cf.FIRST_COMPLETED)
-                for future in sorted(done, key=in_flight.__getitem__):
-                    del in_flight[future]
-                    chunk.finish(future.result())
-                if chunk.flush_due():
-                    chunk.flush()
-        except BaseException:
-            # Interrupted (Ctrl-C, SIGTERM) or a flush that cannot write: tell the items in
-            # flight to stop and give them a moment to leave their handlers; what they did is
-            # not committed (their items are still `running`: recovery puts them back).
-            watcher.trip("interrupted")
-            pool.shutdown(wait=False, cancel_futures=True)
-            cf.wait(in_flight, timeout=_DRAIN_ON_INTERRUPT_S)
-            raise
-        pool.shutdown(wait=True)
-        if index < len(work_items):
-            chunk.not_run(work_items[index:])
+        items = _Items(work_items, watcher, time_slice_s, summary)
+
+        def run_one(w: WorkItem) -> PendingCommit:
+            return run_item(
+                spec, w, options, settings, run_id=run_id, paths=paths, resources=resources,
+                batch_stop=watcher.stop, sleep=sleep,
+            )  # fmt: skip
+
+        if concurrency <= 1:
+            # In the calling thread, so an interrupt reaches the item as in a plain loop.
+            while (w := items.next()) is not None:
+                pending = run_one(w)
+                chunk.finish(pending, chunk.ended(pending))
+        else:
+            _run_pulled(chunk, items, run_one, concurrency, settings.flush_interval_s)
+        if items.index < len(work_items):
+            chunk.not_run(work_items[items.index :])
         if chunk.buffer:
             chunk.flush()
     if summary.handed_over:

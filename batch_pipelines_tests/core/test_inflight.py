@@ -89,6 +89,33 @@ def test_operation_default_and_one_at_a_time(env) -> None:  # noqa: ANN001
     assert ExecutionSettings(item_concurrency=3).concurrency_for(spec_of(handler)) == 3
 
 
+def test_items_keep_starting_while_the_calling_thread_flushes(env) -> None:  # noqa: ANN001
+    # The first flush (i00 asks for it) blocks in on_flushed until four more items have
+    # started: a runner that starts items only between flushes never gets there, and the
+    # wait runs out.
+    tracker = Tracker()
+    more_started = threading.Event()
+    seen_in_flush: list[bool] = []
+
+    def handler(ctx: ItemContext) -> ItemResult:
+        tracker.start(ctx.item_id)
+        if len(tracker.started) >= 6:
+            more_started.set()
+        time.sleep(0.01)
+        return ItemResult(flush_now=ctx.item_id == "i00")
+
+    def on_flushed(outcomes) -> None:  # noqa: ANN001
+        if not seen_in_flush:
+            seen_in_flush.append(more_started.wait(20))
+
+    s = ExecutionSettings(max_retries=0, item_concurrency=2, flush_interval_s=600)
+    _, work = make_batch([{"id": f"i{n:02d}"} for n in range(10)], s)
+    summary = run_chunk(spec_of(handler), work, Opts(), s, run_id="r", on_flushed=on_flushed)
+    assert seen_in_flush == [True]
+    assert summary.count("succeeded") == 10
+    assert set(statuses(env).values()) == {"succeeded"}
+
+
 def gated_run(env, settings: ExecutionSettings) -> tuple[Tracker, dict[str, str]]:  # noqa: ANN001
     """12 items, four in flight: i00 and i01 fail at once, every other item waits until both
     failures reached the runner, then keeps checking in for a while (a runner that stopped
