@@ -216,7 +216,11 @@ def run(
     item_concurrency: int | None = 64,
     max_in_flight: int | None = 64,
     requests_per_minute: int | None = 60000,
+    storage: str = "batched",
 ) -> dict[str, Any]:
+    from batch_pipelines.app.devserver import write_dagster_yaml
+    from bench.fanout import make_run_settings
+
     server = subprocess.Popen(
         [
             sys.executable,
@@ -246,7 +250,10 @@ def run(
             data, home = root / "data", root / "dagster_home"
             (data / "inbox").mkdir(parents=True)
             home.mkdir()
-            (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+            # The instance storage of `make run` (event batches in one transaction), not
+            # Dagster's stock SQLite storage that writes each event on its own.
+            storage_yaml, storage_env = make_run_settings(storage)
+            write_dagster_yaml(home, storage_yaml)
             env = {
                 k: v
                 for k, v in os.environ.items()
@@ -260,6 +267,7 @@ def run(
                     "BATCH_PIPELINES_ANNOTATOR": "openai",
                     "BATCH_PIPELINES_LLM_BASE_URL": f"{url}/v1",
                     "BATCH_PIPELINES_LLM_MODEL": "bench",
+                    **storage_env,
                 }
             )
             if max_in_flight:
@@ -299,6 +307,7 @@ def run(
         item_concurrency=item_concurrency,
         max_in_flight=max_in_flight,
         requests_per_minute=requests_per_minute,
+        storage=storage,
         load=load,
         ideal=overload_above / (latency_ms / 1000),
     )
