@@ -72,7 +72,7 @@ def _scalar_metadata(result: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _materialization(
-    context: AssetExecutionContext,
+    asset_key: AssetKey,
     row: dict[str, Any],
     outcome: ledger.ItemOutcome | None,
     extra: dict[str, Any] | None = None,
@@ -92,7 +92,7 @@ def _materialization(
         metadata.update(_scalar_metadata(outcome.result))
     metadata.update(extra or {})
     return AssetMaterialization(
-        asset_key=context.asset_key, partition=row["partition_key"], metadata=metadata
+        asset_key=asset_key, partition=row["partition_key"], metadata=metadata
     )
 
 
@@ -145,6 +145,8 @@ def execute_partitions(
     """Run the items behind ``context.partition_keys``, batch by batch."""
     paths = warehouse_resource.paths()
     keys = list(context.partition_keys)
+    # Looked up once: context.asset_key costs ~0.1 ms a call, once per item adds up.
+    asset_key = context.asset_key
     mine = worker_tags(context.run_id)
     if not context.instance.is_ephemeral and any(
         context.run.tags.get(k) != v for k, v in mine.items()
@@ -202,7 +204,7 @@ def execute_partitions(
         log_materializations(
             context,
             [
-                _materialization(context, r, None)
+                _materialization(asset_key, r, None)
                 for r in done
                 if r["status"] in ("succeeded", "skipped")
             ],
@@ -215,7 +217,7 @@ def execute_partitions(
             log_materializations(
                 context,
                 [
-                    _materialization(context, by_item[o.item_id], o, http_now)
+                    _materialization(asset_key, by_item[o.item_id], o, http_now)
                     for o in outcomes
                     if o.status in ("succeeded", "skipped")
                 ],
