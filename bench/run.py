@@ -213,6 +213,9 @@ def _slow_items_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--item-concurrency", type=int, default=64, help="settings.item_concurrency")
     group.add_argument("--max-in-flight", type=int, default=64, help="LLM_MAX_IN_FLIGHT")
     group.add_argument(
+        "--slow-chunk-size", type=int, default=0, help="items per chunk run (0: automatic)"
+    )
+    group.add_argument(
         "--requests-per-minute", type=int, default=60000, help="LLM_REQUESTS_PER_MINUTE"
     )
 
@@ -244,6 +247,7 @@ def _run_slow_items(args: argparse.Namespace) -> str:
         args.item_concurrency if args.item_concurrency > 1 else None,
         args.max_in_flight or None,
         args.requests_per_minute or None,
+        chunk_size=args.slow_chunk_size or None,
     )
     return (
         f"### Slow items: {args.slow_items:,} annotate items over HTTP\n\n"

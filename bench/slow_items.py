@@ -122,10 +122,12 @@ def serve(latency_s: float, overload_above: int, retry_after: str, retry_after_m
 # ----------------------------------------------------------------------------- the client
 
 
-def manifest(n: int, item_concurrency: int | None) -> dict[str, Any]:
+def manifest(n: int, item_concurrency: int | None, chunk_size: int | None = None) -> dict[str, Any]:
     settings: dict[str, Any] = {"max_retries": 2, "retry_base_delay_s": 0.1}
     if item_concurrency:
         settings["item_concurrency"] = item_concurrency
+    if chunk_size:
+        settings["chunk_size"] = chunk_size
     return {
         "operation": "annotate",
         "name": f"bench slow items ({n})",
@@ -176,7 +178,7 @@ def threads_over_run_item(n: int, threads: int) -> dict[str, Any]:
     }
 
 
-def step_run(n: int, item_concurrency: int | None) -> dict[str, Any]:
+def step_run(n: int, item_concurrency: int | None, chunk_size: int | None = None) -> dict[str, Any]:
     """In the bench's child process: submit the batch, run it here, read the limits back."""
     from dagster import DagsterInstance
 
@@ -189,9 +191,10 @@ def step_run(n: int, item_concurrency: int | None) -> dict[str, Any]:
     else:
         instance = DagsterInstance.get()
         start = time.perf_counter()
-        batch_id = submit_batch(manifest(n, item_concurrency), instance=instance)
+        batch_id = submit_batch(manifest(n, item_concurrency, chunk_size), instance=instance)
         batch = run_batch_in_process(batch_id, instance, defs)
         out = {
+            "chunk_size": batch["settings"].get("chunk_size"),
             "seconds": time.perf_counter() - start,
             "status": batch["status"],
             "succeeded": batch["succeeded_items"],
@@ -217,6 +220,7 @@ def run(
     max_in_flight: int | None = 64,
     requests_per_minute: int | None = 60000,
     storage: str = "batched",
+    chunk_size: int | None = None,
 ) -> dict[str, Any]:
     from batch_pipelines.app.devserver import write_dagster_yaml
     from bench.fanout import make_run_settings
@@ -281,7 +285,9 @@ def run(
                     "-m",
                     "bench.slow_items",
                     "--step",
-                    json.dumps({"n": items, "item_concurrency": item_concurrency}),
+                    json.dumps(
+                        {"n": items, "item_concurrency": item_concurrency, "chunk_size": chunk_size}
+                    ),
                 ],
                 cwd=REPO,
                 env=env,
@@ -328,12 +334,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"Server: {r['latency_ms']:g} ms per answer, 429 ({headers}) above "
         f"{r['overload_above']} requests at once; "
         f"`BATCH_PIPELINES_LLM_REQUESTS_PER_MINUTE` {r['requests_per_minute'] or 'default'}.\n\n"
-        "| items | item_concurrency | MAX_IN_FLIGHT | seconds | items/s | ideal items/s | "
+        "| items | chunk size | item_concurrency | MAX_IN_FLIGHT | seconds | items/s | ideal items/s | "
         "ratio to ideal | failed | requests | 429 % | max in flight at the server | "
         "final cap | load |\n"
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: |\n"
-        f"| {r['items']:,} | {r['item_concurrency'] or 1}{mode} | {r['max_in_flight'] or 'default'} "
+        f"| {r['items']:,} | {r.get('chunk_size') or '-'} | {r['item_concurrency'] or 1}{mode} | {r['max_in_flight'] or 'default'} "
         f"| {r['seconds']:.1f} | {rate:.1f} | {r['ideal']:.0f} | {rate / r['ideal']:.2f} "
         f"| {r['failed']} | {server['requests']:,} | {100 * throttled:.1f} "
         f"| {server['max_in_flight']} | {cap} | {r['load']:.1f} |\n"
@@ -352,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--item-concurrency", type=int, default=64)
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--requests-per-minute", type=int, default=60000)
+    parser.add_argument("--chunk-size", type=int, default=0, help="0: automatic")
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.latency_ms / 1000, args.overload_above, args.retry_after, args.retry_after_ms)
@@ -368,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         args.item_concurrency or None,
         args.max_in_flight or None,
         args.requests_per_minute or None,
+        chunk_size=args.chunk_size or None,
     )
     print(markdown(result))
     return 0

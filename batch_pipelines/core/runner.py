@@ -1,12 +1,14 @@
 """The chunk runner shared by all operations.
 
-It runs the items of a chunk, up to ``item_concurrency`` at once on a thread pool (each
+It runs the items of a chunk, up to ``item_concurrency`` at once on worker threads (each
 through :func:`~batch_pipelines.core.execution.run_item`: retries, timeout, attempts), with
 continue-on-error or stop-on-first-error and the error budget, and keeps the ledger true as
-it goes. Everything else happens in the calling thread: starting items, reading their
-outcomes, and the flushes (:mod:`batch_pipelines.core.commits`: by default every 2 s and at
-the end of the chunk, the items of a flush written in bulk, one transaction per item only to
-isolate a commit that fails), then the batch's counts and status.
+it goes. A worker takes the next item itself as soon as its item ends, and counts the item's
+failure against the budget there, so items stay in flight while the calling thread is busy.
+Everything else happens in the calling thread: taking the outcomes, and the flushes
+(:mod:`batch_pipelines.core.commits`: by default every 2 s and at the end of the chunk, the
+items of a flush written in bulk, one transaction per item only to isolate a commit that
+fails), then the batch's counts and status.
 
 Stopping: a cancelled batch (or one stopped by another chunk) ends the items in flight
 within about a second; when this chunk stops the batch itself (its first error with
