@@ -224,12 +224,13 @@ _SLOW_ITEMS_NOTES = """
 | figure | what it measures |
 | --- | --- |
 | server | a local OpenAI-compatible server (`bench/slow_items.py`, its own process, HTTP/1.1) that answers `/v1/chat/completions` after `latency`, and answers 429 at once (with `Retry-After` and `retry-after-ms`) to a request arriving while `overload_above` are being served. Ideal items/s = `overload_above / latency`. |
-| run | an `annotate` batch (`BATCH_PIPELINES_ANNOTATOR=openai`) submitted and run with `run_batch_in_process` in a fresh process (what `submit --wait` does; no daemon), with `settings.item_concurrency` and the endpoint limits `BATCH_PIPELINES_LLM_MAX_IN_FLIGHT` / `_REQUESTS_PER_MINUTE`. Seconds from submit to the batch's end (the Dagster run, the ledger and the commits included). On an engine without `item_concurrency` the items go through `run_item` (handler, retries, annotator) on a thread pool instead, without Dagster or commits: marked "threads over run_item". |
+| run | an `annotate` batch (`BATCH_PIPELINES_ANNOTATOR=openai`) submitted and run with `run_batch_in_process` in a fresh process (what `submit --wait` does; no daemon), with `settings.item_concurrency` and the endpoint limits `BATCH_PIPELINES_LLM_MAX_IN_FLIGHT` / `_REQUESTS_PER_MINUTE`. The Dagster instance uses `make run`'s storage (`deploy/dagster.sqlite.yaml`, `DAGSTER_EVENT_BATCH_SIZE=1000`; runs before 2026-12-06 09:00 used Dagster's stock SQLite storage, one transaction per event). Seconds from submit to the batch's end (the Dagster runs, the ledger and the commits included). On an engine without `item_concurrency` the items go through `run_item` (handler, retries, annotator) on a thread pool instead, without Dagster or commits: marked "threads over run_item". |
+| chunk size | items per chunk run (automatic: a quarter of the batch); `submit --wait` runs the chunks one after the other, each a Dagster run of its own. |
 | 429 %, final cap | requests the server answered 429 over all it received; the adaptive in-flight cap at the end (`core/limits.py`). |
 
 Reproduce: `python bench/run.py slow_items` (`--latency-ms 200 --overload-above 1000
 --item-concurrency 1 --max-in-flight 0 --requests-per-minute 0 --slow-items 30` for the
-one-request-at-a-time figure).
+one-request-at-a-time figure; `--slow-chunk-size N` to fix the chunk size).
 """
 
 
