@@ -119,6 +119,9 @@ def cancel_batch(
     deadline = time.monotonic() + wait_s
     quiet_since: float | None = None
     while True:
+        # A run of the batch that failed (before or while it was terminated) must not come back
+        # as an automatic retry after this returns: Dagster's retry daemon reads the tag.
+        retire_stale_retries(instance, batch_run_records(instance, [batch_id]), now=math.inf)
         active = _active_runs(instance, batch_id)
         fresh = [r for r in active if r.run_id not in handled]
         if fresh:

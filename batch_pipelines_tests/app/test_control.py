@@ -232,6 +232,17 @@ def test_reaper_against_the_ledger(samples: Path, env, instance) -> None:  # noq
     assert env.sql("select status, count(*) from batch_items group by 1") == [("pending", 6)]
 
 
+def test_cancel_stops_the_automatic_retry_of_a_failed_run(samples: Path, env, instance) -> None:  # noqa: ANN001
+    batch_id = submit_batch(import_manifest(), instance=instance)
+    run_id = queue_run(instance, batch_id, 0)
+    instance.report_run_failed(instance.get_run_by_id(run_id))
+    assert instance.get_run_by_id(run_id).tags["dagster/will_retry"] == "true"
+    result = control.cancel_batch(batch_id, instance=instance, settle_s=0.1, wait_s=5)
+    assert result.status == "cancelled"
+    # Else the retry daemon re-launches the chunk of a cancelled batch after cancel returned.
+    assert instance.get_run_by_id(run_id).tags["dagster/will_retry"] == "false"
+
+
 def test_submission_rate_limit_counts_who_submits_not_the_label(
     samples: Path,
     env,
