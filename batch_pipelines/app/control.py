@@ -81,6 +81,26 @@ def _stop_runs(  # noqa: ANN001
                 result.terminated_runs.append(run.run_id)
 
 
+def dequeue_for(  # noqa: ANN001
+    instance, batch_ids: Iterable[str], result: ControlResult, settle_s: float
+) -> None:
+    """Take the batches' queued runs off the queue for ``settle_s``: a dispatcher tick that
+    read the ledger just before a pause or hold may still enqueue one (it would do nothing)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        for batch_id in batch_ids:
+            queued = [
+                r
+                for r in _active_runs(instance, batch_id)
+                if r.status.value in ("QUEUED", "NOT_STARTED")
+            ]
+            if queued:
+                _stop_runs(instance, batch_id, queued_only=True, result=result, only=queued)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+
+
 def cancel_batch(
     batch_id: str,
     *,
@@ -190,18 +210,7 @@ def pause_batch(  # noqa: ANN001
     result = ControlResult(batch_id, "pause", "pausing")
     # As for cancel, sweep the queue for a dispatcher interval: a run enqueued by a tick that
     # read the ledger just before the pause is taken off too (and would do nothing anyway).
-    deadline = time.monotonic() + settle_s
-    while True:
-        queued = [
-            r
-            for r in _active_runs(instance, batch_id)
-            if r.status.value in ("QUEUED", "NOT_STARTED")
-        ]
-        if queued:
-            _stop_runs(instance, batch_id, queued_only=True, result=result, only=queued)
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)
+    dequeue_for(instance, [batch_id], result, settle_s)
     with warehouse.connect(paths.warehouse) as con:
         con.execute("begin")
         status = ledger.refresh_batch(con, batch_id)

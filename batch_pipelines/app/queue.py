@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC
 
-from batch_pipelines.app.control import ControlError, ControlResult, _active_runs, _stop_runs
+from batch_pipelines.app.control import ControlError, ControlResult, dequeue_for
 from batch_pipelines.app.dispatch import QueuedRun, plan_run_priorities
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.ledger import BatchStatus
@@ -135,19 +135,7 @@ def hold_all(
     result = ControlResult("*", "hold", "held")
     # A tick that read the ledger just before the hold may still enqueue runs: sweep for one
     # dispatcher interval, as pause does.
-    deadline = time.monotonic() + settle_s
-    while True:
-        for batch_id in batch_ids:
-            queued = [
-                r
-                for r in _active_runs(instance, batch_id)
-                if r.status.value in ("QUEUED", "NOT_STARTED")
-            ]
-            if queued:
-                _stop_runs(instance, batch_id, queued_only=True, result=result, only=queued)
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)
+    dequeue_for(instance, batch_ids, result, settle_s)
     paused = 0
     with warehouse.connect(paths.warehouse) as con:
         con.execute("begin")
