@@ -170,6 +170,7 @@ class Batch(_Row):
     updated_at: datetime | None
     error: str | None
     correlation_id: str | None = None
+    template: str | None = None
 
     status_type: ClassVar[type[StrEnum]] = BatchStatus
 
