@@ -11,7 +11,11 @@ verbs (``status``, ``list``, ``items``, ``report``, ``stats``, ``sql``, ``metric
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import sys
 import warnings
+from collections.abc import Iterator
 
 import click
 
@@ -33,13 +37,53 @@ class WarehouseUnavailable(click.ClickException):
     exit_code = EXIT_FAILED
 
 
+# The verbs that only read: they never hand DuckDB a DataFrame.
+READ_VERBS = frozenset({"status", "list", "items", "report", "stats", "sql", "metrics", "webhooks"})
+
+
+class _PandasAbsent(importlib.abc.MetaPathFinder):
+    """Makes ``import pandas`` fail while ``active``. DuckDB 1.5 imports pandas the first
+    time it binds a query parameter (to recognise pandas' NA values), 0.5-1.5 s; when the
+    import fails it binds plain Python values as usual, and scans DataFrames again once
+    pandas is importable."""
+
+    active = False
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if self.active and (name == "pandas" or name.startswith("pandas.")):
+            raise ModuleNotFoundError(f"{name} is not loaded by the read verbs", name=name)
+
+
+@contextlib.contextmanager
+def _pandas_blocker() -> Iterator[_PandasAbsent]:
+    finder = _PandasAbsent()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield finder
+    finally:
+        sys.meta_path.remove(finder)
+
+
 class _Main(click.Group):
+    _blocker: _PandasAbsent | None = None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if self._blocker is not None and "pandas" not in sys.modules:
+            self._blocker.active = name in READ_VERBS
+        return name, command, rest
+
     def invoke(self, ctx: click.Context) -> object:
         # A busy or unreadable warehouse, or a read over its time limit, is one line, exit 1.
         try:
-            return super().invoke(ctx)
+            with _pandas_blocker() as self._blocker:
+                return super().invoke(ctx)
         except WarehouseError as exc:
             raise WarehouseUnavailable(str(exc)) from None
+        finally:
+            self._blocker = None
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})

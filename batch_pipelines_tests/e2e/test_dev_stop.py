@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import duckdb
 import psutil
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from batch_pipelines.app.devrun import STOP_BOUND_S
 from batch_pipelines.app.devserver import (
@@ -97,12 +97,7 @@ def test_ctrl_c_stops_everything_and_a_waiting_submit_notices(denv: Env) -> None
             stderr=subprocess.PIPE,
             text=True,
         )
-        server.wait_for(
-            lambda: env_sql(denv, "select count(*) from batch_items where status = 'running'"),
-            180,
-            "a chunk run working on an item",
-            interval=0.3,
-        )
+        server.wait_for(lambda: _chunk_run_started(waiting), 180, "a chunk run started", 0.3)
         root = psutil.Process(server.process.pid)
         family = [root, *root.children(recursive=True)]
         assert len(family) >= 4  # dagster dev, its web server, daemon, code server, workers
@@ -146,6 +141,21 @@ def test_ctrl_c_stops_everything_and_a_waiting_submit_notices(denv: Env) -> None
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "running it in this process" in p.stdout
+
+
+def _chunk_run_started(waiting: subprocess.Popen[str]) -> bool:
+    """A chunk run of the batch is STARTED (its worker process exists). Read from the run
+    storage, not the warehouse: an import holds the DuckDB writer lock while it reads its file,
+    so a reader polling ``batch_items`` for 'running' can miss the whole batch."""
+    if waiting.poll() is not None:
+        out, err = waiting.communicate()
+        pytest.fail(f"submit --wait exited {waiting.returncode} early: {out}{err}")
+    instance = DagsterInstance.get()
+    try:
+        runs = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+        return any("batch/id" in run.tags for run in runs)
+    finally:
+        instance.dispose()
 
 
 def env_sql(env: Env, query: str) -> int:
