@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from batch_pipelines.app.queue import change_priority, hold_all, release_all
     from batch_pipelines.app.submit import RateLimitError, prepare_batch, submit_batch
     from batch_pipelines.core.analytics import get_batch_metrics, get_stats
+    from batch_pipelines.core.diff import DiffError, diff_batches
     from batch_pipelines.core.manifest import Manifest, ManifestError, load_manifest
 
 _HOMES = {
@@ -47,6 +48,8 @@ _HOMES = {
     "submit_batch": "batch_pipelines.app.submit",
     "get_batch_metrics": "batch_pipelines.core.analytics",
     "get_stats": "batch_pipelines.core.analytics",
+    "DiffError": "batch_pipelines.core.diff",
+    "diff_batches": "batch_pipelines.core.diff",
     "Manifest": "batch_pipelines.core.manifest",
     "ManifestError": "batch_pipelines.core.manifest",
     "load_manifest": "batch_pipelines.core.manifest",
@@ -54,12 +57,14 @@ _HOMES = {
 
 __all__ = [
     "ControlError",
+    "DiffError",
     "Manifest",
     "ManifestError",
     "RateLimitError",
     "cancel_batch",
     "change_priority",
     "delete_batch",
+    "diff_batches",
     "get_batch",
     "get_batch_metrics",
     "get_items",

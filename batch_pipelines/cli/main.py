@@ -5,7 +5,7 @@ found), 2 bad input (an invalid manifest, option or argument). ``--json`` prints
 machine-readable output on stdout.
 
 Dagster loads only when a verb submits, runs or controls a batch; ``--help`` and the read
-verbs (``status``, ``list``, ``items``, ``report``, ``stats``, ``sql``, ``metrics``,
+verbs (``status``, ``list``, ``items``, ``report``, ``stats``, ``diff``, ``sql``, ``metrics``,
 ``webhooks``) load neither Dagster nor pandas.
 """
 
@@ -25,6 +25,7 @@ from batch_pipelines.cli import (
     cleanup,
     control,
     demo,
+    diff,
     lifecycle,
     observe,
     sql,
@@ -104,6 +105,7 @@ for command in (
     demo.dev,
     analytics.report,
     analytics.stats,
+    diff.diff,
     control.cancel,
     control.pause,
     control.resume,

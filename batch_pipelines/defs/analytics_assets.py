@@ -1,7 +1,9 @@
 """Analytics assets: the analytics views rendered for the Dagster UI.
 
-Five unpartitioned assets in the ``analytics`` group, downstream of the seven operation assets
-(``<operation>_items``). Each reads one view of migration ``0009_analytics`` and returns a
+Six unpartitioned assets in the ``analytics`` group, downstream of the seven operation assets
+(``<operation>_items``). Five read one view of migration ``0009_analytics``;
+``batch_diff_report`` compares the latest two finished batches of each template
+(:mod:`batch_pipelines.core.diff`) and keeps the diffs in ``batch_diffs``. Each returns a
 ``MaterializeResult`` with ``dagster/row_count``, a Markdown preview and, where a picture says
 more (durations, quality, timeline), a small PNG chart embedded in the Markdown as a data
 URI. The Markdown and chart are also written under ``data/reports/analytics/``.
@@ -32,9 +34,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from batch_pipelines.core import analytics, costs
+from batch_pipelines.core import analytics, costs, diff
 from batch_pipelines.core.warehouse import connect as connect_warehouse
 from batch_pipelines.defs.analytics_render import (
+    diff_markdown,
     duration_histogram,
     md_table,
     quality_histogram,
@@ -277,12 +280,62 @@ def operation_stats_report(
     return _result(context, warehouse, len(rows), parts)
 
 
+class DiffConfig(Config):
+    """Which batches ``batch_diff_report`` compares."""
+
+    batch_a: str | None = Field(
+        default=None, description="Older batch; empty = the latest two of each template."
+    )
+    batch_b: str | None = Field(default=None, description="Newer batch (give both or neither).")
+
+
+@_analytics_asset(
+    "batch_diff_report",
+    "What changed between the latest two finished batches of each template (or the two "
+    "batches of the config): items only in one, changed results per field, quality and "
+    "duration deltas, error categories that appeared or vanished. Kept in `batch_diffs`.",
+)
+def batch_diff_report(
+    context: AssetExecutionContext, config: DiffConfig, warehouse: WarehouseResource
+) -> MaterializeResult:
+    if bool(config.batch_a) != bool(config.batch_b):
+        raise diff.DiffError("config: give both batch_a and batch_b, or neither")
+    notes: list[str] = []
+    diffs: list[tuple[str | None, dict[str, Any]]] = []
+    with _open(warehouse) as con:
+        if config.batch_a and config.batch_b:
+            pairs = [{"template": None, "a": config.batch_a, "b": config.batch_b}]
+        else:
+            pairs = diff.latest_template_pairs(con)
+        for pair in pairs:
+            if pair.get("same_operation") is False:
+                notes.append(f"Template `{pair['template']}`: its latest two batches are of "
+                             "different operations; not compared.")  # fmt: skip
+                continue
+            diffs.append((pair["template"], diff.batch_diff(con, pair["a"], pair["b"])))
+    if diffs:
+        # The one write of the analytics assets, in one short exclusive connection.
+        with connect_warehouse(warehouse.paths().warehouse) as con:
+            for template, d in diffs:
+                diff.record_diff(con, d, template)
+    parts = [f"**{len(diffs)} diffs** (SQL: `select * from batch_diffs`)", *notes]
+    if not pairs:
+        parts.append("No template has two finished batches yet.")
+    for template, d in diffs:
+        title = f"Template `{template}`" if template else "Batches of the config"
+        parts.append(diff_markdown(d, title))
+    extra = {"pairs": MetadataValue.json([{"template": t, "a": d["a"]["batch_id"],
+                                           "b": d["b"]["batch_id"]} for t, d in diffs])}  # fmt: skip
+    return _result(context, warehouse, len(diffs), parts, None, extra)
+
+
 ANALYTICS_ASSETS: list[AssetsDefinition] = [
     batch_metrics_report,
     error_report,
     quality_report,
     timeline_report,
     operation_stats_report,
+    batch_diff_report,
 ]
 # The assets that take FocusConfig (operation_stats_report covers all batches only).
 FOCUSED_ASSETS = [
@@ -297,7 +350,7 @@ analytics_reports_job = define_asset_job(
     executor_def=in_process_executor,
     description=(
         "Refresh the analytics assets (batch metrics, errors, quality, timeline, operation "
-        "stats). Launched when a batch finishes and on a schedule."
+        "stats, batch diffs). Launched when a batch finishes and on a schedule."
     ),
     tags={"batch/analytics": "report"},
 )

@@ -122,3 +122,57 @@ def slots_chart(slots: Sequence[dict[str, Any]], batch_id: str) -> bytes:
         ax.tick_params(axis="x", labelsize=7, labelrotation=30)
 
     return _png(draw)
+
+
+def diff_markdown(diff: dict[str, Any], title: str) -> str:
+    """One batch diff (``core.diff.batch_diff``) as Markdown: counts, changed fields, the
+    first changed items, quality and duration deltas, error categories."""
+    a, b, n = diff["a"], diff["b"], diff["items"]
+    parts = [
+        f"### {title}",
+        f"A `{a['batch_id']}` ({a['status']}) → B `{b['batch_id']}` ({b['status']}), "
+        f"{diff['operation']}",
+        md_table(
+            [n],
+            [(k, k.replace("_", " "), "int") for k in
+             ("only_in_a", "only_in_b", "in_both", "changed", "unchanged")],
+        ),
+    ]  # fmt: skip
+    if diff["changed_fields"]:
+        parts.append(
+            md_table(
+                diff["changed_fields"], [("field", "changed field", ""), ("items", "items", "int")]
+            )
+        )
+        rows = [{"item_id": i["item_id"], **f} for i in diff["changed"][:10] for f in i["fields"]]
+        parts.append(
+            md_table(
+                rows,
+                [("item_id", "item", ""), ("field", "field", ""), ("a", "A", ""), ("b", "B", "")],
+            )
+        )
+    figures = [
+        {
+            "figure": f"{label} {stat}",
+            "a": s["a"][stat],
+            "b": s["b"][stat],
+            "delta": s["delta"][stat],
+        }
+        for label, s in (("quality", diff["quality"]), ("duration ms", diff["duration_ms"]))
+        for stat in ("p50", "p95")
+    ]
+    parts.append(
+        md_table(
+            figures,
+            [("figure", "figure", ""), ("a", "A", ""), ("b", "B", ""), ("delta", "B - A", "")],
+        )
+    )
+    if diff["error_categories"]:
+        columns: list[Column] = [
+            ("error_category", "error category", ""),
+            ("a", "A", "int"),
+            ("b", "B", "int"),
+            ("change", "change", ""),
+        ]
+        parts.append(md_table(diff["error_categories"], columns))
+    return "\n\n".join(parts)
