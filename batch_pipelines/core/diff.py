@@ -3,8 +3,8 @@
 Items are matched by ``item_id``. An item's result is a set of named fields in long form
 (``field``, ``value`` as text): ``status``, ``error_category`` and ``quality_score`` for every
 operation, then per operation the fields of its detail table (falling back to the ledger's
-``result``): the annotation's language, category, keywords, summary, confidence, backend, model
-and text hash; each validation rule's outcome (``rule <name>``) and the rows checked; the row
+``result``): the annotation's language, category, keywords, summary, backend, model and text
+hash (its confidence is the quality score); each validation rule's outcome (``rule <name>``) and the rows checked; the row
 counts and sha256 of an import or export; the rows in and out of a transform (which records no
 hash). Two items differ where a field's values differ (``is distinct from``), one full join
 for the whole batch: no per-item Python.
@@ -44,8 +44,7 @@ def _from_result(column: str, key: str | None = None) -> str:
 
 
 # Per operation: its detail table (one row per item) and its fields as SQL over ``d`` (the
-# detail row) and ``i`` (the ledger row). Rounded floats: a confidence that moved in the 5th
-# digit is the same answer.
+# detail row) and ``i`` (the ledger row). An annotation's confidence is its quality_score.
 _DETAIL: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "annotate": (
         "annotations",
@@ -54,10 +53,6 @@ _DETAIL: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ("category", _from_result("category")),
             ("keywords", "coalesce(d.keywords::varchar, i.result ->> 'keywords')"),
             ("summary", _text("d.summary")),
-            (
-                "confidence",
-                _text("round(coalesce(d.confidence, (i.result->>'confidence')::double), 4)"),
-            ),
             ("backend", _from_result("backend")),
             ("model", _from_result("model")),
             ("text_sha256", _text("d.text_sha256")),
@@ -89,26 +84,34 @@ _DETAIL: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ],
     ),
 }
+# Rounded: a score that moved in the 5th digit is the same answer.
 _LEDGER_FIELDS = [
     ("status", "i.status"),
     ("error_category", "i.error_category"),
     ("quality_score", _text("round(i.quality_score, 4)")),
 ]
+# Items whose result fields are compared: a failed item has none, its status says enough.
+_WITH_RESULT = "('succeeded', 'skipped')"
 
 
 def _fields_sql(operation: str) -> str:
-    """``(batch_id, item_id, field, value)`` of the items of batches ``$a`` and ``$b``."""
+    """``(batch_id, item_id, field, value, ledger)`` of the items of batches ``$a`` and ``$b``
+    (``ledger``: a field of every item, not of its result)."""
     table, detail = _DETAIL.get(operation, (None, []))
     if operation == "validate":
         detail = [("total_rows", "i.result ->> 'total_rows'")]
     fields = _LEDGER_FIELDS + detail
     names = ", ".join(f"'{name}'" for name, _ in fields)
     values = ", ".join(expr for _, expr in fields)
+    ledger_flags = ", ".join(
+        "true" if n < len(_LEDGER_FIELDS) else "false" for n in range(len(fields))
+    )
     join = (
         f"left join {table} d on d.batch_id = i.batch_id and d.item_id = i.item_id" if table else ""
     )
     sql = f"""
-        select i.batch_id, i.item_id, unnest([{names}]) as field, unnest([{values}]) as value
+        select i.batch_id, i.item_id, unnest([{names}]) as field, unnest([{values}]) as value,
+            unnest([{ledger_flags}]) as ledger
         from batch_items i {join}
         where i.batch_id in ($a, $b)
     """
@@ -117,7 +120,8 @@ def _fields_sql(operation: str) -> str:
         union all
         select batch_id, item_id, 'rule ' || rule_name,
             case when passed then 'passed'
-                else 'failed (' || coalesce(failing_rows::varchar, '?') || ' rows)' end
+                else 'failed (' || coalesce(failing_rows::varchar, '?') || ' rows)' end,
+            false
         from validation_results
         where batch_id in ($a, $b)
         """
@@ -125,7 +129,8 @@ def _fields_sql(operation: str) -> str:
 
 
 def _changes_cte(operation: str) -> str:
-    """``changes(item_id, field, a, b)``: the fields that differ, items in both batches only."""
+    """``changes(item_id, field, a, b)``: the fields that differ, of items in both batches;
+    result fields only where both have a result."""
     return f"""
     with fields as materialized ({_fields_sql(operation)}),
     shared as (
@@ -133,14 +138,20 @@ def _changes_cte(operation: str) -> str:
         intersect
         select item_id from batch_items where batch_id = $b
     ),
-    fa as (select item_id, field, value from fields
+    with_result as (
+        select item_id from batch_items where batch_id = $a and status in {_WITH_RESULT}
+        intersect
+        select item_id from batch_items where batch_id = $b and status in {_WITH_RESULT}
+    ),
+    fa as (select item_id, field, value, ledger from fields
            where batch_id = $a and item_id in (select item_id from shared)),
-    fb as (select item_id, field, value from fields
+    fb as (select item_id, field, value, ledger from fields
            where batch_id = $b and item_id in (select item_id from shared)),
     changes as (
         select item_id, field, fa.value as a, fb.value as b
         from fa full join fb using (item_id, field)
         where fa.value is distinct from fb.value
+          and (coalesce(fa.ledger, fb.ledger) or item_id in (select item_id from with_result))
     )
     """
 
