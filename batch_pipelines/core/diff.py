@@ -147,7 +147,7 @@ def _changes_cte(operation: str) -> str:
            where batch_id = $a and item_id in (select item_id from shared)),
     fb as (select item_id, field, value, ledger from fields
            where batch_id = $b and item_id in (select item_id from shared)),
-    changes as (
+    changes as materialized (
         select item_id, field, fa.value as a, fb.value as b
         from fa full join fb using (item_id, field)
         where fa.value is distinct from fb.value
@@ -222,27 +222,29 @@ def _only_in(con: duckdb.DuckDBPyConnection, p: dict[str, Any], side: str) -> li
 
 
 def _changed(con: duckdb.DuckDBPyConnection, operation: str, p: dict[str, Any]) -> dict:
-    cte = _changes_cte(operation)
-    fields = _rows(
+    """The changed items counted, per field and listed, from one evaluation of the changes."""
+    (row,) = _rows(
         con,
-        f"{cte} select field, count(*)::bigint as items from changes "
-        "group by field order by items desc, field",
-        {"a": p["a"], "b": p["b"]},
-    )
-    (count,) = con.execute(
-        f"{cte} select count(distinct item_id) from changes", {"a": p["a"], "b": p["b"]}
-    ).fetchone()
-    items = _rows(
-        con,
-        f"""{cte}
-        select item_id,
-            list({{'field': field, 'a': left(a, {_SHOWN_CHARS}), 'b': left(b, {_SHOWN_CHARS})}}
-                 order by field) as fields
-        from changes group by item_id order by item_id limit $limit
+        f"""{_changes_cte(operation)}
+        , per_field as (
+            select field, count(*)::bigint as items from changes group by field
+        ),
+        first_items as (
+            select item_id,
+                list({{'field': field, 'a': left(a, {_SHOWN_CHARS}), 'b': left(b, {_SHOWN_CHARS})}}
+                     order by field) as fields
+            from changes group by item_id order by item_id limit $limit
+        )
+        select
+            (select count(distinct item_id) from changes) as count,
+            (select list({{'field': field, 'items': items}} order by items desc, field)
+             from per_field) as fields,
+            (select list({{'item_id': item_id, 'fields': fields}} order by item_id)
+             from first_items) as items
         """,
         p,
     )
-    return {"count": int(count), "fields": fields, "items": items}
+    return {"count": int(row["count"]), "fields": row["fields"] or [], "items": row["items"] or []}
 
 
 def _percentiles(con: duckdb.DuckDBPyConnection, p: dict[str, Any]) -> tuple[dict, dict]:
