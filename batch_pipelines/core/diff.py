@@ -357,22 +357,32 @@ def diff_batches(a: str, b: str, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
 
 def latest_template_pairs(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """Per template with two finished batches: ``template``, ``a`` (the older of its latest
-    two) and ``b`` (the latest), and whether they share an operation (``same_operation``)."""
+    two) and ``b`` (the latest), whether they share an operation (``same_operation``) and
+    ``stored``: the diff kept in ``batch_diffs`` (JSON text) if it was computed after both
+    finished (a batch retried since finishes again later), else None."""
     statuses = ", ".join(f"'{s}'" for s in FINISHED_BATCH_STATUSES)
     return _rows(
         con,
         f"""
         with ranked as (
-            select template, batch_id, operation,
+            select template, batch_id, operation, completed_at,
                 row_number() over (partition by template
                                    order by completed_at desc nulls last, batch_id desc) as n
             from batches where template is not null and status in ({statuses})
+        ),
+        pairs as (
+            select template,
+                max(batch_id) filter (where n = 2) as a,
+                max(batch_id) filter (where n = 1) as b,
+                count(distinct operation) = 1 as same_operation,
+                max(completed_at) as finished_at
+            from ranked where n <= 2 group by template having count(*) = 2
         )
-        select template,
-            max(batch_id) filter (where n = 2) as a,
-            max(batch_id) filter (where n = 1) as b,
-            count(distinct operation) = 1 as same_operation
-        from ranked where n <= 2 group by template having count(*) = 2 order by template
+        select p.template, p.a, p.b, p.same_operation,
+            (select max_by(d.diff::varchar, d.computed_at) from batch_diffs d
+             where d.template = p.template and d.batch_a = p.a and d.batch_b = p.b
+               and d.computed_at >= p.finished_at) as stored
+        from pairs p order by p.template
         """,
         {},
     )

@@ -16,6 +16,7 @@ The rows come from :mod:`batch_pipelines.core.analytics`; the tables and charts 
 """
 
 import base64
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -302,6 +303,7 @@ def batch_diff_report(
         raise diff.DiffError("config: give both batch_a and batch_b, or neither")
     notes: list[str] = []
     diffs: list[tuple[str | None, dict[str, Any]]] = []
+    fresh: list[tuple[str | None, dict[str, Any]]] = []
     with _open(warehouse) as con:
         if config.batch_a and config.batch_b:
             pairs = [{"template": None, "a": config.batch_a, "b": config.batch_b}]
@@ -312,12 +314,17 @@ def batch_diff_report(
                 notes.append(f"Template `{pair['template']}`: its latest two batches are of "
                              "different operations; not compared.")  # fmt: skip
                 continue
-            diffs.append((pair["template"], diff.batch_diff(con, pair["a"], pair["b"])))
-    if diffs:
+            if pair.get("stored"):  # already computed since both batches finished
+                diffs.append((pair["template"], json.loads(pair["stored"])))
+            else:
+                fresh.append((pair["template"], diff.batch_diff(con, pair["a"], pair["b"])))
+    if fresh:
         # The one write of the analytics assets, in one short exclusive connection.
         with connect_warehouse(warehouse.paths().warehouse) as con:
-            for template, d in diffs:
+            for template, d in fresh:
                 diff.record_diff(con, d, template)
+    diffs = sorted([*diffs, *fresh], key=lambda td: td[0] or "")
+    context.log.info(f"{len(fresh)} diffs computed, {len(diffs) - len(fresh)} up to date")
     parts = [f"**{len(diffs)} diffs** (SQL: `select * from batch_diffs`)", *notes]
     if not pairs:
         parts.append("No template has two finished batches yet.")
