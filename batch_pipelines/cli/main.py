@@ -39,7 +39,9 @@ class WarehouseUnavailable(click.ClickException):
 
 
 # The verbs that only read: they never hand DuckDB a DataFrame.
-READ_VERBS = frozenset({"status", "list", "items", "report", "stats", "sql", "metrics", "webhooks"})
+READ_VERBS = frozenset(
+    {"status", "list", "items", "report", "stats", "diff", "sql", "metrics", "webhooks"}
+)
 
 
 class _PandasAbsent(importlib.abc.MetaPathFinder):
