@@ -4,13 +4,15 @@ ledger batch made by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import traceback
 from typing import Any
 
 import duckdb
 from pydantic import BaseModel
 
-from batch_pipelines.app.devserver import Env
+from batch_pipelines.app.devserver import Env, patched_environ
 from batch_pipelines.app.inprocess import run_batch_in_process
 from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import ledger, warehouse
@@ -45,7 +47,30 @@ def import_penguins(instance: Any, table: str = "penguins", **manifest: Any) -> 
 
 
 def cli(env: Env, *args: str, timeout: float = 180, **environ: str) -> subprocess.CompletedProcess:
-    """``batch-pipelines ARGS`` on ``env``, in a wide terminal, with ``environ`` added."""
+    """``batch-pipelines ARGS`` on ``env`` through the CLI's own click group in this process
+    (no interpreter start, no second import of Dagster), with ``environ`` set for the call and
+    stdin empty, so no test waits on a prompt. A test about processes (signals, kill -9, the
+    startup cost, several writers) uses :func:`cli_process`. ``timeout`` is kept for the
+    callers' symmetry: pytest-timeout bounds an in-process call."""
+    from click.testing import CliRunner
+
+    from batch_pipelines.cli.main import main
+
+    values: dict[str, str | None] = {**env.overrides(), "COLUMNS": "200", **environ}
+    with patched_environ(values), contextlib.chdir(env.root):
+        warehouse.forget_migrations()
+        result = CliRunner().invoke(main, list(args), catch_exceptions=True)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess([CLI, *args], result.exit_code, result.stdout, stderr)
+
+
+def cli_process(
+    env: Env, *args: str, timeout: float = 180, **environ: str
+) -> subprocess.CompletedProcess:
+    """``batch-pipelines ARGS`` on ``env`` as a subprocess, in a wide terminal, with
+    ``environ`` added."""
     return subprocess.run(
         [CLI, *args],
         env={**env.environ(), "COLUMNS": "200", **environ},

@@ -19,7 +19,7 @@ import pytest
 
 from batch_pipelines.app.devserver import Env
 from batch_pipelines_tests.conftest import CLI
-from batch_pipelines_tests.helpers import cli
+from batch_pipelines_tests.helpers import cli_process as cli
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ import pytest
 
 from batch_pipelines.core import warehouse
 from batch_pipelines_tests.conftest import CLI
-from batch_pipelines_tests.helpers import cli
+from batch_pipelines_tests.helpers import cli, cli_process
 
 pytestmark = pytest.mark.e2e
 
@@ -132,15 +132,15 @@ def test_a_long_read_blocks_neither_new_readers_nor_gives_writers_a_traceback(
 ) -> None:
     assert env.sql("select count(*) from batches") == [(0,)]  # the warehouse exists, migrated
     with warehouse.connect(env.warehouse, read_only=True):  # a long read in another process
-        p = cli(env, "list", "--json", BATCH_PIPELINES_LOCK_TIMEOUT_S="3")
+        p = cli_process(env, "list", "--json", BATCH_PIPELINES_LOCK_TIMEOUT_S="3")
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout) == []
-        p = cli(
+        p = cli_process(
             env, "sql", "select 42 as n", "--format", "json", BATCH_PIPELINES_LOCK_TIMEOUT_S="3"
         )
         assert p.returncode == 0 and json.loads(p.stdout) == [{"n": 42}], p.stderr
 
-        p = cli(
+        p = cli_process(
             env,
             "submit",
             "import",

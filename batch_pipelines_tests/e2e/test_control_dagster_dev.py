@@ -17,7 +17,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from batch_pipelines.app.devserver import DevServer, Env, dagster_dev, env_in_process, make_env
 from batch_pipelines.app.queries import get_batch, get_items
-from batch_pipelines_tests.helpers import cli
+from batch_pipelines_tests.helpers import cli_process as cli
 
 pytestmark = pytest.mark.e2e
 

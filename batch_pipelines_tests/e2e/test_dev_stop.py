@@ -28,7 +28,7 @@ from batch_pipelines.app.devserver import (
 from batch_pipelines.app.instance import daemon_running
 from batch_pipelines.app.queries import get_batch
 from batch_pipelines_tests.conftest import CLI
-from batch_pipelines_tests.helpers import cli
+from batch_pipelines_tests.helpers import cli_process as cli
 
 pytestmark = pytest.mark.e2e
 

@@ -28,6 +28,10 @@ from batch_pipelines_tests.helpers import (
     run_batch,
 )
 
+# A write inside a CTE: DuckDB 1.5's parser refuses it, DuckDB 2 parses it and the check
+# finds the DELETE node.
+DML_IN_CTE = re.compile("contains DELETE|A CTE needs a SELECT")
+
 BATCH = handler_batch_id("export")
 
 
@@ -53,19 +57,25 @@ def load_penguins(env, table: str = "penguins") -> None:  # noqa: ANN001
         ("select * from '/etc/passwd.csv'", "not files or URLs"),
         ('from "data/samples/penguins_2007.csv"', "not files or URLs"),
         ("summarize '/tmp/x.csv'", "not files or URLs"),
-        ("with d as (delete from penguins returning *) select * from d", "contains DELETE"),
+        ("with d as (delete from penguins returning *) select * from d", DML_IN_CTE),
         (
             "select * from penguins where id in (with u as (update penguins set id = 1 "
             "returning id) select id from u)",
-            "contains UPDATE",
+            re.compile("contains UPDATE|A CTE needs a SELECT"),
         ),
-        ("select * from (pivot penguins on species using count(*))", "found a MULTI"),
+        # One statement to DuckDB 2, several (the PIVOT's own) to DuckDB 1.5: refused either way.
+        (
+            "select * from (pivot penguins on species using count(*))",
+            re.compile("found a MULTI|one statement, found"),
+        ),
         ("", "non-empty"),
         ("selec 1", "does not parse"),
     ],
 )
-def test_read_only_select_refuses(query: str, problem: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(problem)):
+def test_read_only_select_refuses(query: str, problem: str | re.Pattern) -> None:
+    with pytest.raises(
+        ValueError, match=problem if isinstance(problem, re.Pattern) else re.escape(problem)
+    ):
         ensure_read_only_select(query)
 
 
@@ -90,12 +100,12 @@ def test_read_only_select_accepts_and_returns_wrappable_text(query: str) -> None
 def test_predicate_must_be_one_expression() -> None:
     assert ensure_predicate("a > 1 -- note") == "a > 1 -- note\n"
     for bad, problem in [
-        ("1) union select (2", "not one SQL expression"),
-        ("delete from t", "not one SQL expression"),
-        ("a > 1; drop table t", "not one SQL expression"),
+        ("1) union select (2", "not one SQL expression|does not parse"),
+        ("delete from t", "not one SQL expression|does not parse"),
+        ("a > 1; drop table t", "not one SQL expression|does not parse"),
         ("a > (select count(*) from read_csv('/etc/passwd'))", "read_csv"),
     ]:
-        with pytest.raises(ValueError, match=re.escape(problem)):
+        with pytest.raises(ValueError, match=problem):
             ensure_predicate(bad)
 
 
@@ -221,7 +231,7 @@ def test_batch_bad_items_fail_alone_and_partitions_materialize(
     items = dict(env.sql("select item_id, coalesce(error, status) from batch_items"))
     assert items["all"] == "succeeded" and items["by_species"] == "succeeded"
     assert "table 'no_such_table' does not exist" in items["missing"]
-    assert "contains DELETE" in items["write"]
+    assert DML_IN_CTE.search(items["write"])
     assert "found a COPY statement" in items["copy"]
     assert "table function(s): read_csv" in items["file"]
     assert "already used by item 'all'" in items["clash"]

@@ -143,8 +143,16 @@ def test_bad_rules_and_sources_fail_the_item(samples: Path, env, tmp_path: Path)
             r"invalid regex '\(unclosed'",
         ),
         ({"type": "regex", "column": "email", "pattern": "(?=x)"}, "not supported by DuckDB"),
-        ({"type": "sql_predicate", "predicate": "1; drop table people"}, "not one SQL expression"),
-        ({"type": "sql_predicate", "predicate": "delete from people"}, "not one SQL expression"),
+        # DuckDB 1.5 refuses these in its parser; later versions parse them, and the check says
+        # they are not one expression.
+        (
+            {"type": "sql_predicate", "predicate": "1; drop table people"},
+            "not one SQL expression|does not parse",
+        ),
+        (
+            {"type": "sql_predicate", "predicate": "delete from people"},
+            "not one SQL expression|does not parse",
+        ),
         (
             {
                 "type": "sql_predicate",
