@@ -340,7 +340,7 @@ def watch(
         while True:
             if progress is not None:
                 progress.update(task, completed=batch["processed_items"], counts=_counts(batch))
-            if batch["status"] in ledger.TERMINAL_BATCH_STATUSES:
+            if batch["status"] in (*ledger.TERMINAL_BATCH_STATUSES, *ledger.HALTED_BATCH_STATUSES):
                 break
             if timeout_s and time.monotonic() - start > timeout_s:
                 break

@@ -8,6 +8,7 @@ from typing import Any
 
 import duckdb
 
+from batch_pipelines.core.gates import CANARY_RELEASED
 from batch_pipelines.core.ledger import snapshots
 from batch_pipelines.core.ledger.models import BatchStatus, from_json, to_json, utcnow
 from batch_pipelines.core.ledger.reads import one
@@ -108,3 +109,53 @@ def clear_hold(con: duckdb.DuckDBPyConnection, *, actor: str) -> dict[str, Any] 
         detail={"paused_batches": len(current["paused_batches"])},
     )
     return current
+
+
+def release_canary(con: duckdb.DuckDBPyConnection, batch_id: str, *, actor: str) -> None:
+    """A person resumed a ``canary_failed`` batch: the rest of its items may run anyway."""
+    set_batch_status(con, batch_id, BatchStatus.RUNNING)
+    write(
+        con,
+        "update batches set canary_status = ?, error = null where batch_id = ?",
+        [CANARY_RELEASED, batch_id],
+    )
+    add_event(con, batch_id, "batch_canary_released", actor=actor)
+
+
+def claim_gate(con: duckdb.DuckDBPyConnection, batch_id: str) -> bool:
+    """Take the quality gate of a finished batch (once: a second caller gets False)."""
+    return bool(
+        write(
+            con,
+            "update batches set gate_status = 'checking' where batch_id = ? and "
+            "gate_status is null",
+            [batch_id],
+        )
+    )
+
+
+def set_gate_status(
+    con: duckdb.DuckDBPyConnection,
+    batch_id: str,
+    gate_status: str,
+    *,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """What the quality gate did with a finished batch (passed, requeued, max_rounds, error),
+    with an event saying so."""
+    write(con, "update batches set gate_status = ? where batch_id = ?", [gate_status, batch_id])
+    add_event(con, batch_id, f"quality_gate_{gate_status}", actor="quality_gate", detail=detail)
+
+
+def gates_due(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Finished batches with a quality gate it has not looked at yet."""
+    return [
+        r[0]
+        for r in con.execute(
+            "select batch_id from batches where gate_status is null and status in (?, ?) "
+            "and json_extract(settings, '$.quality_gate') is not null "
+            "and json_extract(settings, '$.quality_gate')::varchar <> 'null' "
+            "order by created_at",
+            [BatchStatus.COMPLETED, BatchStatus.COMPLETED_WITH_ERRORS],
+        ).fetchall()
+    ]

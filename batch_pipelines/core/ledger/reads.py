@@ -243,7 +243,8 @@ def chunk_plan(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, 
 
 
 def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Chunks with pending items of batches that may run now (queued or running, not paused).
+    """Chunks with pending items of batches that may run now (queued or running, not paused;
+    only its canary chunks while a batch's canary runs).
 
     ``first_key``..``last_key`` spans the chunk's pending items: a chunk resumed after a
     pause, a crash or a time slice is run over what is left of it, not over what is done."""
@@ -260,9 +261,13 @@ def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
                    try_cast(json_extract(b.settings, '$.max_concurrency') as integer)
                        as max_concurrency,
                    try_cast(json_extract(b.settings, '$.item_timeout_s') as double)
-                       as item_timeout_s
+                       as item_timeout_s,
+                   i.chunk_no < coalesce(b.canary_chunks, 0) as canary
             from batch_items i join batches b using (batch_id)
             where b.status in ('queued', 'running') and not b.paused
+              -- while its canary runs, only the canary chunks of a batch may launch
+              and (b.canary_status is distinct from 'running'
+                   or i.chunk_no < coalesce(b.canary_chunks, 0))
             group by all
             having count(*) filter (where i.status = 'pending') > 0
             order by i.batch_id, i.chunk_no
@@ -384,3 +389,63 @@ def count_active(
             [*active, *operations, exclude],
         )[0]
     )
+
+
+def gate_summary(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, Any] | None:
+    """The quality gate of a batch: its status, and per round the child batch it sent back,
+    how many items went back, how many passed after (quality at or over ``min_score``), how
+    many stayed under. None when the batch has no gate."""
+    row = one(
+        con,
+        "select gate_status, try_cast(json_extract(settings, '$.quality_gate.min_score') "
+        "as double) from batches where batch_id = ?",
+        [batch_id],
+    )
+    if row is None or row[1] is None:
+        return None
+    status, min_score = row
+    rounds, parent = [], batch_id
+    # A child the gate sent back answers for its parent: show the gate from the top.
+    while True:
+        up = one(
+            con,
+            "select parent_batch_id from batches where batch_id = ? and source = 'quality_gate'",
+            [parent],
+        )
+        if up is None or up[0] is None:
+            break
+        parent = up[0]
+    root = parent
+    status = one(con, "select gate_status from batches where batch_id = ?", [root])[0]
+    while True:
+        child = one(
+            con,
+            "select b.batch_id, b.status, b.gate_round, count(i.item_id), "
+            "count(*) filter (where i.status = 'succeeded' and i.quality_score >= ?), "
+            "count(*) filter (where i.status = 'succeeded' and i.quality_score < ?) "
+            "from batches b left join batch_items i using (batch_id) "
+            "where b.parent_batch_id = ? and b.source = 'quality_gate' "
+            "group by all order by b.created_at limit 1",
+            [min_score, min_score, parent],
+        )
+        if child is None:
+            break
+        rounds.append(
+            {
+                "round": child[2],
+                "batch_id": child[0],
+                "status": child[1],
+                "sent_back": child[3],
+                "passed_after": child[4],
+                "still_below": child[5],
+            }
+        )
+        parent = child[0]
+    return {
+        "batch_id": root,
+        "min_score": min_score,
+        "status": status,
+        "sent_back": rounds[0]["sent_back"] if rounds else 0,
+        "passed_after": sum(r["passed_after"] for r in rounds),
+        "rounds": rounds,
+    }
