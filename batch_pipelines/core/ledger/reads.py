@@ -425,7 +425,8 @@ def gate_summary(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, Any
             "count(*) filter (where i.status = 'succeeded' and i.quality_score < ?) "
             "from batches b left join batch_items i using (batch_id) "
             "where b.parent_batch_id = ? and b.source = 'quality_gate' "
-            "group by all order by b.created_at limit 1",
+            "group by b.batch_id, b.status, b.gate_round, b.created_at "
+            "order by b.created_at limit 1",
             [min_score, min_score, parent],
         )
         if child is None:

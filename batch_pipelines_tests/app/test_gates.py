@@ -1,0 +1,215 @@
+"""Canary batches and quality gates, in process: the dispatcher sensor evaluated with
+``build_sensor_context``, ``submit --wait`` as ``run_batch_in_process``, the CLI with
+``CliRunner``. The local annotate backend makes the quality scores deterministic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from dagster import AssetCheckKey, AssetKey, RunsFilter, SensorResult, build_sensor_context
+
+from batch_pipelines.app.control import resume_batch
+from batch_pipelines.app.inprocess import run_batch_in_process
+from batch_pipelines.app.submit import submit_batch
+from batch_pipelines.cli.main import main
+from batch_pipelines.core import ledger, warehouse
+from batch_pipelines.core.gates import (
+    CanaryProbe,
+    CanarySettings,
+    canary_positions,
+    canary_verdict,
+    chunk_numbers,
+)
+from batch_pipelines.core.webhooks import LIFECYCLE_EVENTS, lifecycle_body
+from batch_pipelines.definitions import defs
+from batch_pipelines.defs.sensors import batch_dispatcher
+
+GOOD = (
+    "The stock market rallied as the central bank cut interest rates; investors bought bonds "
+    "and shares while the banks reported strong profits and earnings for the quarter."
+)
+# Scores under 0.6 with the default taxonomy, over 0.8 with GADGETS (the local backend).
+ODD = (
+    "The zorblax quibbles with the flimflam near the wobbly gizmo and the zorblax is happy "
+    "with the flimflam today."
+)
+GADGETS = {"gadgets": ["zorblax", "flimflam", "gizmo", "quibbles", "wobbly"]}
+
+
+def _items(n: int, bad: set[int] = frozenset(), odd: set[int] = frozenset()) -> list[dict]:
+    out = []
+    for k in range(n):
+        if k in bad:
+            # Fails when it runs: the table is not there.
+            row = {"table": "no_such_table", "id_column": "id", "id_value": k, "text_column": "t"}
+            out.append({"id": f"t{k:02d}", **row})
+        else:
+            out.append({"id": f"t{k:02d}", "text": ODD if k in odd else GOOD})
+    return out
+
+
+def _events(batch_id: str) -> list[tuple[str, dict[str, Any]]]:
+    with warehouse.connect(read_only=True) as con:
+        rows = con.execute(
+            "select event, detail::varchar from batch_events where batch_id = ? order by event_id",
+            [batch_id],
+        ).fetchall()
+    return [(e, json.loads(d) if d else {}) for e, d in rows]
+
+
+def _runs(instance, batch_id: str) -> list:  # noqa: ANN001
+    return list(instance.get_runs(filters=RunsFilter(tags={"batch/id": batch_id})))
+
+
+def test_canary_items_are_spread_and_fill_the_first_chunks() -> None:
+    assert canary_positions(20, 4) == [0, 5, 10, 15]
+    assert canary_positions(3, 5) == [0, 1, 2]
+    chunks = chunk_numbers(10, {0, 5}, 3)
+    assert chunks[0] == chunks[5] == 0  # the canary chunk
+    assert [chunks[k] for k in (1, 2, 3, 4, 6, 7, 8, 9)] == [1, 1, 1, 2, 2, 2, 3, 3]
+    limits = CanarySettings(items=4, max_failure_ratio=0.25, min_mean_quality=0.7)
+    out = canary_verdict(limits, CanaryProbe(total=4, processed=4, failed=2, mean_quality=0.5))
+    assert not out.passed
+    assert "failure ratio 0.50 (2 of 4) is over max_failure_ratio 0.25" in out.reason
+    assert "mean quality 0.500 is under min_mean_quality 0.7" in out.reason
+    assert canary_verdict(limits, CanaryProbe(4, 4, 1, 0.9)).passed
+
+
+def test_failed_canary_stops_the_batch_and_resume_releases_the_rest(
+    env,
+    instance,  # noqa: ANN001
+) -> None:
+    manifest = {
+        "operation": "annotate",
+        "items": _items(20, bad={5, 15}),
+        "settings": {"chunk_size": 8, "canary": {"items": 4, "max_failure_ratio": 0.25}},
+    }
+    batch_id = submit_batch(manifest, instance=instance)
+    # The dispatcher launches the canary chunk only, tagged apart.
+    result = batch_dispatcher(build_sensor_context(instance=instance))
+    assert isinstance(result, SensorResult)
+    assert [r.tags["batch/chunk"] for r in result.run_requests] == ["0"]
+    assert result.run_requests[0].tags["batch/canary"] == "true"
+
+    batch = run_batch_in_process(batch_id, instance, defs)
+    assert batch["status"] == "canary_failed"
+    assert batch["processed_items"] == 4 and batch["failed_items"] == 2
+    assert "failure ratio 0.50 (2 of 4) is over max_failure_ratio 0.25" in batch["error"]
+    runs = _runs(instance, batch_id)
+    assert len(runs) == 1 and runs[0].tags["batch/canary"] == "true"
+    with warehouse.connect(read_only=True) as con:
+        canary = con.execute(
+            "select list(item_id order by seq) from batch_items where batch_id = ? and "
+            "status <> 'pending'",
+            [batch_id],
+        ).fetchone()[0]
+    assert canary == ["t00", "t05", "t10", "t15"]  # spread, not the first four
+    event, detail = [e for e in _events(batch_id) if e[0] == "batch_canary_failed"][0]
+    assert detail["failure_ratio"] == 0.5 and detail["max_failure_ratio"] == 0.25
+    body = lifecycle_body(1, event, ledger.utcnow(), batch, detail, batch_id)
+    assert body["event"] == LIFECYCLE_EVENTS[event] == "batch.canary_failed"
+    assert "max_failure_ratio" in body["detail"]["error"]
+    # Nothing launches for a canary_failed batch until a person resumes it.
+    assert not isinstance(batch_dispatcher(build_sensor_context(instance=instance)), SensorResult)
+
+    resumed = resume_batch(batch_id, instance=instance, here=True)
+    assert resumed.status == "running"
+    batch = run_batch_in_process(batch_id, instance, defs)
+    assert batch["status"] == "completed_with_errors"
+    assert batch["processed_items"] == 20 and batch["canary_status"] == "released"
+    assert len(_runs(instance, batch_id)) == 3  # the canary, then 16 items in chunks of 8
+    assert "batch_canary_released" in [e for e, _ in _events(batch_id)]
+
+
+def test_canary_within_its_limits_releases_the_rest(env, instance) -> None:  # noqa: ANN001
+    manifest = {
+        "operation": "annotate",
+        "items": _items(12, odd={3}),
+        "settings": {
+            "chunk_size": 10,
+            "canary": {"items": 3, "max_failure_ratio": 0, "min_mean_quality": 0.6},
+        },
+    }
+    batch = run_batch_in_process(submit_batch(manifest, instance=instance), instance, defs)
+    assert batch["status"] == "completed" and batch["canary_status"] == "passed"
+    runs = _runs(instance, batch["batch_id"])
+    assert sum(r.tags.get("batch/canary") == "true" for r in runs) == 1
+    assert len(runs) == 2  # the canary chunk, then the nine others
+    passed = [d for e, d in _events(batch["batch_id"]) if e == "batch_canary_passed"]
+    assert passed[0]["failed"] == 0 and passed[0]["mean_quality"] > 0.6
+
+
+def test_quality_gate_sends_low_scorers_back_as_a_child_batch(env, instance) -> None:  # noqa: ANN001
+    manifest = {
+        "operation": "annotate",
+        "items": _items(6, odd={1, 4}),
+        "settings": {
+            "quality_gate": {"min_score": 0.6, "requeue_options": {"taxonomy": GADGETS}},
+        },
+    }
+    batch_id = submit_batch(manifest, instance=instance)
+    batch = run_batch_in_process(batch_id, instance, defs)
+    assert batch["status"] == "completed" and batch["gate_status"] == "requeued"
+    with warehouse.connect(read_only=True) as con:
+        child = con.execute(
+            "select batch_id, status, source, gate_round, total_items, options::varchar "
+            "from batches where parent_batch_id = ?",
+            [batch_id],
+        ).fetchall()
+        summary = ledger.gate_summary(con, batch_id)
+    assert len(child) == 1
+    child_id, status, source, gate_round, total, options = child[0]
+    assert (status, source, gate_round, total) == ("completed", "quality_gate", 1, 2)
+    assert json.loads(options)["taxonomy"] == GADGETS
+    assert summary["sent_back"] == 2 and summary["passed_after"] == 2
+    assert summary["rounds"][0]["batch_id"] == child_id
+    # The child reached its gate's last round: no grandchild.
+    with warehouse.connect(read_only=True) as con:
+        assert ledger.get_batch(con, child_id)["gate_status"] == "passed"
+    # The partitioned asset check shows the gate per item.
+    key = AssetCheckKey(AssetKey("annotate_items"), "quality_gate")
+    records = instance.event_log_storage.get_asset_check_execution_history(key, limit=50)
+    assert len(records) >= 1
+    # The report says how many went back and how many passed after.
+    out = CliRunner().invoke(main, ["report", batch_id], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert "2 item(s) sent back, 2 passed after" in " ".join(out.output.split())
+    as_json = CliRunner().invoke(main, ["report", child_id, "--json"])
+    assert json.loads(as_json.output)["quality_gate"]["batch_id"] == batch_id
+
+
+@pytest.mark.parametrize(
+    ("settings", "operation", "field"),
+    [
+        ({"canary": {"items": 3}}, "annotate", "settings.canary.items"),
+        ({"canary": {"max_failure_ratio": 0.1}}, "annotate", "settings.canary.items"),
+        (
+            {"quality_gate": {"min_score": 0.5, "requeue_options": {"max_keywords": 0}}},
+            "annotate",
+            "settings.quality_gate.requeue_options.max_keywords",
+        ),
+        ({"quality_gate": {"min_score": 0.5}}, "transform", "settings.quality_gate"),
+    ],
+)
+def test_bad_canary_or_gate_is_refused_naming_the_field(
+    env,  # noqa: ANN001
+    tmp_path: Path,
+    settings: dict,
+    operation: str,
+    field: str,
+) -> None:
+    manifest = {"operation": operation, "settings": settings, "items": _items(3)}
+    if operation == "transform":
+        manifest["options"] = {"source_table": "t", "target_table": "u", "steps": []}
+        manifest["items"] = [{"id": "a"}]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest))
+    out = CliRunner().invoke(main, ["submit", str(path), "--json"])
+    assert out.exit_code == 2, out.output
+    assert field in out.output
+    with warehouse.connect(read_only=True) as con:
+        assert con.execute("select count(*) from batches").fetchone()[0] == 0
