@@ -48,6 +48,7 @@ STATUS_STYLES = {
     "rolled_back": "magenta",
     "running": "cyan",
     "paused": "blue",
+    "canary_failed": "red",
     "succeeded": "green",
     "skipped": "dim",
 }

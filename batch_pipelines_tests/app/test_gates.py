@@ -16,7 +16,7 @@ from batch_pipelines.app.control import resume_batch
 from batch_pipelines.app.inprocess import run_batch_in_process
 from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.cli.main import main
-from batch_pipelines.core import ledger, warehouse
+from batch_pipelines.core import ledger, warehouse, webhooks
 from batch_pipelines.core.gates import (
     CanaryProbe,
     CanarySettings,
@@ -24,9 +24,10 @@ from batch_pipelines.core.gates import (
     canary_verdict,
     chunk_numbers,
 )
-from batch_pipelines.core.webhooks import LIFECYCLE_EVENTS, lifecycle_body
+from batch_pipelines.core.ledger.states import ItemCounts, Refresh, can_transition, refresh
 from batch_pipelines.definitions import defs
 from batch_pipelines.defs.sensors import batch_dispatcher
+from batch_pipelines_tests.core.test_outbox import Hook
 
 GOOD = (
     "The stock market rallied as the central bank cut interest rates; investors bought bonds "
@@ -80,9 +81,12 @@ def test_canary_items_are_spread_and_fill_the_first_chunks() -> None:
 
 
 def test_failed_canary_stops_the_batch_and_resume_releases_the_rest(
-    env,
+    env,  # noqa: ANN001
     instance,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    hook = Hook([])
+    monkeypatch.setenv(webhooks.WEBHOOK_ENV, hook.url)
     manifest = {
         "operation": "annotate",
         "items": _items(20, bad={5, 15}),
@@ -108,11 +112,15 @@ def test_failed_canary_stops_the_batch_and_resume_releases_the_rest(
             [batch_id],
         ).fetchone()[0]
     assert canary == ["t00", "t05", "t10", "t15"]  # spread, not the first four
-    event, detail = [e for e in _events(batch_id) if e[0] == "batch_canary_failed"][0]
+    detail = [d for e, d in _events(batch_id) if e == "batch_canary_failed"][0]
     assert detail["failure_ratio"] == 0.5 and detail["max_failure_ratio"] == 0.25
-    body = lifecycle_body(1, event, ledger.utcnow(), batch, detail, batch_id)
-    assert body["event"] == LIFECYCLE_EVENTS[event] == "batch.canary_failed"
-    assert "max_failure_ratio" in body["detail"]["error"]
+    # The webhook went out through the outbox while the batch ran here, saying why.
+    sent = [json.loads(raw) for raw, _ in hook.received]
+    hook.close()
+    body = [b for b in sent if b["event"] == "batch.canary_failed"][0]
+    assert body["batch_id"] == batch_id and body["status"] == "canary_failed"
+    assert body["detail"]["failure_ratio"] == 0.5
+    assert "over max_failure_ratio 0.25" in body["detail"]["error"]
     # Nothing launches for a canary_failed batch until a person resumes it.
     assert not isinstance(batch_dispatcher(build_sensor_context(instance=instance)), SensorResult)
 
@@ -213,3 +221,33 @@ def test_bad_canary_or_gate_is_refused_naming_the_field(
     assert field in out.output
     with warehouse.connect(read_only=True) as con:
         assert con.execute("select count(*) from batches").fetchone()[0] == 0
+
+
+def test_the_state_machine_stops_a_failed_canary_until_a_person_acts() -> None:
+    settings = {"canary": {"items": 2, "max_failure_ratio": 0}}
+    counts = ItemCounts(pending=8, failed=1, succeeded=1)
+
+    def derive(status: str, probe: CanaryProbe, canary_status: str = "running") -> Refresh:
+        return refresh(
+            status,
+            counts,
+            total=10,
+            paused=False,
+            stopped=False,
+            settings=settings,
+            first_failure=lambda: ("x", "e"),
+            canary_status=canary_status,
+            canary=lambda: probe,
+        )
+
+    failed = derive("running", CanaryProbe(2, 2, 1, None))
+    assert (failed.status, failed.canary_status) == ("canary_failed", "failed")
+    assert failed.detail["failure_ratio"] == 0.5 and not failed.cancel_pending
+    assert derive("running", CanaryProbe(2, 1, 1, None)).status == "running"  # not done yet
+    passed = derive("running", CanaryProbe(2, 2, 0, None))
+    assert (passed.status, passed.canary_status) == ("running", "passed")
+    assert derive("canary_failed", CanaryProbe(2, 2, 1, None), "failed").status == "canary_failed"
+    assert can_transition("canary_failed", "running") and can_transition(
+        "canary_failed", "cancelled"
+    )
+    assert not can_transition("canary_failed", "completed")

@@ -158,6 +158,9 @@ def refresh(
     status = BatchStatus(current)
     if is_final(status, stopped=stopped):
         return Refresh(status, counts, finished=status in _FINISHED and counts.running == 0)
+    if status == _S.CANARY_FAILED:
+        # Frozen until a person resumes (or cancels) it: nothing of it runs meanwhile.
+        return Refresh(status, counts)
     reason = _stop_reason(counts, total, settings, first_failure)
     if reason is not None:
         counts = replace(counts, cancelled=counts.cancelled + counts.pending, pending=0)
@@ -169,8 +172,6 @@ def refresh(
             cancel_pending=True,
             finished=counts.running == 0,
         )
-    if status == _S.CANARY_FAILED:
-        return Refresh(status, counts)
     new_canary, detail = None, None
     if canary_status == CANARY_RUNNING and canary is not None and settings.get("canary"):
         probe = canary()
