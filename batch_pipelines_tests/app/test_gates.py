@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from dagster import AssetCheckKey, AssetKey, RunsFilter, SensorResult, build_sensor_context
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    RunsFilter,
+    SensorResult,
+    build_sensor_context,
+    materialize,
+)
 
 from batch_pipelines.app.control import resume_batch
 from batch_pipelines.app.inprocess import run_batch_in_process
@@ -26,6 +33,8 @@ from batch_pipelines.core.gates import (
 )
 from batch_pipelines.core.ledger.states import ItemCounts, Refresh, can_transition, refresh
 from batch_pipelines.definitions import defs
+from batch_pipelines.defs.analytics_assets import quality_report
+from batch_pipelines.defs.resources import WarehouseResource
 from batch_pipelines.defs.sensors import batch_dispatcher
 from batch_pipelines_tests.core.test_outbox import Hook
 
@@ -188,6 +197,16 @@ def test_quality_gate_sends_low_scorers_back_as_a_child_batch(env, instance) -> 
     assert "2 item(s) sent back, 2 passed after" in " ".join(out.output.split())
     as_json = CliRunner().invoke(main, ["report", child_id, "--json"])
     assert json.loads(as_json.output)["quality_gate"]["batch_id"] == batch_id
+    # ... and so does the quality_report asset focused on the batch.
+    result = materialize(
+        [quality_report],
+        instance=instance,
+        resources={"warehouse": WarehouseResource()},
+        run_config={"ops": {"quality_report": {"config": {"batch_id": batch_id}}}},
+    )
+    preview = result.get_asset_materialization_events()[0].materialization.metadata["preview"]
+    assert "2 item(s) sent back, 2 passed after" in preview.value
+    assert f"| 1 | {child_id} | completed | 2 | 2 | 0 |" in preview.value
 
 
 @pytest.mark.parametrize(

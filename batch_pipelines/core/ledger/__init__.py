@@ -17,6 +17,7 @@ Every function takes an open warehouse connection (see :mod:`batch_pipelines.cor
 from batch_pipelines.core.ledger.lifecycle import (
     claim_gate,
     clear_hold,
+    gate_summary,
     gates_due,
     get_hold,
     mark_rolled_back,
@@ -55,7 +56,6 @@ from batch_pipelines.core.ledger.reads import (
     failed_of_total,
     finished_among,
     finished_before,
-    gate_summary,
     get_batch,
     get_items,
     is_paused,
