@@ -270,3 +270,38 @@ def test_the_state_machine_stops_a_failed_canary_until_a_person_acts() -> None:
         "canary_failed", "cancelled"
     )
     assert not can_transition("canary_failed", "completed")
+
+
+def test_the_dispatcher_applies_the_gate_of_a_batch_the_daemon_finished(
+    env,  # noqa: ANN001
+    instance,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import batch_pipelines.app.inprocess as inprocess
+
+    # As if the daemon's runs had finished it: no gate applied in this process.
+    monkeypatch.setattr(inprocess, "apply_quality_gate", lambda *a, **k: None)
+    manifest = {
+        "operation": "annotate",
+        "items": _items(2, odd={1}),
+        "settings": {"quality_gate": {"min_score": 0.6, "requeue_options": {"max_keywords": 3}}},
+    }
+    batch = run_batch_in_process(submit_batch(manifest, instance=instance), instance, defs)
+    assert batch["status"] == "completed" and batch["gate_status"] is None
+    result = batch_dispatcher(build_sensor_context(instance=instance))
+    with warehouse.connect(read_only=True) as con:
+        parent = ledger.get_batch(con, batch["batch_id"])
+        (child,) = con.execute(
+            "select batch_id from batches where parent_batch_id = ?", [batch["batch_id"]]
+        ).fetchone()
+    assert parent["gate_status"] == "requeued"
+    # The same tick launches the child's chunk.
+    assert isinstance(result, SensorResult)
+    assert [r.tags["batch/id"] for r in result.run_requests] == [child]
+    # A second tick does not gate the batch twice.
+    batch_dispatcher(build_sensor_context(instance=instance))
+    with warehouse.connect(read_only=True) as con:
+        n = con.execute(
+            "select count(*) from batches where parent_batch_id = ?", [batch["batch_id"]]
+        ).fetchone()[0]
+    assert n == 1
