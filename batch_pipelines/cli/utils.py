@@ -208,6 +208,17 @@ def print_batch(batch: dict[str, Any], runs: list[dict[str, Any]] | None = None)
         rows.append(("completed", f"{batch['completed_at']:%Y-%m-%d %H:%M:%S} UTC"))
     if batch.get("parent_batch_id"):
         rows.append(("parent", batch["parent_batch_id"]))
+    if batch.get("canary_status"):
+        rows.append(("canary", batch["canary_status"]))
+    if batch.get("gate_status") or batch.get("gate_round"):
+        rows.append(
+            (
+                "quality gate",
+                f"{batch.get('gate_status') or 'waiting'} (round {batch.get('gate_round') or 0})",
+            )
+        )
+    if batch.get("canary_status") == "failed" and batch["status"] == "canary_failed":
+        rows.append(("next", f"`batch-pipelines resume {batch['batch_id']}` releases the rest"))
     if batch.get("error"):
         rows.append(("error", f"[red]{batch['error']}[/]"))
     for k, v in rows:

@@ -133,6 +133,9 @@ def test_failed_canary_stops_the_batch_and_resume_releases_the_rest(
     # Nothing launches for a canary_failed batch until a person resumes it.
     assert not isinstance(batch_dispatcher(build_sensor_context(instance=instance)), SensorResult)
 
+    shown = CliRunner().invoke(main, ["status", batch_id], terminal_width=200)
+    assert "canary_failed" in shown.output
+    assert f"batch-pipelines resume {batch_id}` releases the rest" in " ".join(shown.output.split())
     resumed = resume_batch(batch_id, instance=instance, here=True)
     assert resumed.status == "running"
     batch = run_batch_in_process(batch_id, instance, defs)
