@@ -145,7 +145,8 @@ def run_batch_in_process(
             gated = apply_quality_gate(batch_id, instance=instance)
             while gated is not None and gated.child_batch_id:
                 current = gated.child_batch_id
-                _run_chunks(current, instance, defs, stop, started, on_chunk_done, log_level)
+                # on_chunk_done follows the batch asked for, not its children.
+                _run_chunks(current, instance, defs, stop, started, None, log_level)
                 gated = apply_quality_gate(current, instance=instance)
             if current != batch_id:
                 with warehouse.connect(config.get_paths().warehouse, read_only=True) as con:
