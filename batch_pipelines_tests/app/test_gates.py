@@ -145,7 +145,7 @@ def test_failed_canary_stops_the_batch_and_resume_releases_the_rest(
     assert "batch_canary_released" in [e for e, _ in _events(batch_id)]
 
 
-def test_canary_within_its_limits_releases_the_rest(env, instance) -> None:  # noqa: ANN001
+def test_canary_within_its_limits_releases_the_rest(env, instance, tmp_path: Path) -> None:  # noqa: ANN001
     manifest = {
         "operation": "annotate",
         "items": _items(12, odd={3}),
@@ -154,7 +154,12 @@ def test_canary_within_its_limits_releases_the_rest(env, instance) -> None:  # n
             "canary": {"items": 3, "max_failure_ratio": 0, "min_mean_quality": 0.6},
         },
     }
-    batch = run_batch_in_process(submit_batch(manifest, instance=instance), instance, defs)
+    path = tmp_path / "canary.json"
+    path.write_text(json.dumps(manifest))
+    # `submit --wait --in-process`, as a user runs it.
+    out = CliRunner().invoke(main, ["submit", str(path), "--in-process", "--json"])
+    assert out.exit_code == 0, out.output
+    batch = json.loads(out.output)
     assert batch["status"] == "completed" and batch["canary_status"] == "passed"
     runs = _runs(instance, batch["batch_id"])
     assert sum(r.tags.get("batch/canary") == "true" for r in runs) == 1
