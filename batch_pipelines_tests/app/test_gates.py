@@ -99,7 +99,7 @@ def test_failed_canary_stops_the_batch_and_resume_releases_the_rest(
     manifest = {
         "operation": "annotate",
         "items": _items(20, bad={5, 15}),
-        "settings": {"chunk_size": 8, "canary": {"items": 4, "max_failure_ratio": 0.25}},
+        "settings": {"chunk_size": 16, "canary": {"items": 4, "max_failure_ratio": 0.25}},
     }
     batch_id = submit_batch(manifest, instance=instance)
     # The dispatcher launches the canary chunk only, tagged apart.
@@ -141,7 +141,7 @@ def test_failed_canary_stops_the_batch_and_resume_releases_the_rest(
     batch = run_batch_in_process(batch_id, instance, defs)
     assert batch["status"] == "completed_with_errors"
     assert batch["processed_items"] == 20 and batch["canary_status"] == "released"
-    assert len(_runs(instance, batch_id)) == 3  # the canary, then 16 items in chunks of 8
+    assert len(_runs(instance, batch_id)) == 2  # the canary, then the other 16 items
     assert "batch_canary_released" in [e for e, _ in _events(batch_id)]
 
 
@@ -217,35 +217,30 @@ def test_quality_gate_sends_low_scorers_back_as_a_child_batch(env, instance) -> 
     assert f"| 1 | {child_id} | completed | 2 | 2 | 0 |" in preview.value
 
 
-@pytest.mark.parametrize(
-    ("settings", "operation", "field"),
-    [
-        ({"canary": {"items": 3}}, "annotate", "settings.canary.items"),
-        ({"canary": {"max_failure_ratio": 0.1}}, "annotate", "settings.canary.items"),
-        (
-            {"quality_gate": {"min_score": 0.5, "requeue_options": {"max_keywords": 0}}},
-            "annotate",
-            "settings.quality_gate.requeue_options.max_keywords",
-        ),
-        ({"quality_gate": {"min_score": 0.5}}, "transform", "settings.quality_gate"),
-    ],
-)
-def test_bad_canary_or_gate_is_refused_naming_the_field(
-    env,  # noqa: ANN001
-    tmp_path: Path,
-    settings: dict,
-    operation: str,
-    field: str,
-) -> None:
-    manifest = {"operation": operation, "settings": settings, "items": _items(3)}
-    if operation == "transform":
-        manifest["options"] = {"source_table": "t", "target_table": "u", "steps": []}
-        manifest["items"] = [{"id": "a"}]
-    path = tmp_path / "m.json"
-    path.write_text(json.dumps(manifest))
-    out = CliRunner().invoke(main, ["submit", str(path), "--json"])
-    assert out.exit_code == 2, out.output
-    assert field in out.output
+BAD = [
+    ({"canary": {"items": 3}}, "annotate", "settings.canary.items", "leave nothing to release"),
+    ({"canary": {"max_failure_ratio": 0.1}}, "annotate", "settings.canary.items", "required"),
+    (
+        {"quality_gate": {"min_score": 0.5, "requeue_options": {"max_keywords": 0}}},
+        "annotate",
+        "settings.quality_gate.requeue_options.max_keywords",
+        "greater than or equal to 1",
+    ),
+    ({"quality_gate": {"min_score": 0.5}}, "export", "settings.quality_gate", "no quality score"),
+]
+
+
+def test_bad_canary_or_gate_is_refused_naming_the_field(env, tmp_path: Path) -> None:  # noqa: ANN001
+    for settings, operation, field, message in BAD:
+        manifest = {"operation": operation, "settings": settings, "items": _items(3)}
+        if operation == "export":
+            manifest["items"] = [{"table": "t", "path": "data/exports/t.csv"}]
+        path = tmp_path / "m.json"
+        path.write_text(json.dumps(manifest))
+        out = CliRunner().invoke(main, ["submit", str(path), "--json"])
+        assert out.exit_code == 2, out.output
+        problems = {p["field"]: p["message"] for p in json.loads(out.output)["problems"]}
+        assert message in problems[field], (field, problems)
     with warehouse.connect(read_only=True) as con:
         assert con.execute("select count(*) from batches").fetchone()[0] == 0
 
