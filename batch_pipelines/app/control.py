@@ -238,8 +238,9 @@ def resume_batch(
     instance=None,  # noqa: ANN001
     here: bool = False,
 ) -> ControlResult:
-    """Let the dispatcher launch the batch's unfinished chunks again: a paused batch, or one
-    whose worker died (its runs are ended, the items they left running pending again).
+    """Let the dispatcher launch the batch's unfinished chunks again: a paused batch, one
+    whose worker died (its runs are ended, the items they left running pending again), or one
+    whose canary failed (the rest is released anyway).
     ``here``: the caller runs the rest in its own process, as no daemon runs: no automatic
     retry of its failed runs will come either, so their items are pending again too."""
     from batch_pipelines.app.instance import get_instance
@@ -254,9 +255,13 @@ def resume_batch(
     stalled = is_stalled(instance, batch_id)
     with warehouse.connect(paths.warehouse) as con:
         batch = _batch_or_error(con, batch_id)
-        if not batch.paused and not stalled:
+        canary_failed = batch.status == BatchStatus.CANARY_FAILED
+        if not batch.paused and not stalled and not canary_failed:
             raise ControlError(f"batch {batch_id} is not paused (it is {batch.status})")
         con.execute("begin")
+        if canary_failed:
+            # A person looked at the failed canary and lets the rest run anyway.
+            ledger.release_canary(con, batch_id, actor=actor)
         ledger.set_paused(con, batch_id, False)
         status = ledger.refresh_batch(con, batch_id)
         pending = ledger.count_items(con, batch_id, ItemStatus.PENDING)
@@ -274,6 +279,51 @@ def resume_batch(
     return ControlResult(batch_id, "resume", status, message=message)
 
 
+def submit_child_batch(
+    parent: Batch,
+    rows: Iterable[ledger.Item],
+    *,
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    priority: str | None = None,
+    instance=None,  # noqa: ANN001
+    actor: str = "python",
+    source: str = "python",
+    gate_round: int = 0,
+) -> str:
+    """Submit ``rows`` of ``parent`` again as a new batch linked by ``parent_batch_id``, with
+    the parent's options and settings unless overridden (``retry``, the quality gate)."""
+    from batch_pipelines.app.submit import RateLimitError, submit_batch
+
+    manifest = {
+        "operation": parent.operation,
+        "name": name[:200],
+        "priority": priority or parent.priority,
+        "options": {**parent.options, **(options or {})},
+        "settings": {**parent.settings, **(settings or {})},
+        "items": [{**(r.payload or {}), "id": r.item_id} for r in rows],
+    }
+    if "canary" not in (settings or {}):
+        # The parent's canary was checked; its items re-run need none.
+        manifest["settings"]["canary"] = None
+    if parent.correlation_id:
+        # A child answers the same request as its parent.
+        manifest["correlation_id"] = parent.correlation_id
+    try:
+        return submit_batch(
+            manifest,
+            instance=instance,
+            source=source,
+            parent_batch_id=parent.batch_id,
+            submitted_by=actor.split(":", 1)[-1],
+            actor=actor.split(":", 1)[-1],
+            gate_round=gate_round,
+        )
+    except (ManifestError, RateLimitError) as exc:
+        raise ControlError(f"cannot re-run items of {parent.batch_id}: {exc}") from exc
+
+
 def retry_batch(
     batch_id: str,
     *,
@@ -289,7 +339,6 @@ def retry_batch(
     """A new batch with only the failed items of ``batch_id`` (optionally only some error
     categories, or the given item ids — which must have failed or been cancelled), linked by
     ``parent_batch_id``, with the parent's options and settings unless overridden."""
-    from batch_pipelines.app.submit import RateLimitError, submit_batch
 
     paths = config.get_paths()
     categories = list(categories or [])
@@ -312,28 +361,17 @@ def retry_batch(
     if not rows:
         what = f" in categories {categories}" if categories else ""
         raise ControlError(f"batch {batch_id} has no failed items{what} to retry")
-    manifest = {
-        "operation": parent.operation,
-        "name": f"retry of {parent.name}"[:200],
-        "priority": priority or parent.priority,
-        "options": {**parent.options, **(options or {})},
-        "settings": {**parent.settings, **(settings or {})},
-        "items": [{**(r.payload or {}), "id": r.item_id} for r in rows],
-    }
-    if parent.correlation_id:
-        # A retry answers the same request as its parent.
-        manifest["correlation_id"] = parent.correlation_id
-    try:
-        new_id = submit_batch(
-            manifest,
-            instance=instance,
-            source=source,
-            parent_batch_id=batch_id,
-            submitted_by=actor.split(":", 1)[-1],
-            actor=actor.split(":", 1)[-1],
-        )
-    except (ManifestError, RateLimitError) as exc:
-        raise ControlError(f"cannot retry {batch_id}: {exc}") from exc
+    new_id = submit_child_batch(
+        parent,
+        rows,
+        name=f"retry of {parent.name}",
+        options=options,
+        settings=settings,
+        priority=priority,
+        instance=instance,
+        actor=actor,
+        source=source,
+    )
     with warehouse.connect(paths.warehouse) as con:
         ledger.add_event(
             con,

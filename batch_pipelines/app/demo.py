@@ -183,7 +183,10 @@ def wait_for_daemon(batch_id: str, instance: Any, poll_s: float = 0.5) -> dict[s
     checked = time.monotonic()
     while True:
         batch = get_batch(batch_id)
-        if batch is None or batch["status"] in ledger.TERMINAL_BATCH_STATUSES:
+        if batch is None or batch["status"] in (
+            *ledger.TERMINAL_BATCH_STATUSES,
+            *ledger.HALTED_BATCH_STATUSES,
+        ):
             return batch
         if time.monotonic() - checked >= DAEMON_CHECK_S:
             checked = time.monotonic()

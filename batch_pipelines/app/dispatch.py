@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from batch_pipelines.core.gates import CANARY_TAG
 from batch_pipelines.core.manifest import PRIORITIES
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -122,6 +123,7 @@ class ChunkState:
     item_timeout_s: float | None = None
     chunk_items: int = 0
     waiting_s: float = 0.0  # since its batch was queued
+    canary: bool = False  # one of the batch's canary chunks (settings.canary)
 
 
 # Items a run left pending for the next run of its chunk: its time slice ended, or Ctrl-C /
@@ -208,9 +210,11 @@ def chunk_tags(
     first_key: str,
     last_key: str,
     run_priority: str | None = None,
+    canary: bool = False,
 ) -> dict[str, str]:
-    """A chunk run's tags; ``run_priority`` (the batch's priority, aged) orders the queue."""
-    return {
+    """A chunk run's tags; ``run_priority`` (the batch's priority, aged) orders the queue;
+    a canary chunk is tagged ``batch/canary=true`` so the UI shows it apart."""
+    tags = {
         RANGE_START: first_key,
         RANGE_END: last_key,
         "dagster/priority": str(PRIORITIES[run_priority or priority]),
@@ -219,6 +223,9 @@ def chunk_tags(
         "batch/chunk": str(chunk_no),
         "batch/priority": priority,
     }
+    if canary:
+        tags[CANARY_TAG] = "true"
+    return tags
 
 
 def plan_launches(
@@ -270,6 +277,7 @@ def plan_launches(
             c.first_key,
             c.last_key,
             aged[(c.batch_id, c.chunk_no)],
+            canary=c.canary,
         )
         if c.item_timeout_s and c.chunk_items:
             # A run-level guard: every item at its timeout plus generous slack.
@@ -312,6 +320,7 @@ def chunk_states(
             item_timeout_s=r.get("item_timeout_s"),
             chunk_items=int(r.get("items") or 0),
             waiting_s=waited(r),
+            canary=bool(r.get("canary")),
         )
         for r in rows
     ]

@@ -27,6 +27,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG, chunk_states, chunk_tags
+from batch_pipelines.app.gate import apply_quality_gate
 from batch_pipelines.app.recovery import IN_PROCESS, LAUNCHED_BY_TAG, LIVE_RUN_STATUSES, worker_tags
 from batch_pipelines.app.runmetrics import CORRELATION_TAG
 from batch_pipelines.core import config, ledger, warehouse
@@ -125,8 +126,9 @@ def run_batch_in_process(
     on_chunk_done: Callable[[dict], None] | None = None,
     log_level: str = "WARNING",
 ) -> dict:
-    """Execute the batch's pending chunks here with the jobs of ``defs``; returns the batch's
-    final ledger row.
+    """Execute the batch's pending chunks here with the jobs of ``defs``, then the child
+    batches its quality gate sends back (``settings.quality_gate``); returns the batch's
+    final ledger row. A batch whose canary fails returns ``canary_failed``.
 
     Item failures are in the ledger; Dagster's console log is kept at ``log_level``. Raises
     ``ChunkRunError`` when a run fails before running its items (they are pending again), and
@@ -136,12 +138,24 @@ def run_batch_in_process(
     started: list[str] = []
     # Lifecycle webhooks go out while the batch runs, from a thread off the items' path.
     with WebhookSender(), _StopSignals() as stop:
+        current = batch_id
         try:
-            return _run_chunks(batch_id, instance, defs, stop, started, on_chunk_done, log_level)
+            batch = _run_chunks(batch_id, instance, defs, stop, started, on_chunk_done, log_level)
+            # The quality gate sends low scorers back as a child batch: run it here too.
+            gated = apply_quality_gate(batch_id, instance=instance)
+            while gated is not None and gated.child_batch_id:
+                current = gated.child_batch_id
+                # on_chunk_done follows the batch asked for, not its children.
+                _run_chunks(current, instance, defs, stop, started, None, log_level)
+                gated = apply_quality_gate(current, instance=instance)
+            if current != batch_id:
+                with warehouse.connect(config.get_paths().warehouse, read_only=True) as con:
+                    batch = ledger.get_batch(con, batch_id)
+            return batch
         except (KeyboardInterrupt, DagsterExecutionInterruptedError):
             stop.stopping = True
             signum = stop.received() or signal.SIGINT
-            raise _stopped(instance, batch_id, signum, started) from None
+            raise _stopped(instance, current, signum, started) from None
 
 
 def _run_chunks(
@@ -171,6 +185,7 @@ def _run_chunks(
             chunk.chunk_no,
             chunk.first_key,
             chunk.last_key,
+            canary=chunk.canary,
         )
         run_id = str(uuid.uuid4())
         tags[LAUNCHED_BY_TAG] = IN_PROCESS

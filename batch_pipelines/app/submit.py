@@ -18,9 +18,10 @@ from pydantic import BaseModel, ValidationError
 
 from batch_pipelines.app.partitions import register_keys, unregister_keys
 from batch_pipelines.core import config, ledger, warehouse
-from batch_pipelines.core.contract import resolve_under_roots
+from batch_pipelines.core.contract import OperationSpec, resolve_under_roots
 from batch_pipelines.core.errors import ItemError
 from batch_pipelines.core.execution import auto_chunk_size
+from batch_pipelines.core.gates import CANARY_RUNNING, canary_positions, chunk_numbers
 from batch_pipelines.core.keys import derived_item_id, new_batch_id, partition_key
 from batch_pipelines.core.manifest import (
     Manifest,
@@ -44,7 +45,21 @@ class PreparedBatch(BaseModel):
 
     @property
     def keys(self) -> list[str]:
-        return [i["partition_key"] for i in self.items]
+        """In registration order: by chunk (a canary's chunks first), then item order, so each
+        chunk is one contiguous range of keys."""
+        ordered = sorted(self.items, key=lambda i: (i["chunk_no"], i["seq"]))
+        return [i["partition_key"] for i in ordered]
+
+    @property
+    def chunk_count(self) -> int:
+        return max(i["chunk_no"] for i in self.items) + 1
+
+    @property
+    def canary_chunks(self) -> int:
+        canary = self.manifest.settings.canary
+        if canary is None:
+            return 0
+        return -(-min(canary.items, len(self.items)) // (self.manifest.settings.chunk_size or 1))
 
 
 def prepare_batch(
@@ -111,6 +126,7 @@ def prepare_batch(
     if options is not None and not problems:
         problems += refused_targets(spec.item_targets, options, items, where)
         problems += colliding_targets(spec.item_targets, options, items)
+    problems += gate_problems(m, spec, len(items))
     if problems or options is None:
         raise ManifestError(problems)
     batch_id = new_batch_id(m.operation)
@@ -123,13 +139,43 @@ def prepare_batch(
             }
         )
     chunk = m.settings.chunk_size
-    for seq, item in enumerate(items):
+    canary = m.settings.canary
+    spread = set(canary_positions(len(items), canary.items)) if canary else set()
+    for seq, (item, chunk_no) in enumerate(
+        zip(items, chunk_numbers(len(items), spread, chunk), strict=True)
+    ):
         item["seq"] = seq
-        item["chunk_no"] = seq // chunk
+        item["chunk_no"] = chunk_no
         item["partition_key"] = partition_key(batch_id, item["item_id"])
     return PreparedBatch(
         batch_id=batch_id, manifest=m, options=options.model_dump(mode="json"), items=items
     )
+
+
+def gate_problems(m: Manifest, spec: OperationSpec, n_items: int) -> list[tuple[str, str]]:
+    """What is wrong with the manifest's canary and quality gate for this operation."""
+    problems: list[tuple[str, str]] = []
+    canary, gate = m.settings.canary, m.settings.quality_gate
+    unscored = f"operation {spec.name} sets no quality score"
+    if canary is not None:
+        if canary.items >= n_items:
+            problems.append(
+                (
+                    "settings.canary.items",
+                    f"{canary.items} canary items leave nothing to release: the batch has "
+                    f"{n_items} item(s)",
+                )
+            )
+        if canary.min_mean_quality is not None and not spec.scores_quality:
+            problems.append(("settings.canary.min_mean_quality", unscored))
+    if gate is not None:
+        if not spec.scores_quality:
+            problems.append(("settings.quality_gate", unscored))
+        try:
+            spec.options_model.model_validate({**m.options, **gate.requeue_options})
+        except ValidationError as exc:
+            problems += problems_from_validation(exc, "settings.quality_gate.requeue_options")
+    return problems
 
 
 def _numbers_as_text(model: type[BaseModel], payload: Any) -> Any:  # noqa: ANN401
@@ -176,6 +222,7 @@ def submit_batch(
     parent_batch_id: str | None = None,
     idempotency_key: str | None = None,
     actor: str | None = None,
+    gate_round: int = 0,
 ) -> str:
     """Validate, record and register a batch; returns its id.
 
@@ -187,6 +234,7 @@ def submit_batch(
     partition keys are registered, then it becomes ``queued``: the dispatcher sensor launches
     its chunks through the run queue (or ``run_batch_in_process`` runs them here). Raises
     :class:`ManifestError` for a bad manifest, :class:`RateLimitError` past the rate limit.
+    ``gate_round``: the n-th child batch a quality gate sent back (0: not sent back).
     """
     paths = config.get_paths()
     prepared = prepare_batch(manifest, paths)
@@ -217,7 +265,10 @@ def submit_batch(
             "source": source,
             "parent_batch_id": parent_batch_id,
             "idempotency_key": idempotency_key,
-            "chunk_count": (len(prepared.items) - 1) // m.settings.chunk_size + 1,
+            "chunk_count": prepared.chunk_count,
+            "canary_chunks": prepared.canary_chunks,
+            "canary_status": CANARY_RUNNING if prepared.canary_chunks else None,
+            "gate_round": gate_round,
             "created_at": now,
             "updated_at": now,
             "correlation_id": m.correlation_id or uuid.uuid4().hex,

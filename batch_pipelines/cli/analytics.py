@@ -93,6 +93,8 @@ def _print_report(m: dict[str, Any]) -> None:
     quality = [{**q, "bar": _bar(q["percentage"])} for q in m["quality"]]
     columns = [*QUALITY_COLUMNS, ("bar", "", "")]
     console.print(_rows_table("quality score distribution", columns, quality))
+    if m.get("quality_gate"):
+        console.print(gate_line(m["quality_gate"]), highlight=False)
     _print_resources(m.get("resources"))
     _print_provenance(m.get("provenance"))
     if m["timeline"]:
@@ -101,6 +103,20 @@ def _print_report(m: dict[str, Any]) -> None:
         if len(shown) < len(m["timeline"]):
             title += f": last {len(shown)} of {len(m['timeline'])} minutes"
         console.print(_rows_table(title, TIMELINE_COLUMNS, shown))
+
+
+def gate_line(g: dict[str, Any]) -> str:
+    """The quality gate in one line: sent back, passed after, per round."""
+    rounds = ", ".join(
+        f"round {r['round']} {r['batch_id']} ({r['status']}): {r['sent_back']} sent back, "
+        f"{r['passed_after']} passed, {r['still_below']} still under"
+        for r in g["rounds"]
+    )
+    return (
+        f"quality gate (min_score {g['min_score']:g}, of {g['batch_id']}): {g['status'] or 'waiting'}"
+        f"; {g['sent_back']} item(s) sent back, {g['passed_after']} passed after"
+        + (f"; {rounds}" if rounds else "")
+    )
 
 
 def _print_resources(r: dict[str, Any] | None) -> None:

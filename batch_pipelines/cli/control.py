@@ -140,8 +140,9 @@ def pause(batch_id: str | None, all_: bool, as_json: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True)
 def resume(batch_id: str | None, all_: bool, wait: bool, as_json: bool) -> None:
-    """Resume a paused batch, or one whose worker died (kill -9, a crash): its unfinished
-    items run, nothing runs twice. With --all, release the hold of `pause --all`."""
+    """Resume a paused batch, one whose worker died (kill -9, a crash), or one whose canary
+    failed (canary_failed: the rest is released anyway): its unfinished items run, nothing
+    runs twice. With --all, release the hold of `pause --all`."""
     _batch_or_all(batch_id, all_)
     if all_:
         if wait:

@@ -48,6 +48,7 @@ STATUS_STYLES = {
     "rolled_back": "magenta",
     "running": "cyan",
     "paused": "blue",
+    "canary_failed": "red",
     "succeeded": "green",
     "skipped": "dim",
 }
@@ -207,6 +208,17 @@ def print_batch(batch: dict[str, Any], runs: list[dict[str, Any]] | None = None)
         rows.append(("completed", f"{batch['completed_at']:%Y-%m-%d %H:%M:%S} UTC"))
     if batch.get("parent_batch_id"):
         rows.append(("parent", batch["parent_batch_id"]))
+    if batch.get("canary_status"):
+        rows.append(("canary", batch["canary_status"]))
+    if batch.get("gate_status") or batch.get("gate_round"):
+        rows.append(
+            (
+                "quality gate",
+                f"{batch.get('gate_status') or 'waiting'} (round {batch.get('gate_round') or 0})",
+            )
+        )
+    if batch.get("canary_status") == "failed" and batch["status"] == "canary_failed":
+        rows.append(("next", f"`batch-pipelines resume {batch['batch_id']}` releases the rest"))
     if batch.get("error"):
         rows.append(("error", f"[red]{batch['error']}[/]"))
     for k, v in rows:
@@ -340,7 +352,7 @@ def watch(
         while True:
             if progress is not None:
                 progress.update(task, completed=batch["processed_items"], counts=_counts(batch))
-            if batch["status"] in ledger.TERMINAL_BATCH_STATUSES:
+            if batch["status"] in (*ledger.TERMINAL_BATCH_STATUSES, *ledger.HALTED_BATCH_STATUSES):
                 break
             if timeout_s and time.monotonic() - start > timeout_s:
                 break

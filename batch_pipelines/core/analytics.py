@@ -74,6 +74,7 @@ def batch_metrics(con: duckdb.DuckDBPyConnection, batch_id: str) -> dict[str, An
     out["timeline"] = batch_timeline(con, batch_id)
     out["resources"] = costs.batch_resources(con, batch_id)
     out["provenance"] = costs.batch_provenance(con, batch_id)
+    out["quality_gate"] = ledger.gate_summary(con, batch_id)
     return out
 
 

@@ -357,3 +357,6 @@ class OperationSpec:
     # unset: 1 for work that holds the GIL (parsing, pandas, DuckDB in this process), more
     # when an item mostly waits (an HTTP call); the handler must then be thread-safe (above).
     item_concurrency: int = 1
+    # Its handler sets ItemResult.quality_score: a canary's min_mean_quality and a quality
+    # gate need one, so they are refused at submit for an operation without.
+    scores_quality: bool = False

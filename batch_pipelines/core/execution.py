@@ -34,6 +34,7 @@ from batch_pipelines.core.errors import (
     ValidationItemError,
     classify,
 )
+from batch_pipelines.core.gates import CanarySettings, QualityGateSettings
 from batch_pipelines.core.ledger import Attempt, ItemOutcome, ItemStatus, utcnow
 from batch_pipelines.core.targets import refused_target
 
@@ -87,6 +88,13 @@ class ExecutionSettings(BaseModel, extra="forbid"):
             "Items of a chunk run in flight at once (threads); unset: the operation's default "
             "(1 for CPU-bound work, 16 for annotate, whose items wait on HTTP)"
         ),
+    )
+
+    canary: CanarySettings | None = Field(
+        None, description="Run a few items spread across the batch first, check them, then the rest"
+    )
+    quality_gate: QualityGateSettings | None = Field(
+        None, description="Re-run items that succeed with a low quality score, other options"
     )
 
     def concurrency_for(self, spec: OperationSpec) -> int:

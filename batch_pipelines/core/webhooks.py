@@ -42,6 +42,7 @@ LIFECYCLE_EVENTS: dict[str, str] = {
     "batch_paused": "batch.paused",
     "batch_resumed": "batch.resumed",
     "batch_rolled_back": "batch.rolled_back",
+    "batch_canary_failed": "batch.canary_failed",
     "batch_deleted": "batch.deleted",
 }
 

@@ -35,7 +35,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from batch_pipelines.core import analytics, costs, diff
+from batch_pipelines.core import analytics, costs, diff, ledger
 from batch_pipelines.core.warehouse import connect as connect_warehouse
 from batch_pipelines.defs.analytics_render import (
     diff_markdown,
@@ -173,6 +173,16 @@ def batch_metrics_report(
     return _result(context, warehouse, total, parts, chart, extra)
 
 
+GATE_COLUMNS = [
+    ("round", "round", "int"),
+    ("batch_id", "child batch", ""),
+    ("status", "status", ""),
+    ("sent_back", "sent back", "int"),
+    ("passed_after", "passed after", "int"),
+    ("still_below", "still under", "int"),
+]
+
+
 def _resources_part(resources: dict[str, Any], batch_id: str, extra: dict[str, Any]) -> list[str]:
     """The Resources part of the focus batch: what its chunk runs cost, with the run slots
     they used over time as an inline chart."""
@@ -226,7 +236,16 @@ def quality_report(
         focus = _focus(con, config)
         buckets = analytics.quality_buckets(con, focus) if focus else []
         overall = analytics.overall_quality(con)
+        gate = ledger.gate_summary(con, focus) if focus else None
     parts = _header("quality_distribution", total, "rows", config, focus)
+    if gate:
+        parts.append(
+            f"**Quality gate** of {gate['batch_id']} (min_score {gate['min_score']:g}, "
+            f"{gate['status'] or 'waiting'}): {gate['sent_back']} item(s) sent back, "
+            f"{gate['passed_after']} passed after."
+        )
+        if gate["rounds"]:
+            parts.append(md_table(gate["rounds"], GATE_COLUMNS))
     chart = None
     if buckets:
         parts.append(md_table(buckets, analytics.QUALITY_COLUMNS))

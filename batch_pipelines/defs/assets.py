@@ -136,6 +136,40 @@ def _check_evaluation(
     )
 
 
+# Every operation that scores quality has this partitioned check: one result per item of a
+# batch with settings.quality_gate, failed (WARN) when the gate sends the item back.
+GATE_CHECK = ItemCheck(
+    name="quality_gate",
+    description=(
+        "The item's quality score reached the min_score of its batch's quality gate "
+        "(settings.quality_gate); failed (WARN) when the gate sends it back for a second "
+        "opinion. Only items of batches with a quality gate get a result."
+    ),
+    evaluate=lambda _metrics: None,
+)
+
+
+def _item_checks(spec: OperationSpec) -> tuple[ItemCheck, ...]:
+    return (*spec.asset_checks, GATE_CHECK) if spec.scores_quality else spec.asset_checks
+
+
+def _gate_evaluation(
+    asset_key: AssetKey, partition_key: str, outcome: ledger.ItemOutcome, gate: Any
+) -> AssetCheckEvaluation | None:
+    if outcome.quality_score is None:
+        return None
+    passed = outcome.quality_score >= gate.min_score
+    return AssetCheckEvaluation(
+        asset_key=asset_key,
+        check_name=GATE_CHECK.name,
+        passed=passed,
+        metadata={"quality_score": outcome.quality_score, "min_score": gate.min_score},
+        partition=partition_key,
+        severity=AssetCheckSeverity.WARN,
+        description=None if passed else "sent back by the quality gate for a second opinion",
+    )
+
+
 def execute_partitions(
     spec: OperationSpec,
     context: AssetExecutionContext,
@@ -171,10 +205,9 @@ def execute_partitions(
     # Partitioned asset checks (spec.asset_checks): a range run cannot target one partition
     # with AssetCheckResult, so each item's result is logged as an AssetCheckEvaluation of
     # its own partition, and the check's output is yielded once at the end.
-    selected_checks = set(context.selected_asset_check_keys) if spec.asset_checks else set()
-    checks = [
-        c for c in spec.asset_checks if AssetCheckKey(context.asset_key, c.name) in selected_checks
-    ]
+    all_checks = _item_checks(spec)
+    selected_checks = set(context.selected_asset_check_keys) if all_checks else set()
+    checks = [c for c in all_checks if AssetCheckKey(context.asset_key, c.name) in selected_checks]
     by_batch: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_batch[r["batch_id"]].append(r)
@@ -210,8 +243,9 @@ def execute_partitions(
             ],
         )
         by_item = {r["item_id"]: r for r in todo}
+        gate = settings.quality_gate
 
-        def on_flushed(outcomes: list[ledger.ItemOutcome], by_item=by_item) -> None:
+        def on_flushed(outcomes: list[ledger.ItemOutcome], by_item=by_item, gate=gate) -> None:
             # The shared HTTP limits as this flush saw them (cap now, 429s so far), if any.
             http_now = limits.run_metadata()
             log_materializations(
@@ -225,9 +259,11 @@ def execute_partitions(
             for o in outcomes:
                 if o.status in ("succeeded", "skipped"):
                     for check in checks:
-                        evaluation = _check_evaluation(
-                            context, check, by_item[o.item_id]["partition_key"], o.result or {}
-                        )
+                        key = by_item[o.item_id]["partition_key"]
+                        if check is GATE_CHECK:
+                            evaluation = gate and _gate_evaluation(asset_key, key, o, gate)
+                        else:
+                            evaluation = _check_evaluation(context, check, key, o.result or {})
                         if evaluation is not None:
                             context.log_event(evaluation)
 
@@ -310,7 +346,7 @@ def execute_partitions(
 def _check_specs(spec: OperationSpec) -> list[AssetCheckSpec] | None:
     """One partitioned AssetCheckSpec per ``spec.asset_checks`` (partitioned checks are a
     Dagster preview feature; its warning is silenced here, where we chose it)."""
-    if not spec.asset_checks:
+    if not _item_checks(spec):
         return None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec")
@@ -322,7 +358,7 @@ def _check_specs(spec: OperationSpec) -> list[AssetCheckSpec] | None:
                 blocking=c.blocking,
                 partitions_def=PARTITIONS[spec.name],
             )
-            for c in spec.asset_checks
+            for c in _item_checks(spec)
         ]
 
 

@@ -16,6 +16,7 @@ from dagster import (
 )
 
 from batch_pipelines.app.dispatch import chunk_states, plan_launches
+from batch_pipelines.app.gate import apply_due_gates
 from batch_pipelines.app.inbox import file_owner, list_inbox, pick_manifests, take, tick_deadline
 from batch_pipelines.app.queue import retag_queued_runs
 from batch_pipelines.app.recovery import (
@@ -89,6 +90,8 @@ def inbox_sensor(context: SensorEvaluationContext) -> SkipReason:
         "Launches the chunk runs of queued and running batches through the run queue: one run "
         "per chunk of items (a range of partition keys), highest batch priority first, "
         "respecting pause, cancel, the instance-wide hold and each batch's max_concurrency; "
+        "a batch's canary chunks (tag batch/canary) first, the rest once they passed; "
+        "finished batches with a quality gate send their low scorers back as a child batch; "
         "chunks that wait rise in priority (BATCH_PIPELINES_PRIORITY_AGING_S). Each tick first "
         "ends the "
         "runs whose worker process is gone (freeing their pool slots) and puts the items "
@@ -101,6 +104,10 @@ def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipRea
         reaped = reap_dead_runs(context.instance, paths)
         if reaped:
             context.log.warning(f"reaper: {reaped}")
+        # Finished batches with a quality gate send their low scorers back as a child batch,
+        # whose chunks this same tick launches.
+        for gated in apply_due_gates(context.instance):
+            context.log.info(f"quality gate of {gated.batch_id}: {gated.message}")
         with warehouse.connect(paths.warehouse, read_only=True, timeout_s=20) as con:
             hold = ledger.get_hold(con)
             rows = [] if hold else ledger.launchable_chunks(con)

@@ -211,3 +211,36 @@ def test_pause_drains_survives_restart_and_resume_finishes(qenv: Env, dev: DevSe
         )
     finally:
         con.close()
+
+
+def test_canary_runs_first_stops_the_batch_and_resume_releases_the_rest(
+    dev: DevServer, qenv: Env
+) -> None:
+    """Through the daemon's dispatcher: only the canary chunk launches (tagged apart), the
+    batch stops as canary_failed, `resume` releases the rest."""
+    text = "The zorblax quibbles with the flimflam near the wobbly gizmo today."
+    manifest = {
+        "operation": "annotate",
+        "items": [{"id": f"c{n}", "text": text} for n in range(6)],
+        "settings": {"chunk_size": 4, "canary": {"items": 2, "min_mean_quality": 0.99}},
+    }
+    path = qenv.root / "canary.json"
+    path.write_text(json.dumps(manifest))
+    p = cli(qenv, "submit", str(path), "--json")
+    assert p.returncode == 0, p.stderr
+    batch_id = json.loads(p.stdout)["batch_id"]
+    batch = dev.wait_for(
+        lambda: (b := get_batch(batch_id)) and b["status"] == "canary_failed" and b,
+        90,
+        f"batch {batch_id} to stop as canary_failed",
+        interval=1.0,
+    )
+    assert batch["processed_items"] == 2 and "min_mean_quality 0.99" in batch["error"]
+    runs = runs_of(batch_id)
+    assert [r.dagster_run.tags.get("batch/canary") for r in runs] == ["true"]
+    time.sleep(3)  # a dispatcher tick: nothing else launches
+    assert len(runs_of(batch_id)) == 1
+    p = cli(qenv, "resume", batch_id, "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert wait_finished(dev, batch_id)["processed_items"] == 6
+    assert len(runs_of(batch_id)) == 2  # the canary chunk, then the other four items

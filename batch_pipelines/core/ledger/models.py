@@ -28,6 +28,9 @@ class BatchStatus(StrEnum):
     CANCELLED = "cancelled"
     # A finished batch whose writes were undone (``rollback``): nothing changes it any more.
     ROLLED_BACK = "rolled_back"
+    # Its canary items were out of the limits of settings.canary: the rest never started,
+    # until a person resumes it (which releases the rest anyway).
+    CANARY_FAILED = "canary_failed"
 
 
 class ItemStatus(StrEnum):
@@ -56,6 +59,9 @@ TERMINAL_BATCH_STATUSES = _values(
     BatchStatus.ROLLED_BACK,
 )
 BATCH_STATUSES = _values(*BatchStatus)
+# Not finished, yet nothing of it runs until a person acts (``resume`` or ``cancel``): what
+# waiting for a batch stops at too.
+HALTED_BATCH_STATUSES = _values(BatchStatus.CANARY_FAILED)
 ACTIVE_BATCH_STATUSES = _values(BatchStatus.QUEUED, BatchStatus.RUNNING, BatchStatus.PAUSED)
 
 
@@ -171,6 +177,10 @@ class Batch(_Row):
     error: str | None
     correlation_id: str | None = None
     template: str | None = None
+    canary_chunks: int | None = None
+    canary_status: str | None = None
+    gate_round: int | None = None
+    gate_status: str | None = None
 
     status_type: ClassVar[type[StrEnum]] = BatchStatus
 

@@ -243,7 +243,8 @@ def chunk_plan(con: duckdb.DuckDBPyConnection, batch_id: str) -> list[dict[str, 
 
 
 def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Chunks with pending items of batches that may run now (queued or running, not paused).
+    """Chunks with pending items of batches that may run now (queued or running, not paused;
+    only its canary chunks while a batch's canary runs).
 
     ``first_key``..``last_key`` spans the chunk's pending items: a chunk resumed after a
     pause, a crash or a time slice is run over what is left of it, not over what is done."""
@@ -260,9 +261,13 @@ def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
                    try_cast(json_extract(b.settings, '$.max_concurrency') as integer)
                        as max_concurrency,
                    try_cast(json_extract(b.settings, '$.item_timeout_s') as double)
-                       as item_timeout_s
+                       as item_timeout_s,
+                   i.chunk_no < coalesce(b.canary_chunks, 0) as canary
             from batch_items i join batches b using (batch_id)
             where b.status in ('queued', 'running') and not b.paused
+              -- while its canary runs, only the canary chunks of a batch may launch
+              and (b.canary_status is distinct from 'running'
+                   or i.chunk_no < coalesce(b.canary_chunks, 0))
             group by all
             having count(*) filter (where i.status = 'pending') > 0
             order by i.batch_id, i.chunk_no

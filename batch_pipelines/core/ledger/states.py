@@ -6,6 +6,8 @@ A batch is ``pending`` while it is being recorded, ``queued`` once its partition
 ``running`` once an item started, and finishes ``completed``, ``completed_with_errors``,
 ``failed`` or ``cancelled``; a finished batch whose writes were undone becomes
 ``rolled_back``, after which nothing changes it. ``paused`` is a flag the status shows once no item is running.
+A batch with a canary becomes ``canary_failed`` when its canary items are out of their limits:
+nothing else of it runs until ``resume`` releases the rest (back to ``running``).
 A finished batch whose items are re-run (e.g. from the Dagster UI) is recomputed, unless it
 was *stopped*: cancelled, stopped on its first error or over its error budget.
 """
@@ -16,6 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from batch_pipelines.core.gates import (
+    CANARY_FAILED,
+    CANARY_PASSED,
+    CANARY_RUNNING,
+    CanaryProbe,
+    CanarySettings,
+    canary_verdict,
+)
 from batch_pipelines.core.ledger.models import TERMINAL_BATCH_STATUSES, BatchStatus, ItemStatus
 
 _S = BatchStatus
@@ -25,9 +35,12 @@ _FINISHED = frozenset(BatchStatus(s) for s in TERMINAL_BATCH_STATUSES)
 _RERUN = frozenset({_S.RUNNING, _S.PAUSED, _S.COMPLETED, _S.COMPLETED_WITH_ERRORS, _S.FAILED})
 TRANSITIONS: Mapping[BatchStatus, frozenset[BatchStatus]] = {
     _S.PENDING: frozenset({_S.QUEUED, _S.RUNNING, _S.PAUSED, *_FINISHED}),
-    _S.QUEUED: frozenset({_S.RUNNING, _S.PAUSED, *_FINISHED}),
-    _S.RUNNING: frozenset({_S.PAUSED, *_FINISHED}),
-    _S.PAUSED: frozenset({_S.QUEUED, _S.RUNNING, *_FINISHED}),
+    _S.QUEUED: frozenset({_S.RUNNING, _S.PAUSED, _S.CANARY_FAILED, *_FINISHED}),
+    _S.RUNNING: frozenset({_S.PAUSED, _S.CANARY_FAILED, *_FINISHED}),
+    _S.PAUSED: frozenset({_S.QUEUED, _S.RUNNING, _S.CANARY_FAILED, *_FINISHED}),
+    # Resume releases the rest anyway (running); cancel stops it. Not finished: its other
+    # items are still pending.
+    _S.CANARY_FAILED: frozenset({_S.RUNNING, _S.CANCELLED}),
     # Re-running items of a finished batch that was not stopped recomputes it.
     _S.COMPLETED: _RERUN,
     _S.COMPLETED_WITH_ERRORS: _RERUN,
@@ -113,6 +126,9 @@ class Refresh:
     stopped: bool = False
     cancel_pending: bool = False
     finished: bool = False
+    # The batch's new canary_status (None: unchanged) and what its check measured.
+    canary_status: str | None = None
+    detail: dict[str, Any] | None = None
 
 
 def refresh(
@@ -124,6 +140,8 @@ def refresh(
     stopped: bool,
     settings: Mapping[str, Any],
     first_failure: Callable[[], tuple[str, str | None]],
+    canary_status: str | None = None,
+    canary: Callable[[], CanaryProbe] | None = None,
 ) -> Refresh:
     """A batch's status from its item counts.
 
@@ -131,10 +149,18 @@ def refresh(
     false) stop the batch: it becomes ``failed`` and stopped, its pending items cancelled.
     ``first_failure`` returns (item_id, error) of the batch's earliest failed item; it is only
     called to word the stop-on-first-error message.
+
+    While the canary runs (``canary_status`` running), ``canary`` returns its items as they
+    are; once they are all done, out of the limits of ``settings.canary`` the batch becomes
+    ``canary_failed`` (its pending items stay pending: ``resume`` releases them), within them
+    the canary has passed and the batch goes on.
     """
     status = BatchStatus(current)
     if is_final(status, stopped=stopped):
         return Refresh(status, counts, finished=status in _FINISHED and counts.running == 0)
+    if status == _S.CANARY_FAILED:
+        # Frozen until a person resumes (or cancels) it: nothing of it runs meanwhile.
+        return Refresh(status, counts)
     reason = _stop_reason(counts, total, settings, first_failure)
     if reason is not None:
         counts = replace(counts, cancelled=counts.cancelled + counts.pending, pending=0)
@@ -146,6 +172,21 @@ def refresh(
             cancel_pending=True,
             finished=counts.running == 0,
         )
+    new_canary, detail = None, None
+    if canary_status == CANARY_RUNNING and canary is not None and settings.get("canary"):
+        probe = canary()
+        if probe.done:
+            verdict = canary_verdict(CanarySettings.model_validate(settings["canary"]), probe)
+            detail = verdict.detail
+            if not verdict.passed:
+                return Refresh(
+                    _S.CANARY_FAILED,
+                    counts,
+                    error=verdict.reason,
+                    canary_status=CANARY_FAILED,
+                    detail=detail,
+                )
+            new_canary = CANARY_PASSED
     new, error = _from_counts(status, counts, total, paused)
     clear = new in (_S.COMPLETED, _S.COMPLETED_WITH_ERRORS, _S.RUNNING)
     return Refresh(
@@ -154,6 +195,8 @@ def refresh(
         error=None if clear else error,
         clear_error=clear,
         finished=new in _FINISHED and counts.running == 0,
+        canary_status=new_canary,
+        detail=detail,
     )
 
 

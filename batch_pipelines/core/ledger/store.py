@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from batch_pipelines.core.gates import CANARY_PASSED, CanaryProbe
 from batch_pipelines.core.ledger import snapshots, states
 from batch_pipelines.core.ledger.models import (
     BatchStatus,
@@ -233,13 +234,13 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
     stop-on-first-error) has its pending items cancelled."""
     batch = one(
         con,
-        "select status, total_items, settings::varchar, paused, stopped, processed_items "
-        "from batches where batch_id = ?",
+        "select status, total_items, settings::varchar, paused, stopped, processed_items, "
+        "canary_status, coalesce(canary_chunks, 0) from batches where batch_id = ?",
         [batch_id],
     )
     if batch is None:
         raise KeyError(batch_id)
-    status, total, settings_json, paused, stopped, processed_before = batch
+    status, total, settings_json, paused, stopped, processed_before, canary, canary_chunks = batch
     counts = states.ItemCounts.from_mapping(
         dict(
             con.execute(
@@ -257,6 +258,24 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
             [batch_id, ItemStatus.FAILED],
         )
 
+    def canary_probe() -> CanaryProbe:
+        n, done, failed, quality = one(
+            con,
+            "select count(*), count(*) filter (where status not in (?, ?)), "
+            "count(*) filter (where status = ?), "
+            "avg(quality_score) filter (where status = ?) "
+            "from batch_items where batch_id = ? and chunk_no < ?",
+            [
+                ItemStatus.PENDING,
+                ItemStatus.RUNNING,
+                ItemStatus.FAILED,
+                ItemStatus.SUCCEEDED,
+                batch_id,
+                canary_chunks,
+            ],
+        )
+        return CanaryProbe(int(n), int(done), int(failed), quality)
+
     decision = states.refresh(
         status,
         counts,
@@ -265,7 +284,17 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
         stopped=bool(stopped),
         settings=from_json(settings_json, {}),
         first_failure=first_failure,
+        canary_status=canary,
+        canary=canary_probe,
     )
+    if decision.canary_status:
+        write(
+            con,
+            "update batches set canary_status = ? where batch_id = ?",
+            [decision.canary_status, batch_id],
+        )
+        if decision.canary_status == CANARY_PASSED:
+            add_event(con, batch_id, "batch_canary_passed", actor="ledger", detail=decision.detail)
     if decision.cancel_pending:
         cancel_pending(con, batch_id, f"batch stopped: {decision.error}")
     c = decision.counts
@@ -319,7 +348,7 @@ def refresh_batch(con: duckdb.DuckDBPyConnection, batch_id: str) -> BatchStatus:
             batch_id,
             f"batch_{decision.status}",
             actor="ledger",
-            detail={"from": status, "error": decision.error}
+            detail={"from": status, "error": decision.error, **(decision.detail or {})}
             if decision.error
             else {"from": status},
         )

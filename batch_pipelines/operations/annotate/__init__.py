@@ -24,6 +24,7 @@ SPEC = OperationSpec(
     # (the shared client and the local backend are thread-safe).
     item_concurrency=16,
     undo=undo_annotate,
+    scores_quality=True,
 )
 
 __all__ = ["SPEC"]

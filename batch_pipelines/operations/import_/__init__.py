@@ -20,6 +20,7 @@ SPEC = OperationSpec(
     detail_tables=DETAIL_TABLES,
     item_targets=(ItemTarget("options.target_table", lambda options, _: options.target_table),),
     undo=undo_import,
+    scores_quality=True,  # share of rows accepted
 )
 
 __all__ = ["SPEC"]

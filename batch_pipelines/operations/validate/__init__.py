@@ -31,6 +31,7 @@ SPEC = OperationSpec(
     ),
     group_commits=True,  # its rows only go to `validation_results`
     undo=undo_validate,
+    scores_quality=True,
 )
 
 __all__ = ["SPEC"]
