@@ -15,6 +15,7 @@ from batch_pipelines.app.control import ControlError, cancel_batch
 from batch_pipelines.app.queries import deleted_record, get_batch
 from batch_pipelines.app.submit import submit_batch
 from batch_pipelines.core import ledger, warehouse
+from batch_pipelines.core.diff import diff_batches, record_diff
 from batch_pipelines.core.keys import partitions_def_name
 from batch_pipelines.definitions import defs
 from batch_pipelines.operations import REGISTRY
@@ -210,10 +211,16 @@ def test_delete_removes_batch_partitions_and_writes(env, samples, instance) -> N
     assert get_batch(queued) is not None
     assert len(instance.get_dynamic_partitions(name)) == 4
 
+    diff = diff_batches(keep, gone)
+    with warehouse.connect() as con:
+        record_diff(con, diff, template=None)
+    assert rows(f"select count(*) from run_metrics where batch_id = '{gone}'")[0][0] > 0
+
     result = lifecycle.delete_batch(gone, instance=instance, actor="test")
     assert "deleted" in result.message
     assert get_batch(gone) is None
-    for table in ("batch_items", "item_attempts", "import_files"):
+    assert rows(f"select count(*) from batch_diffs where batch_b = '{gone}'") == [(0,)]
+    for table in ("batch_items", "item_attempts", "import_files", "run_metrics"):
         assert rows(f"select count(*) from {table} where batch_id = '{gone}'") == [(0,)]
     assert rows(f"select count(*) from kept_rows where _batch_id = '{gone}'") == [(0,)]
     assert rows(f"select count(*) from kept_rows where _batch_id = '{keep}'")[0][0] > 0

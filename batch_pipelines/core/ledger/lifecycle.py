@@ -57,6 +57,12 @@ def purge_batch(
         for table in ("item_attempts", "batch_events", "batch_items")
     }
     counts["snapshots"] = snapshots.drop(con, [batch_id])
+    # What was recorded about the batch goes with it: its runs' costs, and the diffs that
+    # name its items.
+    counts["run_metrics"] = write(con, "delete from run_metrics where batch_id = ?", [batch_id])
+    counts["batch_diffs"] = write(
+        con, "delete from batch_diffs where ? in (batch_a, batch_b)", [batch_id]
+    )
     counts["batches"] = write(con, "delete from batches where batch_id = ?", [batch_id])
     add_event(con, batch_id, "batch_deleted", actor=actor, detail={**detail, **counts})
     return counts
