@@ -1,7 +1,9 @@
-"""export: write a warehouse table or a SELECT query to a Parquet, CSV, JSON or NDJSON file.
+"""export: write a warehouse table or a SELECT query to a Parquet, CSV, JSON, NDJSON or xlsx
+file.
 
 DuckDB ``COPY`` streams the rows from a read-only warehouse connection into a temporary file
-beside the destination, outside the writer lock. The commit records rows, bytes and sha256
+beside the destination, outside the writer lock (xlsx: Arrow batches into openpyxl's
+write-only workbook, see xlsx.py). The commit records rows, bytes and sha256
 in ``exports`` and then renames the temporary file onto ``data/exports/<batch_id>/<name>``
 (``os.replace``), so the file and its row appear together and a reader never sees half a
 file. A query must be one read-only SELECT (checked on DuckDB's parse tree).
@@ -30,6 +32,7 @@ from batch_pipelines.operations.export.models import (
     ExportOptions,
     check_compression,
 )
+from batch_pipelines.operations.export.xlsx import write_xlsx
 from batch_pipelines.operations.relations import describe_table, read_only_select
 
 
@@ -104,7 +107,12 @@ def handle_export(ctx: ItemContext) -> ItemResult:
             try:
                 if item.query is not None:
                     columns = len(con.execute(f"select * from (\n{select}) limit 0").description)
-                rows = con.execute(copy).fetchone()[0]
+                if fmt == "xlsx":
+                    rows, columns, sheets, cut = write_xlsx(
+                        ctx, con, select, tmp, item.table or slugify(ctx.item_id)
+                    )
+                else:
+                    rows = con.execute(copy).fetchone()[0]
             except duckdb.InterruptException:
                 ctx.check()
                 raise
@@ -128,6 +136,8 @@ def handle_export(ctx: ItemContext) -> ItemResult:
         "sha256": sha256,
         "copy_ms": round((time.monotonic() - started) * 1000, 3),
     }
+    if fmt == "xlsx":
+        metrics.update(sheets=", ".join(sheets), truncated_cells=cut)
 
     def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> None:
         clash = tables.other_item_with_path(con, cc, str(final))
