@@ -17,7 +17,7 @@ from batch_pipelines.core.contract import CommitContext, ItemResult
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.files import OLE2_MAGIC, check_xlsx, detect_format
 from batch_pipelines.operations import get_operation
-from batch_pipelines_tests.helpers import item_context, run_batch, run_item
+from batch_pipelines_tests.helpers import cli, item_context, run_batch, run_item
 
 XLSX = "data/samples/excel/penguins_islands.xlsx"
 
@@ -171,3 +171,25 @@ def test_workbooks_that_cannot_be_read_say_why(env, tmp_path: Path) -> None:  # 
     )
     with pytest.raises(ValidationItemError, match="sheet: cut.xlsx is csv"):
         run_item(env, "import", ctx)
+
+
+def test_cli_subprocess_imports_a_workbook(samples: Path, env) -> None:  # noqa: ANN001
+    p = cli(
+        env,
+        "submit",
+        "import",
+        "--items",
+        XLSX,
+        "--option",
+        "target_table=islands",
+        "--option",
+        "sheet=Dream",
+        "--wait",
+        "--in-process",
+        "--json",
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert env.sql("select count(*) > 0, min(_sheet), max(_sheet) from islands") == [
+        (True, "Dream", "Dream")
+    ]
+    assert env.sql("select rejected_rows, format from import_files") == [(1, "xlsx")]

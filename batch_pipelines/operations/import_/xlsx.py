@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_pipelines.core.contract import ItemContext
-from batch_pipelines.core.errors import ValidationItemError
+from batch_pipelines.core.errors import ItemError, ValidationItemError
 from batch_pipelines.core.files import check_xlsx
 from batch_pipelines.core.sql import quote_literal
 from batch_pipelines.operations.import_.load import MAX_STORED_REJECTS, SHEET_COLUMN
@@ -308,7 +308,7 @@ def stage_xlsx(
             for ws in sheets:
                 try:
                     reader.read(ws)
-                except ValidationItemError:
+                except ItemError:  # our own, a timeout or a cancel
                     raise
                 except Exception as exc:  # a damaged sheet part: XML or zip errors
                     raise ValidationItemError(
