@@ -17,7 +17,7 @@ from batch_pipelines.core.contract import CommitContext, ItemResult
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.files import OLE2_MAGIC, check_xlsx, detect_format
 from batch_pipelines.operations import get_operation
-from batch_pipelines_tests.helpers import cli, item_context, run_batch, run_item
+from batch_pipelines_tests.helpers import cli, item_context, run_item
 
 XLSX = "data/samples/excel/penguins_islands.xlsx"
 
@@ -32,16 +32,13 @@ def _workbook(path: Path, sheets: dict[str, list[list]]) -> Path:
     return path
 
 
-def test_every_sheet_into_one_table_with_rejects_and_skip(samples: Path, env, instance) -> None:  # noqa: ANN001
-    batch = run_batch(
-        {
-            "operation": "import",
-            "options": {"target_table": "islands"},
-            "items": [{"id": "islands", "path": XLSX}],
-        },
-        instance,
+def test_every_sheet_into_one_table_with_rejects_and_skip(samples: Path, env) -> None:  # noqa: ANN001
+    ctx = item_context(env, "import", {"path": XLSX}, {"target_table": "islands"})
+    result = run_item(env, "import", ctx)
+    assert result.metrics["sheets"] == "Biscoe, Dream" and result.metrics["format"] == "xlsx"
+    assert result.quality_score == pytest.approx(
+        result.metrics["rows"] / (result.metrics["rows"] + 1)
     )
-    assert batch["status"] == "completed", batch
     by_sheet = dict(env.sql("select _sheet, count(*) from islands group by all"))
     assert set(by_sheet) == {"Biscoe", "Dream"}
     row = env.sql("select format, rows, rejected_rows, columns, status from import_files")[0]
@@ -57,8 +54,8 @@ def test_every_sheet_into_one_table_with_rejects_and_skip(samples: Path, env, in
     )
     assert types["id"] == "BIGINT" and types["bill_length_mm"] == "DOUBLE"
     assert types["species"] == "VARCHAR" and "_batch_id" in types
-    # The same workbook again, into the same table: skipped unread.
-    ctx = item_context(env, "import", {"path": XLSX}, {"target_table": "islands"})
+    # The same workbook again, by another item, into the same table: skipped unread.
+    ctx = item_context(env, "import", {"path": XLSX}, {"target_table": "islands"}, item_id="i2")
     result = get_operation("import").handler(ctx)
     with warehouse.connect(env.warehouse) as con:
         status = result.commit(con, CommitContext(ctx.batch_id, ctx.item_id, None))
