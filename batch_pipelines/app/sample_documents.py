@@ -17,8 +17,6 @@ import re
 import zipfile
 from pathlib import Path
 
-import openpyxl
-
 FIXED = dt.datetime(2026, 1, 1)
 XLSX_COLUMNS = ["id", "species", "bill_length_mm", "flipper_length_mm", "body_mass_g", "sex"]
 
@@ -52,6 +50,8 @@ def _reproducible_zip(data: bytes) -> bytes:
 
 def write_xlsx(path: Path, rows: list[dict]) -> Path:
     """Two sheets of ``rows`` split by island; the fourth Dream row's body mass is #DIV/0!."""
+    import openpyxl
+
     workbook = openpyxl.Workbook()
     workbook.remove(workbook.active)
     workbook.properties.created = workbook.properties.modified = FIXED

@@ -25,10 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import openpyxl
 import pyarrow as pa
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ERROR_CODES, ILLEGAL_CHARACTERS_RE
 
 from batch_pipelines.core.contract import ItemContext
 
@@ -36,6 +33,9 @@ MAX_SHEET_ROWS = 1_048_575  # Excel's 1,048,576 rows per sheet, less the header
 MAX_CELL_CHARS = 32_767
 BATCH_ROWS = 10_000
 _SHEET_NAME_BAD = re.compile(r"[\[\]:*?/\\]")
+# As openpyxl's ILLEGAL_CHARACTERS_RE and ERROR_CODES (openpyxl is imported only to write).
+_ILLEGAL = re.compile(r"[\000-\010]|[\013-\014]|[\016-\037]")
+_ERROR_CODES = ("#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A")
 
 
 def sheet_title(name: str, n: int) -> str:
@@ -55,11 +55,13 @@ class _Cells:
     def text(self, value: Any) -> Any:  # noqa: ANN401
         if not isinstance(value, str):
             value = str(value)
-        value = ILLEGAL_CHARACTERS_RE.sub("", value)
+        value = _ILLEGAL.sub("", value)
         if len(value) > MAX_CELL_CHARS:
             self.truncated += 1
             value = value[:MAX_CELL_CHARS]
-        if value.startswith("=") or value in ERROR_CODES:
+        if value.startswith("=") or value in _ERROR_CODES:
+            from openpyxl.cell import WriteOnlyCell
+
             # openpyxl would write these as a formula or an error: a value must stay a value.
             cell = WriteOnlyCell(self.sheet, value=value)
             cell.data_type = "s"
@@ -95,6 +97,8 @@ def write_xlsx(
 ) -> tuple[int, int, list[str], int]:
     """Write the rows of ``select`` to the workbook ``target``; returns rows, columns, the
     sheet titles and the number of text cells cut to Excel's limit."""
+    import openpyxl  # here: ~0.3 s, which every CLI start would pay at module level
+
     reader = con.execute(select).to_arrow_reader(BATCH_ROWS)
     header = list(reader.schema.names)
     cells = _Cells()

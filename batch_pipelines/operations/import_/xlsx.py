@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import openpyxl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,6 +41,8 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def open_workbook(path: Path) -> Any:  # noqa: ANN401 - openpyxl's Workbook
+    import openpyxl  # here: ~0.3 s, which every CLI start would pay at module level
+
     check_xlsx(path)
     try:
         return openpyxl.load_workbook(path, read_only=True, data_only=True)
