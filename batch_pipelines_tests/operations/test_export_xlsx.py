@@ -36,6 +36,10 @@ def test_values_are_written_as_values_and_adapted(env) -> None:  # noqa: ANN001
             "(2, null, 'ok', 2.5, null, null, null, null, null, null)"
             ") t(id, formula, err, f, ts, list, ctrl, long, dec, d)"
         )
+        con.execute(
+            "create table texts as select uuid '00000000-0000-0000-0000-000000000001' as u, "
+            "interval 1 day as i, (2::hugeint ** 100)::hugeint as h"
+        )
     ctx = item_context(env, "export", {"table": "odd"}, {"format": "xlsx"})
     result = run_item(env, "export", ctx)
     assert result.metrics["rows"] == 2 and result.metrics["sheets"] == "odd"
@@ -53,6 +57,10 @@ def test_values_are_written_as_values_and_adapted(env) -> None:  # noqa: ANN001
     workbook = openpyxl.load_workbook(path)
     assert workbook["odd"]["B2"].data_type == "s" and workbook["odd"]["C2"].data_type == "s"
     assert env.sql("select format, rows, columns from exports") == [("xlsx", 2, 10)]
+    # types Excel has no cell for are written as their text
+    ctx = item_context(env, "export", {"table": "texts"}, {"format": "xlsx"}, item_id="t")
+    (_, row) = _rows(Path(run_item(env, "export", ctx).metrics["path"]))["texts"]
+    assert row == ("00000000-0000-0000-0000-000000000001", "1 day", str(2**100))
 
 
 def test_past_a_sheets_rows_the_next_sheet_and_the_round_trip(

@@ -4,8 +4,9 @@ Outside the writer lock the handler hashes the file and sniffs its columns; the 
 reads the file straight into the target table, under the lock, in the item's transaction
 (rows DuckDB cannot parse go to ``import_rejects`` with the reason). Upserts, ``load:
 staged`` and NDJSON files with invalid lines stream through a staging Parquet file outside
-the lock first (see load.py); so do xlsx workbooks, read in row batches (see xlsx.py). A file whose sha256 was already imported into the same table by
-another item is ``skipped``, unread. With ``lineage_columns`` (default) every row carries
+the lock first (see load.py); so do xlsx workbooks, read in row batches (see xlsx.py). A
+file whose sha256 was already imported into the same table by another item is ``skipped``,
+unread. With ``lineage_columns`` (default) every row carries
 ``_batch_id`` and ``_item_id``, so re-running an item replaces exactly its own rows (a file
 with columns of those names is refused).
 """
