@@ -170,7 +170,7 @@ NOTES = """
 | figure | what it measures |
 | --- | --- |
 | import | a one-item `import` batch of the workbook (one sheet, 9 columns) run with `run_batch_in_process` in a fresh process (`submit --wait`'s path): openpyxl's read-only reader in batches of 10,000 rows into Parquet parts, DuckDB's union of them into the staged file, the commit. |
-| export | a one-item `export` batch of the imported table with `format: xlsx` (openpyxl's write-only workbook, Arrow batches of 10,000 rows). |
+| export | a one-item `export` batch of the imported table with `format: xlsx`: DuckDB `COPY` to a staging Parquet file under the read lock, then openpyxl's write-only workbook from it in Arrow batches of 10,000 rows. |
 | base / peak RSS | the step's process after its imports (Dagster and the project hold ~200 MiB before any work) and at its peak (`ru_maxrss`); peak − base is what the work added. |
 
 Reproduce: `python bench/run.py office --xlsx-rows 200000`.
