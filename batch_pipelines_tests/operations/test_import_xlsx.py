@@ -128,6 +128,14 @@ def test_lineage_off_header_off_and_own_sheet_column(env) -> None:  # noqa: ANN0
     )
     run_item(env, "import", ctx)
     assert env.sql("select * from h order by 1") == [(1, "x"), (2, "y")]
+    empty = _workbook(env.data / "e.xlsx", {"s": [["a", "b", "c"], [1, None, None]], "t": [["b"]]})
+    run_item(
+        env, "import", item_context(env, "import", {"path": str(empty)}, {"target_table": "e"})
+    )
+    assert env.sql(
+        "select column_name, data_type from information_schema.columns "
+        "where table_name = 'e' and column_name in ('a', 'b', 'c') order by 1"
+    ) == [("a", "BIGINT"), ("b", "VARCHAR"), ("c", "VARCHAR")]
     own = _workbook(env.data / "own.xlsx", {"s": [["_sheet", "v"], ["x", 1]]})
     with pytest.raises(ValidationItemError, match="_sheet, a lineage column"):
         run_item(

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from batch_pipelines.core.contract import ItemContext
 from batch_pipelines.core.errors import ItemError, ValidationItemError
 from batch_pipelines.core.files import check_xlsx
-from batch_pipelines.core.sql import quote_literal
+from batch_pipelines.core.sql import quote_ident, quote_literal
 from batch_pipelines.operations.import_.load import MAX_STORED_REJECTS, SHEET_COLUMN
 
 BATCH_ROWS = 10_000
@@ -185,6 +185,7 @@ class _SheetReader:
         self.rejects: list[tuple] = []
         self.columns: list[str] = []
         self.files: list[Path] = []
+        self.typed: set[str] = set()  # columns with a value somewhere, so a type
 
     def _reject(self, line: int, column: str | None, error: str, values: list[Any]) -> None:
         self.rejected += 1
@@ -199,9 +200,22 @@ class _SheetReader:
         part = self.parts / f"part-{len(self.files):06d}.parquet"
         pq.write_table(table, part)
         self.files.append(part)
-        for name in names:
+        for name, array in zip(names, arrays, strict=True):
             if name not in self.columns:
                 self.columns.append(name)
+            if array.type != pa.null():
+                self.typed.add(name)
+
+    def union_select(self) -> str:
+        """The parts unioned by name; a column empty everywhere is text (DuckDB would make it
+        INTEGER), as DuckDB's CSV reader makes an empty column."""
+        sources = ", ".join(quote_literal(str(p)) for p in self.files)
+        untyped = [c for c in self.columns if c not in self.typed]
+        replace = ", ".join(
+            f"cast({quote_ident(c)} as varchar) as {quote_ident(c)}" for c in untyped
+        )
+        star = f"* replace ({replace})" if untyped else "*"
+        return f"select {star} from read_parquet([{sources}], union_by_name = true)"
 
     def read(self, ws: Any) -> None:  # noqa: ANN401 - an openpyxl ReadOnlyWorksheet
         names: list[str] | None = None
@@ -321,12 +335,11 @@ def stage_xlsx(
         if not reader.files:
             names = ", ".join(repr(s.title) for s in sheets)
             raise ValidationItemError(f"{path.name} has no rows in its sheet(s) {names}")
-        sources = ", ".join(quote_literal(str(p)) for p in reader.files)
         with ctx.local_duckdb() as con:
             try:
                 con.execute(
-                    f"copy (select * from read_parquet([{sources}], union_by_name = true)) "
-                    f"to {quote_literal(str(stage))} (format parquet)"
+                    f"copy ({reader.union_select()}) to {quote_literal(str(stage))} "
+                    "(format parquet)"
                 )
             except duckdb.InterruptException:
                 ctx.check()
