@@ -294,6 +294,25 @@ def _run_engine(args: argparse.Namespace) -> str:
     )
 
 
+# --------------------------------------------------------------------------------- office
+
+
+def _office_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("office")
+    group.add_argument("--xlsx-rows", type=int, default=200_000, help="workbook rows (office)")
+
+
+def _run_office(args: argparse.Namespace) -> str:
+    from bench import office
+
+    if args.xlsx_rows < 10:
+        raise SystemExit("--xlsx-rows must be at least 10")
+    result = office.run(args.xlsx_rows)
+    return (
+        f"### Office: xlsx import and export, {args.xlsx_rows:,} rows\n\n{office.markdown(result)}"
+    )
+
+
 SECTIONS: dict[str, Section] = {
     s.name: s
     for s in (
@@ -320,6 +339,12 @@ SECTIONS: dict[str, Section] = {
             "import and export rows/s against DuckDB, peak memory of a big import",
             _dataplane_arguments,
             _run_dataplane,
+        ),
+        Section(
+            "office",
+            "xlsx import and export: seconds and peak memory against the workbook's size",
+            _office_arguments,
+            _run_office,
         ),
         Section(
             "slow_items",

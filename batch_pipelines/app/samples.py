@@ -1,7 +1,8 @@
 """The bundled sample data under ``data/samples/`` (committed; ``write_samples`` rebuilds it).
 
 Small, deterministic files made for this project: penguin measurements split by year in
-every supported format, plus a few deliberately bad files for trying error handling.
+every supported format, plus a few deliberately bad files for trying error handling, texts
+for annotate, and an xlsx workbook and PDFs (``sample_documents``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import random
 from pathlib import Path
 
 import duckdb
+
+from batch_pipelines.app.sample_documents import write_documents
 
 SPECIES = {
     "Adelie": ((38.8, 2.7), (18.3, 1.2), (190, 6.5), (3700, 460)),
@@ -100,6 +103,7 @@ def write_samples(folder: Path) -> list[Path]:
     (bad / "garbage.bin").write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
     out += sorted(bad.iterdir())
     out += write_texts(folder / "texts")
+    out += write_documents(folder, penguin_rows(2015, 40, 16))
     return out
 
 

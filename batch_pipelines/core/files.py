@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +22,13 @@ EXTENSIONS = {
     ".jsonl": "ndjson",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".xlsx": "xlsx",
+    ".xlsm": "xlsx",
 }
+ZIP_MAGIC = b"PK\x03\x04"
+# Legacy .xls workbooks and password-protected xlsx ones are both OLE2 compound files.
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+PDF_MAGIC = b"%PDF-"
 
 
 def sha256_file(path: Path, ctx: ItemContext | None = None) -> str:
@@ -99,17 +106,64 @@ def looks_binary(head: bytes) -> bool:
     return False
 
 
+def _ole2_error(path: Path) -> ValidationItemError:
+    with path.open("rb") as fh:
+        head = fh.read(1 << 20)
+    # An encrypted OOXML package keeps its parts in streams of these names.
+    if (
+        "EncryptionInfo".encode("utf-16-le") in head
+        or "EncryptedPackage".encode("utf-16-le") in head
+    ):
+        return ValidationItemError(
+            f"{path.name} is an encrypted (password-protected) workbook: it cannot be read; "
+            "save it without a password as .xlsx"
+        )
+    return ValidationItemError(
+        f"{path.name} is a legacy Excel 97-2003 (.xls) workbook, which is not supported: "
+        "save it as .xlsx"
+    )
+
+
+def check_xlsx(path: Path) -> None:
+    """Raise a validation error that says what the file is, unless it is an xlsx workbook
+    (a zip archive with ``xl/workbook.xml``)."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if head.startswith(OLE2_MAGIC):
+        raise _ole2_error(path)
+    if not head.startswith(ZIP_MAGIC):
+        raise ValidationItemError(f"{path.name} is not an xlsx workbook (not a zip archive)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValidationItemError(f"{path.name} is a corrupt xlsx workbook: {exc}") from None
+    if "xl/workbook.xml" not in names:
+        raise ValidationItemError(
+            f"{path.name} is a zip archive without xl/workbook.xml, not an xlsx workbook"
+        )
+
+
 def detect_format(path: Path, requested: str = "auto") -> str:
     """The file's format: as requested, else from its extension, else from its content."""
     if requested != "auto":
         return requested
-    by_ext = EXTENSIONS.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    by_ext = EXTENSIONS.get(suffix)
     if by_ext:
         return by_ext
     with path.open("rb") as fh:
         head = fh.read(65536)
     if head.startswith(b"PAR1"):
         return "parquet"
+    if head.startswith((ZIP_MAGIC, OLE2_MAGIC)) or suffix == ".xls":
+        check_xlsx(path)  # says what else it is
+        return "xlsx"
+    if head.startswith(PDF_MAGIC):
+        raise ValidationItemError(
+            f"{path.name} is a PDF document: import reads CSV, TSV, JSON, NDJSON, Parquet and "
+            "xlsx files (annotate reads PDFs)"
+        )
     if looks_binary(head):
         raise ValidationItemError(f"cannot detect the format of {path.name}: binary content")
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")

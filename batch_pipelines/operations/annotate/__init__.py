@@ -9,7 +9,7 @@ from batch_pipelines.operations.annotate.undo import undo_annotate
 SPEC = OperationSpec(
     name="annotate",
     description=(
-        "Annotate texts (inline, text/Markdown/HTML files, or table rows), one partition per "
+        "Annotate texts (inline, text/Markdown/HTML/PDF files, or table rows), one partition per "
         "text: language, keywords, category from a configurable taxonomy, an extractive "
         "summary and a confidence (the quality score). Backend: the annotator resource "
         "(local by default, or an OpenAI-compatible endpoint). Details: annotations."

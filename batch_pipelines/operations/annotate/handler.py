@@ -1,8 +1,9 @@
 """annotate: language, keywords, category, summary and confidence for a text.
 
-An item is a text given inline (``{text: ...}``), a text, Markdown or HTML file
-(``{path: ...}``; HTML is reduced to its text, Markdown to its prose), or one row of a
-warehouse table (``{table, id_column, id_value, text_column}``). The ``annotator`` resource
+An item is a text given inline (``{text: ...}``), a text, Markdown, HTML or PDF file
+(``{path: ...}``; HTML is reduced to its text, Markdown to its prose, a PDF to the text of
+its pages, see pdf.py), or one row of a warehouse table (``{table, id_column, id_value,
+text_column}``). The ``annotator`` resource
 does the work outside the warehouse lock (see :mod:`batch_pipelines.operations.annotate.backends`:
 a local deterministic backend by default, or an OpenAI-compatible endpoint); the item's row
 in ``annotations`` (``ItemResult.rows``) replaces an earlier one. The confidence is the
@@ -21,12 +22,14 @@ import duckdb
 
 from batch_pipelines.core.contract import ItemContext, ItemResult
 from batch_pipelines.core.errors import NOT_FOUND, ItemError, ValidationItemError
+from batch_pipelines.core.files import PDF_MAGIC
 from batch_pipelines.core.ledger import utcnow
 from batch_pipelines.core.sql import quote_ident, validate_identifier, validate_table_name
 from batch_pipelines.operations.annotate import tables
 from batch_pipelines.operations.annotate.backends.base import Annotator
 from batch_pipelines.operations.annotate.backends.local import LocalAnnotator
 from batch_pipelines.operations.annotate.models import AnnotateItem, AnnotateOptions
+from batch_pipelines.operations.annotate.pdf import pdf_text
 
 RESOURCE_KEY = "annotator"
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
@@ -107,7 +110,10 @@ def _tidy(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", out).strip()
 
 
-def _read_file(ctx: ItemContext, raw: str, options: AnnotateOptions) -> tuple[str, str]:
+def _read_file(
+    ctx: ItemContext, raw: str, options: AnnotateOptions
+) -> tuple[str, str, dict[str, Any]]:
+    """The file's text, its format and what else is known of the read (a PDF's pages)."""
     path = ctx.resolve_path(raw, field_name="path")
     if not path.is_file():
         raise ValidationItemError(f"path: {raw!r} is not a regular file")
@@ -116,16 +122,21 @@ def _read_file(ctx: ItemContext, raw: str, options: AnnotateOptions) -> tuple[st
         raise ValidationItemError(
             f"{path.name} is {size} bytes, more than max_file_bytes ({options.max_file_bytes})"
         )
+    suffix = path.suffix.lower()
+    with path.open("rb") as fh:
+        is_pdf = fh.read(len(PDF_MAGIC)) == PDF_MAGIC
+    if is_pdf or suffix == ".pdf":
+        text, pages = pdf_text(ctx, path, options.max_chars)
+        return text, "pdf", pages
     data = path.read_bytes()
     if b"\x00" in data[:65536]:
         raise ValidationItemError(f"{path.name} is not a text file: binary content")
     text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
-    suffix = path.suffix.lower()
     if suffix in HTML_SUFFIXES or (suffix not in MARKDOWN_SUFFIXES and _looks_html(text)):
-        return html_to_text(text), "html"
+        return html_to_text(text), "html", {}
     if suffix in MARKDOWN_SUFFIXES:
-        return markdown_to_text(text), "markdown"
-    return text, "text"
+        return markdown_to_text(text), "markdown", {}
+    return text, "text", {}
 
 
 def _looks_html(text: str) -> bool:
@@ -174,18 +185,20 @@ def _first_line(exc: Exception) -> str:
 
 def load_text(ctx: ItemContext, item: AnnotateItem, options: AnnotateOptions) -> dict[str, Any]:
     """The item's text and where it came from: source, source_ref, format."""
+    read: dict[str, Any] = {}
     if item.text is not None:
         text, source, ref, fmt = item.text, "inline", None, "text"
     elif item.path is not None:
-        text, fmt = _read_file(ctx, item.path, options)
+        text, fmt, read = _read_file(ctx, item.path, options)
         source, ref = "file", str(ctx.resolve_path(item.path))
     else:
         text = _read_row(ctx, item)
         source, ref, fmt = "row", f"{item.table}.{item.text_column}[{item.id_value}]", "text"
     if not text.strip():
         raise ValidationItemError(f"{source} text is empty" + (f" ({ref})" if ref else ""))
-    truncated = len(text) > options.max_chars
+    truncated = len(text) > options.max_chars or bool(read.get("truncated"))
     return {
+        **read,
         "text": text[: options.max_chars],
         "source": source,
         "source_ref": ref,
@@ -223,6 +236,8 @@ def handle_annotate(ctx: ItemContext) -> ItemResult:
     }
     if loaded["source_ref"]:
         metrics["source_ref"] = loaded["source_ref"]
+    if "pages" in loaded:
+        metrics.update(pages=loaded["pages"], pages_read=loaded["pages_read"])
 
     row = {
         "source": loaded["source"],

@@ -9,8 +9,8 @@ from batch_pipelines.operations.export.undo import undo_export
 SPEC = OperationSpec(
     name="export",
     description=(
-        "Export warehouse tables or read-only SELECT queries to Parquet, CSV, JSON or NDJSON "
-        "files under data/exports/<batch_id>/, one partition per table or query, written "
+        "Export warehouse tables or read-only SELECT queries to Parquet, CSV, JSON, NDJSON or "
+        "xlsx files under data/exports/<batch_id>/, one partition per table or query, written "
         "atomically. Rows, bytes and sha256 per file: exports."
     ),
     options_model=ExportOptions,

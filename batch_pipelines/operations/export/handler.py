@@ -1,8 +1,10 @@
-"""export: write a warehouse table or a SELECT query to a Parquet, CSV, JSON or NDJSON file.
+"""export: write a warehouse table or a SELECT query to a Parquet, CSV, JSON, NDJSON or xlsx
+file.
 
 DuckDB ``COPY`` streams the rows from a read-only warehouse connection into a temporary file
-beside the destination, outside the writer lock. The commit records rows, bytes and sha256
-in ``exports`` and then renames the temporary file onto ``data/exports/<batch_id>/<name>``
+beside the destination, outside the writer lock (xlsx: into a staging Parquet file that
+openpyxl then writes from once the warehouse is closed, see xlsx.py). The commit records
+rows, bytes and sha256 in ``exports`` and then renames the temporary file onto ``data/exports/<batch_id>/<name>``
 (``os.replace``), so the file and its row appear together and a reader never sees half a
 file. A query must be one read-only SELECT (checked on DuckDB's parse tree).
 """
@@ -30,6 +32,7 @@ from batch_pipelines.operations.export.models import (
     ExportOptions,
     check_compression,
 )
+from batch_pipelines.operations.export.xlsx import staging_select, write_xlsx
 from batch_pipelines.operations.relations import describe_table, read_only_select
 
 
@@ -95,6 +98,12 @@ def handle_export(ctx: ItemContext) -> ItemResult:
     )
     final = folder / name
     tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    # xlsx: the rows leave the warehouse through this file (see xlsx.py).
+    staged = (
+        ctx.staging_dir / f"{slugify(ctx.item_id)}-{uuid.uuid4().hex[:8]}.parquet"
+        if fmt == "xlsx"
+        else None
+    )
     copy = f"copy (\n{select}) to {quote_literal(str(tmp))} ({_copy_options(fmt, compression, options)})"
     started = time.monotonic()
     try:
@@ -104,18 +113,29 @@ def handle_export(ctx: ItemContext) -> ItemResult:
             try:
                 if item.query is not None:
                     columns = len(con.execute(f"select * from (\n{select}) limit 0").description)
-                rows = con.execute(copy).fetchone()[0]
+                if fmt == "xlsx":
+                    con.execute(
+                        f"copy ({staging_select(con, select)}) to "
+                        f"{quote_literal(str(staged))} (format parquet)"
+                    )
+                else:
+                    rows = con.execute(copy).fetchone()[0]
             except duckdb.InterruptException:
                 ctx.check()
                 raise
             except (duckdb.CatalogException, duckdb.BinderException, duckdb.ParserException) as exc:
                 raise ValidationItemError(f"{source_kind}: {str(exc).splitlines()[0]}") from exc
         ctx.check()
+        if fmt == "xlsx":  # outside the read lock: openpyxl is slow
+            rows, sheets, cut = write_xlsx(ctx, staged, tmp, item.table or slugify(ctx.item_id))
         size = tmp.stat().st_size
         sha256 = sha256_file(tmp, ctx)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
     metrics = {
         "source_kind": source_kind,
         source_kind: source[:400],
@@ -128,6 +148,8 @@ def handle_export(ctx: ItemContext) -> ItemResult:
         "sha256": sha256,
         "copy_ms": round((time.monotonic() - started) * 1000, 3),
     }
+    if fmt == "xlsx":
+        metrics.update(sheets=", ".join(sheets), truncated_cells=cut)
 
     def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> None:
         clash = tables.other_item_with_path(con, cc, str(final))

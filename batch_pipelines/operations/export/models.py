@@ -9,11 +9,17 @@ from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from batch_pipelines.core.sql import TableName
 
-Format = Literal["parquet", "csv", "json", "ndjson"]
+Format = Literal["parquet", "csv", "json", "ndjson", "xlsx"]
 Compression = Literal["snappy", "zstd", "gzip", "lz4", "brotli", "uncompressed", "none"]
 PARQUET_COMPRESSIONS = {"snappy", "zstd", "gzip", "lz4", "brotli", "uncompressed"}
 TEXT_COMPRESSIONS = {"none": "", "gzip": ".gz", "zstd": ".zst"}
-EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "json": ".json", "ndjson": ".ndjson"}
+EXTENSIONS = {
+    "parquet": ".parquet",
+    "csv": ".csv",
+    "json": ".json",
+    "ndjson": ".ndjson",
+    "xlsx": ".xlsx",
+}
 TEMPLATE_FIELDS = ("item_id", "batch_id", "table", "format")
 
 
@@ -40,7 +46,10 @@ FileNameTemplate = Annotated[str, AfterValidator(lambda v: check_template(v, "fi
 def check_compression(fmt: str, compression: str | None, field: str = "compression") -> None:
     if compression is None:
         return
-    allowed = PARQUET_COMPRESSIONS if fmt == "parquet" else set(TEXT_COMPRESSIONS)
+    if fmt == "xlsx":
+        allowed = {"none"}  # an xlsx file is a zip archive already
+    else:
+        allowed = PARQUET_COMPRESSIONS if fmt == "parquet" else set(TEXT_COMPRESSIONS)
     if compression not in allowed:
         raise ValueError(
             f"{field}: {compression!r} does not apply to {fmt}; use one of {sorted(allowed)}"
@@ -50,7 +59,11 @@ def check_compression(fmt: str, compression: str | None, field: str = "compressi
 class ExportOptions(BaseModel, extra="forbid"):
     """Options of an export batch."""
 
-    format: Format = Field("parquet", description="parquet, csv, json (an array) or ndjson")
+    format: Format = Field(
+        "parquet",
+        description="parquet, csv, json (an array), ndjson or xlsx (one sheet, more past "
+        "1,048,575 rows)",
+    )
     filename: FileNameTemplate | None = Field(
         None,
         description="File name template: {item_id}, {batch_id}, {table}, {format}; the "
@@ -59,7 +72,7 @@ class ExportOptions(BaseModel, extra="forbid"):
     compression: Compression | None = Field(
         None,
         description="parquet: snappy (default), zstd, gzip, lz4, brotli, uncompressed; "
-        "csv/json/ndjson: none (default), gzip, zstd",
+        "csv/json/ndjson: none (default), gzip, zstd; xlsx: none",
     )
     delimiter: str = Field(",", min_length=1, max_length=1, description="CSV delimiter")
     header: bool = Field(True, description="CSV header line")

@@ -10,9 +10,9 @@ from batch_pipelines.operations.import_.undo import undo_import
 SPEC = OperationSpec(
     name="import",
     description=(
-        "Import files (CSV, TSV, JSON, NDJSON, Parquet) into warehouse tables, one partition "
-        "per file. Rows DuckDB cannot parse land in import_rejects; identical files already "
-        "imported into the same table are skipped. Details per file: import_files."
+        "Import files (CSV, TSV, JSON, NDJSON, Parquet, xlsx) into warehouse tables, one "
+        "partition per file. Rows that cannot be parsed land in import_rejects; identical files "
+        "already imported into the same table are skipped. Details per file: import_files."
     ),
     options_model=ImportOptions,
     item_model=ImportItem,

@@ -1,11 +1,12 @@
-"""import: load a file (CSV, TSV, JSON, NDJSON, Parquet) into a warehouse table.
+"""import: load a file (CSV, TSV, JSON, NDJSON, Parquet, xlsx) into a warehouse table.
 
 Outside the writer lock the handler hashes the file and sniffs its columns; the commit then
 reads the file straight into the target table, under the lock, in the item's transaction
 (rows DuckDB cannot parse go to ``import_rejects`` with the reason). Upserts, ``load:
 staged`` and NDJSON files with invalid lines stream through a staging Parquet file outside
-the lock first (see load.py). A file whose sha256 was already imported into the same table by
-another item is ``skipped``, unread. With ``lineage_columns`` (default) every row carries
+the lock first (see load.py); so do xlsx workbooks, read in row batches (see xlsx.py). A
+file whose sha256 was already imported into the same table by another item is ``skipped``,
+unread. With ``lineage_columns`` (default) every row carries
 ``_batch_id`` and ``_item_id``, so re-running an item replaces exactly its own rows (a file
 with columns of those names is refused).
 """
@@ -35,6 +36,7 @@ from batch_pipelines.operations.import_ import tables
 from batch_pipelines.operations.import_.load import (
     LINEAGE_COLUMNS,
     MAX_STORED_REJECTS,
+    SHEET_COLUMN,
     csv_source,
     file_source,
     load_direct,
@@ -42,6 +44,7 @@ from batch_pipelines.operations.import_.load import (
     table_types,
 )
 from batch_pipelines.operations.import_.models import ImportItem, ImportOptions
+from batch_pipelines.operations.import_.xlsx import stage_xlsx
 
 _DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
@@ -163,10 +166,13 @@ def _stage(
     return rows, columns, rejected, rejects
 
 
-def _refuse_own_lineage(path: Path, columns: list[str], options: ImportOptions) -> None:
+def _refuse_own_lineage(
+    path: Path, columns: list[str], options: ImportOptions, fmt: str = ""
+) -> None:
     # Re-runs delete an item's rows by these columns: a file's own values there would make a
     # re-run delete rows of another item, or keep this item's old rows.
-    own = [c for c in columns if c.lower() in LINEAGE_COLUMNS]
+    lineage = (*LINEAGE_COLUMNS, SHEET_COLUMN) if fmt == "xlsx" else LINEAGE_COLUMNS
+    own = [c for c in columns if c.lower() in lineage]
     if not own or not options.lineage_columns:
         return
     if len(own) == 1:
@@ -244,6 +250,7 @@ def handle_import(ctx: ItemContext) -> ItemResult:
     types: dict[str, str] = {}
     rows = rejected = 0
     rejects: list[tuple] = []
+    sheets: list[str] = []
     stage = ctx.staging_dir / f"{slugify(ctx.item_id)}-{uuid.uuid4().hex[:8]}.parquet"
     try:
         # The sha256 skips identical files later, so it must be the one of the rows loaded:
@@ -252,6 +259,8 @@ def handle_import(ctx: ItemContext) -> ItemResult:
         with unchanged_while_read(path, before):
             sha256 = sha256_file(path, ctx)
             fmt = detect_format(path, item.format or options.format)
+            if item.sheet is not None and fmt != "xlsx":
+                raise ValidationItemError(f"sheet: {path.name} is {fmt}, not an xlsx workbook")
             if fmt in ("csv", "tsv", "json", "ndjson"):
                 with path.open("rb") as fh:
                     if looks_binary(fh.read(65536)):
@@ -260,6 +269,7 @@ def handle_import(ctx: ItemContext) -> ItemResult:
                         )
             if direct and fmt == "ndjson":
                 direct = _ndjson_parses(ctx, path)
+            direct = direct and fmt != "xlsx"  # DuckDB cannot read xlsx: always staged
             if direct:
                 columns = _sniff_columns(ctx, path, fmt, options)
             else:
@@ -268,10 +278,21 @@ def handle_import(ctx: ItemContext) -> ItemResult:
                 if options.mode != "replace":
                     with ctx.read_warehouse() as con:
                         types = table_types(con, target)
-                rows, columns, rejected, rejects = _stage(ctx, path, fmt, options, stage, types)
+                if fmt == "xlsx":
+                    rows, columns, rejected, rejects, sheets = stage_xlsx(
+                        ctx,
+                        path,
+                        item.sheet or options.sheet,
+                        options.header,
+                        options.lineage_columns,
+                        types,
+                        stage,
+                    )
+                else:
+                    rows, columns, rejected, rejects = _stage(ctx, path, fmt, options, stage, types)
             if fmt in ("csv", "tsv"):
                 _check_delimiter(path, fmt, len(columns), options)
-        _refuse_own_lineage(path, columns, options)
+        _refuse_own_lineage(path, columns, options, fmt)
         if not direct:
             _check_rejects(rows, rejected, rejects, options)
         missing = [k for k in options.key_columns if k not in columns]
@@ -292,6 +313,8 @@ def handle_import(ctx: ItemContext) -> ItemResult:
         "bytes": size,
         "sha256": sha256,
     }
+    if sheets:
+        metrics["sheets"] = ", ".join(sheets)
 
     def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> str | None:
         nonlocal rows, rejected, rejects
@@ -312,7 +335,14 @@ def handle_import(ctx: ItemContext) -> ItemResult:
         else:
             source = f"read_parquet({quote_literal(str(stage))})"
             try:
-                load_rows(con, cc, target, source, options)
+                load_rows(
+                    con,
+                    cc,
+                    target,
+                    source,
+                    options,
+                    add_columns=(SHEET_COLUMN,) if sheets and options.lineage_columns else (),
+                )
             except duckdb.BinderException as exc:
                 raise ValidationItemError(
                     f"file does not fit table {target}: {str(exc).splitlines()[0]}"

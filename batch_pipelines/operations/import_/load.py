@@ -23,6 +23,8 @@ from batch_pipelines.operations.relations import table_exists
 
 MAX_STORED_REJECTS = 1000
 LINEAGE_COLUMNS = ("_batch_id", "_item_id")
+# The sheet an xlsx row came from: lineage, not data, so other files' types never name it.
+SHEET_COLUMN = "_sheet"
 
 
 def csv_source(
@@ -76,7 +78,7 @@ def table_types(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, str]:
     return {
         name: typ
         for name, typ, *_ in con.execute(f"describe {quote_ident(target)}").fetchall()
-        if name not in LINEAGE_COLUMNS
+        if name not in LINEAGE_COLUMNS and name != SHEET_COLUMN
     }
 
 
@@ -86,9 +88,12 @@ def load_rows(
     target: str,
     source: str,
     options: ImportOptions,
+    add_columns: tuple[str, ...] = (),
 ) -> int:
     """Insert ``select * from <source>`` (plus the lineage columns) into ``target`` as the
-    mode says, after deleting what an earlier run of this item wrote; the rows inserted."""
+    mode says, after deleting what an earlier run of this item wrote; the rows inserted.
+    ``add_columns``: lineage columns the source carries itself, added to an existing table
+    that lacks them."""
     lineage = (
         f", {quote_literal(cc.batch_id)} as _batch_id, {quote_literal(cc.item_id)} as _item_id"
         if options.lineage_columns
@@ -107,7 +112,7 @@ def load_rows(
         return con.execute(f"create or replace table {table} as {select}").fetchone()[0]
     existing = [r[0] for r in con.execute(f"describe {table}").fetchall()]
     if options.lineage_columns:
-        for col in LINEAGE_COLUMNS:
+        for col in (*LINEAGE_COLUMNS, *add_columns):
             if col not in existing:
                 con.execute(f"alter table {table} add column {col} varchar")
         con.execute(

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from batch_pipelines.core.sql import validate_identifier, validate_table_name
 
-Format = Literal["auto", "csv", "tsv", "json", "ndjson", "parquet"]
+Format = Literal["auto", "csv", "tsv", "json", "ndjson", "parquet", "xlsx"]
 
 
 class ImportOptions(BaseModel, extra="forbid"):
@@ -22,6 +22,12 @@ class ImportOptions(BaseModel, extra="forbid"):
     format: Format = "auto"
     delimiter: str | None = Field(None, min_length=1, max_length=1)
     header: bool | None = None
+    sheet: str | None = Field(
+        None,
+        min_length=1,
+        description="xlsx: the one sheet to read (default: every sheet, each row's sheet in "
+        "the _sheet lineage column); other formats ignore it",
+    )
     skip_identical: bool = True
     lineage_columns: bool = True
     max_reject_ratio: float | None = Field(
@@ -59,3 +65,4 @@ class ImportItem(BaseModel, extra="forbid"):
     id: str | None = None
     path: str = Field(min_length=1)
     format: Format | None = None
+    sheet: str | None = Field(None, min_length=1, description="xlsx: overrides options.sheet")

@@ -42,6 +42,11 @@ def _reader(path: Path, fmt: str) -> str:
         return f"read_json({src}, format = 'auto')"
     if fmt == "ndjson":
         return f"read_json({src}, format = 'newline_delimited')"
+    if fmt == "xlsx":
+        raise ValidationItemError(
+            f"{path.name} is an xlsx workbook, which validate does not read: import it, then "
+            "validate the table"
+        )
     raise ValidationItemError(f"format: unsupported format {fmt!r}")
 
 
