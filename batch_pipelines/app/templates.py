@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from batch_pipelines.app.submit import prepare_batch, submit_batch, whoami
 from batch_pipelines.core import config, ledger, warehouse
 from batch_pipelines.core.manifest import (
     ManifestError,
@@ -42,6 +41,14 @@ from batch_pipelines.core.templates import (
 )
 from batch_pipelines.operations import get_operation
 
+
+def whoami() -> str:
+    # app.submit loads Dagster (partitions); the read verbs of templates must not.
+    from batch_pipelines.app.submit import whoami as _whoami
+
+    return _whoami()
+
+
 __all__ = [
     "TemplateError",
     "TemplateNotFound",
@@ -53,6 +60,7 @@ __all__ = [
     "resume_template",
     "save_template",
     "submit_template",
+    "template_manifest",
 ]
 
 
@@ -70,6 +78,8 @@ def check_manifest(manifest: Mapping[str, Any], paths: config.Paths | None = Non
     field. ``items_from`` is resolved when the template is submitted."""
     m = load_manifest(manifest)
     if m.items is not None:
+        from batch_pipelines.app.submit import prepare_batch
+
         prepare_batch(m, paths)
         return
     try:
@@ -180,15 +190,14 @@ def _described(t: Template, latest: Mapping[str, Any], now: dt.datetime) -> dict
     out = t.to_dict()
     out["next_tick"] = None
     if t.schedule and not t.paused:
-        from croniter import croniter
         from zoneinfo import ZoneInfo
+
+        from croniter import croniter
 
         local = now.replace(tzinfo=dt.UTC).astimezone(ZoneInfo(t.timezone))
         out["next_tick"] = croniter(t.schedule, local).get_next(dt.datetime).isoformat()
     last = latest.get(t.name)
-    out["last_batch"] = (
-        {**last, "created_at": last["created_at"].isoformat()} if last else None
-    )
+    out["last_batch"] = {**last, "created_at": last["created_at"].isoformat()} if last else None
     return out
 
 
@@ -278,7 +287,9 @@ def apply_overrides(manifest: Mapping[str, Any], overrides: Mapping[str, Any]) -
             nxt = target.setdefault(part, {}) if isinstance(target, dict) else None
             if not isinstance(nxt, dict):
                 where = ".".join(parts[: depth + 1])
-                problems.append((key, f"{where} is not a mapping, so it has no field {parts[-1]!r}"))
+                problems.append(
+                    (key, f"{where} is not a mapping, so it has no field {parts[-1]!r}")
+                )
                 break
             target = nxt
         else:
@@ -286,6 +297,21 @@ def apply_overrides(manifest: Mapping[str, Any], overrides: Mapping[str, Any]) -
     if problems:
         raise ManifestError(problems)
     return out
+
+
+def template_manifest(
+    name: str, overrides: Mapping[str, Any] | Iterable[str] | None = None
+) -> dict[str, Any]:
+    """Template ``name``'s manifest with ``overrides`` ({dotted key: value} or ``key=value``
+    strings) applied. Raises TemplateNotFound, or ManifestError naming a bad override."""
+    paths = config.get_paths()
+    with warehouse.connect(paths.warehouse, read_only=True) as con:
+        template = read_template(con, name)
+    if template is None:
+        raise TemplateNotFound(name)
+    if overrides is not None and not isinstance(overrides, Mapping):
+        overrides = parse_sets(overrides)
+    return apply_overrides(template.manifest, overrides or {})
 
 
 def submit_template(
@@ -300,16 +326,10 @@ def submit_template(
     """Submit a batch from template ``name``, with ``overrides`` ({dotted key: value} or
     ``key=value`` strings) applied; the batch records the template's name. Raises
     TemplateNotFound, or ManifestError naming a bad override or field."""
-    paths = config.get_paths()
-    with warehouse.connect(paths.warehouse, read_only=True) as con:
-        template = read_template(con, name)
-    if template is None:
-        raise TemplateNotFound(name)
-    if overrides is not None and not isinstance(overrides, Mapping):
-        overrides = parse_sets(overrides)
-    manifest = apply_overrides(template.manifest, overrides or {})
+    from batch_pipelines.app.submit import submit_batch
+
     return submit_batch(
-        manifest,
+        template_manifest(name, overrides),
         instance=instance,
         source=source,
         actor=actor,

@@ -29,6 +29,7 @@ from batch_pipelines.cli import (
     lifecycle,
     observe,
     sql,
+    templates,
 )
 from batch_pipelines.cli.utils import EXIT_FAILED
 from batch_pipelines.core.errors import WarehouseError
@@ -119,6 +120,7 @@ for command in (
     sql.sql,
     observe.metrics,
     observe.webhooks_group,
+    templates.template_group,
 ):
     main.add_command(command)
 

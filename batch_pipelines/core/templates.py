@@ -166,7 +166,8 @@ def read_template(con: duckdb.DuckDBPyConnection, name: str) -> Template | None:
 
 
 def read_templates(con: duckdb.DuckDBPyConnection) -> list[Template]:
-    return [_row(r) for r in con.execute(f"select {_COLUMNS} from templates order by name")]
+    rows = con.execute(f"select {_COLUMNS} from templates order by name").fetchall()
+    return [_row(r) for r in rows]
 
 
 def remove_template(con: duckdb.DuckDBPyConnection, name: str) -> bool:
