@@ -53,6 +53,7 @@ __all__ = [
     "TemplateError",
     "TemplateNotFound",
     "apply_overrides",
+    "check_template",
     "delete_template",
     "get_template",
     "list_templates",
@@ -99,20 +100,17 @@ def check_manifest(manifest: Mapping[str, Any], paths: config.Paths | None = Non
             raise ManifestError([("items_from.sql", str(exc))]) from None
 
 
-def save_template(
+def check_template(
     name: str,
     manifest: Mapping[str, Any] | str | Path,
     *,
     schedule: str | None = None,
     timezone: str | None = None,
     catch_up: bool | None = None,
-    actor: str | None = None,
-) -> dict[str, Any]:
-    """Save (or replace) template ``name``: a manifest (a file, YAML/JSON text or a dict) that
-    may carry ``schedule`` (cron), ``timezone`` and ``catch_up``; the arguments override
-    those. Raises TemplateError (a bad name, cron or zone) or ManifestError (a bad manifest)
-    naming each field; nothing is saved then. A replaced template keeps its pause state, and
-    its schedule starts again from now."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate a template without saving it; returns (its manifest, its schedule fields).
+    Raises TemplateError (a bad name, cron or zone) or ManifestError (a bad manifest) naming
+    each field."""
     data = _as_data(manifest)
     given = {k: data.pop(k) for k in SCHEDULE_FIELDS if k in data}
     for key, value in (("schedule", schedule), ("timezone", timezone), ("catch_up", catch_up)):
@@ -129,6 +127,26 @@ def save_template(
         raise
     if problems:
         raise TemplateError(problems)
+    return data, given
+
+
+def save_template(
+    name: str,
+    manifest: Mapping[str, Any] | str | Path,
+    *,
+    schedule: str | None = None,
+    timezone: str | None = None,
+    catch_up: bool | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """Save (or replace) template ``name``: a manifest (a file, YAML/JSON text or a dict) that
+    may carry ``schedule`` (cron), ``timezone`` and ``catch_up``; the arguments override
+    those. Raises TemplateError (a bad name, cron or zone) or ManifestError (a bad manifest)
+    naming each field; nothing is saved then. A replaced template keeps its pause state, and
+    its schedule starts again from now."""
+    data, given = check_template(
+        name, manifest, schedule=schedule, timezone=timezone, catch_up=catch_up
+    )
     actor = actor or whoami()
     paths = config.get_paths()
     now = ledger.utcnow()

@@ -158,3 +158,15 @@ def test_sensor_submits_once_skips_while_going_and_stops_when_paused(
     assert not resumed["paused"]
     with warehouse.connect(env.warehouse, read_only=True) as con:
         assert con.execute("select count(*) from batches").fetchone() == (1,)
+
+
+def test_launchpad_job_submits_a_template_with_overrides(samples: Path, env, instance) -> None:  # noqa: ANN001
+    from batch_pipelines.defs.jobs import submit_batch_job
+
+    bp.save_template("lp", MANIFEST)
+    config = {"template": "lp", "overrides": {"settings.chunk_size": 3}}
+    result = submit_batch_job.execute_in_process(
+        run_config={"ops": {"register_batch": {"config": config}}}, instance=instance
+    )
+    batch = bp.get_batch(result.output_for_node("register_batch"))
+    assert batch["template"] == "lp" and batch["settings"]["chunk_size"] == 3
