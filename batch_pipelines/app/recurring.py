@@ -53,13 +53,23 @@ def load_cursor(raw: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def due_ticks(templates: list[Template], cursor: dict[str, str], now: datetime) -> list[Due]:
+def due_ticks(
+    templates: list[Template],
+    cursor: dict[str, str],
+    now: datetime,
+    log: Callable[[str], Any] = lambda _m: None,
+) -> list[Due]:
     """The templates due at ``now`` (UTC), each with its latest tick."""
     due = []
     for t in templates:
         if not t.schedule or t.paused:
             continue
-        tick = latest_tick(t.schedule, t.timezone, now)
+        try:
+            tick = latest_tick(t.schedule, t.timezone, now)
+        except (ValueError, KeyError) as exc:
+            # Checked at save; a machine without that zone must not stop the other templates.
+            log(f"template {t.name}: cannot compute its schedule's ticks: {exc}")
+            continue
         at = as_utc(tick)
         if not t.catch_up and at < t.active_since:
             continue
@@ -101,7 +111,7 @@ def run_due(
         templates = read_templates(con)
     names = {t.name for t in templates}
     out = Outcome({k: v for k, v in cursor.items() if k in names})
-    for due in due_ticks(templates, out.cursor, now):
+    for due in due_ticks(templates, out.cursor, now, log):
         name, when = due.template.name, due.tick.isoformat()
         try:
             message = _handle(due, instance, paths)
