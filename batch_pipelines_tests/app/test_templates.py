@@ -170,3 +170,14 @@ def test_launchpad_job_submits_a_template_with_overrides(samples: Path, env, ins
     )
     batch = bp.get_batch(result.output_for_node("register_batch"))
     assert batch["template"] == "lp" and batch["settings"]["chunk_size"] == 3
+
+
+def test_a_refused_tick_is_recorded_and_not_retried_until_the_next(env, instance) -> None:  # noqa: ANN001
+    nightly = {**MANIFEST, "items_from": {"glob": "data/incoming/*.csv"}}
+    del nightly["items"]
+    bp.save_template("nightly", nightly, schedule="0 0 * * *", catch_up=True)
+    failed = recurring.run_due(instance, {})
+    assert failed.failed and "no file matches" in failed.failed[0]
+    [(batch_id, detail)] = _events(env, "template_tick_failed")
+    assert batch_id is None and "no file matches" in json.loads(detail)["error"]
+    assert recurring.run_due(instance, failed.cursor).failed == []
