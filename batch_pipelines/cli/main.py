@@ -39,9 +39,10 @@ class WarehouseUnavailable(click.ClickException):
     exit_code = EXIT_FAILED
 
 
-# The verbs that only read: they never hand DuckDB a DataFrame.
+# The verbs that only read, and ``template`` (its verbs read or write one small row): they
+# never hand DuckDB a DataFrame.
 READ_VERBS = frozenset(
-    {"status", "list", "items", "report", "stats", "diff", "sql", "metrics", "webhooks"}
+    {"status", "list", "items", "report", "stats", "diff", "sql", "metrics", "webhooks", "template"}
 )
 
 
