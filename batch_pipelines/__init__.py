@@ -3,6 +3,7 @@
 The Python API::
 
     from batch_pipelines import submit_batch, get_batch, cancel_batch, retry_batch
+    from batch_pipelines import save_template, submit_template, list_templates
 
 The names load on first use, so ``import batch_pipelines`` (and with it every submodule,
 the CLI included) loads neither Dagster nor pandas until something needs them.
@@ -25,6 +26,17 @@ if TYPE_CHECKING:
     from batch_pipelines.app.queries import get_batch, get_items, list_batches
     from batch_pipelines.app.queue import change_priority, hold_all, release_all
     from batch_pipelines.app.submit import RateLimitError, prepare_batch, submit_batch
+    from batch_pipelines.app.templates import (
+        TemplateError,
+        TemplateNotFound,
+        delete_template,
+        get_template,
+        list_templates,
+        pause_template,
+        resume_template,
+        save_template,
+        submit_template,
+    )
     from batch_pipelines.core.analytics import get_batch_metrics, get_stats
     from batch_pipelines.core.diff import DiffError, diff_batches
     from batch_pipelines.core.manifest import Manifest, ManifestError, load_manifest
@@ -46,6 +58,15 @@ _HOMES = {
     "RateLimitError": "batch_pipelines.app.submit",
     "prepare_batch": "batch_pipelines.app.submit",
     "submit_batch": "batch_pipelines.app.submit",
+    "TemplateError": "batch_pipelines.app.templates",
+    "TemplateNotFound": "batch_pipelines.app.templates",
+    "delete_template": "batch_pipelines.app.templates",
+    "get_template": "batch_pipelines.app.templates",
+    "list_templates": "batch_pipelines.app.templates",
+    "pause_template": "batch_pipelines.app.templates",
+    "resume_template": "batch_pipelines.app.templates",
+    "save_template": "batch_pipelines.app.templates",
+    "submit_template": "batch_pipelines.app.templates",
     "get_batch_metrics": "batch_pipelines.core.analytics",
     "get_stats": "batch_pipelines.core.analytics",
     "DiffError": "batch_pipelines.core.diff",
@@ -61,24 +82,33 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "RateLimitError",
+    "TemplateError",
+    "TemplateNotFound",
     "cancel_batch",
     "change_priority",
     "delete_batch",
+    "delete_template",
     "diff_batches",
     "get_batch",
     "get_batch_metrics",
     "get_items",
     "get_stats",
+    "get_template",
     "hold_all",
     "list_batches",
+    "list_templates",
     "load_manifest",
     "pause_batch",
+    "pause_template",
     "prepare_batch",
     "release_all",
     "resume_batch",
+    "resume_template",
     "retry_batch",
     "rollback_batch",
+    "save_template",
     "submit_batch",
+    "submit_template",
 ]
 
 

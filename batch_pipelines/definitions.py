@@ -10,6 +10,7 @@ from batch_pipelines.defs.jobs import (
     batch_control_job,
     submit_batch_job,
 )
+from batch_pipelines.defs.recurring import recurring_templates
 from batch_pipelines.defs.resources import AnnotatorResource, WarehouseResource
 from batch_pipelines.defs.schedules import nightly_cleanup
 from batch_pipelines.defs.sensors import (
@@ -27,6 +28,7 @@ defs = Definitions(
         batch_dispatcher,
         run_failure_recorder,
         webhook_sender,
+        recurring_templates,
         *ANALYTICS_SENSORS,
     ],
     schedules=[*ANALYTICS_SCHEDULES, nightly_cleanup],

@@ -223,12 +223,14 @@ def submit_batch(
     idempotency_key: str | None = None,
     actor: str | None = None,
     gate_round: int = 0,
+    template: str | None = None,
 ) -> str:
     """Validate, record and register a batch; returns its id.
 
     ``actor`` is who really submits (the entry point knows: the OS user of the CLI or of this
     process, the inbox file's owner, the launchpad's user); the rate limit counts per actor,
     and the audit events name it. ``submitted_by`` (else the manifest's) is only a label.
+    ``template`` is the name of the template the manifest came from (``batches.template``).
 
     Nothing is left behind when validation fails. The batch is recorded ``pending``, its
     partition keys are registered, then it becomes ``queued``: the dispatcher sensor launches
@@ -273,6 +275,7 @@ def submit_batch(
             "updated_at": now,
             "correlation_id": m.correlation_id or uuid.uuid4().hex,
             "options_hash": options_hash(prepared.options),
+            "template": template,
         }
         with warehouse.connect(paths.warehouse) as con:
             con.execute("begin")
@@ -287,6 +290,7 @@ def submit_batch(
                     "priority": m.priority,
                     "submitted_by": label,
                     "correlation_id": batch_row["correlation_id"],
+                    **({"template": template} if template else {}),
                 },
             )
             con.execute("commit")

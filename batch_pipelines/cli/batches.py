@@ -23,6 +23,7 @@ from batch_pipelines.app.queries import (
     list_batches,
     may_have_active_runs,
 )
+from batch_pipelines.cli.templates import manifest_from_template
 from batch_pipelines.cli.utils import (
     EXIT_FAILED,
     EXIT_OK,
@@ -112,7 +113,20 @@ def _manifest_from_args(
 
 
 @click.command()
-@click.argument("manifest_or_operation")
+@click.argument("manifest_or_operation", required=False)
+@click.option(
+    "--template",
+    "template_name",
+    metavar="NAME",
+    help="Submit the manifest saved as template NAME (see `batch-pipelines template`).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="With --template: set a dotted key of its manifest, e.g. options.model=x (repeat).",
+)
 @click.option("--items", help="A file or a glob of files: one item per file ({path: ...}).")
 @click.option("--items-csv", help="A CSV file with one item per row (header = item fields).")
 @click.option("--items-json", help="A JSON list (or NDJSON) of item objects.")
@@ -140,7 +154,9 @@ def _manifest_from_args(
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def submit(
-    manifest_or_operation: str,
+    manifest_or_operation: str | None,
+    template_name: str | None,
+    sets: tuple[str, ...],
     items: str | None,
     items_csv: str | None,
     items_json: str | None,
@@ -158,19 +174,29 @@ def submit(
     in_process: bool,
     as_json: bool,
 ) -> None:
-    """Submit a batch: a MANIFEST file (JSON or YAML), or an OPERATION with --items.
+    """Submit a batch: a MANIFEST file (JSON or YAML), an OPERATION with --items, or a saved
+    template with --template NAME [--set key=value ...].
 
     \b
     Examples:
       batch-pipelines submit data/samples/manifests/import_penguins.yaml --wait
       batch-pipelines submit import --items 'data/samples/*.csv' \\
           --option target_table=penguins --priority high --wait
+      batch-pipelines submit --template nightly-penguins --set settings.chunk_size=5
     """
     from batch_pipelines.app.submit import RateLimitError, submit_batch
 
-    manifest = _manifest_from_args(
-        manifest_or_operation, (items, items_csv, items_json, inline), as_json
-    )
+    item_args = (items, items_csv, items_json, inline)
+    if template_name:
+        manifest = manifest_from_template(
+            template_name, sets, manifest_or_operation, item_args, as_json
+        )
+    elif sets:
+        raise BadInput("--set applies to --template NAME; use --option for an operation's options")
+    elif manifest_or_operation is None:
+        raise BadInput("give a MANIFEST file, an OPERATION with --items, or --template NAME")
+    else:
+        manifest = _manifest_from_args(manifest_or_operation, item_args, as_json)
     if name:
         manifest["name"] = name
     if priority:
@@ -196,7 +222,7 @@ def submit(
 
     instance = get_instance()
     try:
-        batch_id = submit_batch(manifest, instance=instance, source="cli")
+        batch_id = submit_batch(manifest, instance=instance, source="cli", template=template_name)
     except ManifestError as exc:
         fail_manifest(exc, as_json)
     except RateLimitError as exc:

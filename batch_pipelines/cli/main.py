@@ -29,6 +29,7 @@ from batch_pipelines.cli import (
     lifecycle,
     observe,
     sql,
+    templates,
 )
 from batch_pipelines.cli.utils import EXIT_FAILED
 from batch_pipelines.core.errors import WarehouseError
@@ -38,9 +39,10 @@ class WarehouseUnavailable(click.ClickException):
     exit_code = EXIT_FAILED
 
 
-# The verbs that only read: they never hand DuckDB a DataFrame.
+# The verbs that only read, and ``template`` (its verbs read or write one small row): they
+# never hand DuckDB a DataFrame.
 READ_VERBS = frozenset(
-    {"status", "list", "items", "report", "stats", "diff", "sql", "metrics", "webhooks"}
+    {"status", "list", "items", "report", "stats", "diff", "sql", "metrics", "webhooks", "template"}
 )
 
 
@@ -119,6 +121,7 @@ for command in (
     sql.sql,
     observe.metrics,
     observe.webhooks_group,
+    templates.template_group,
 ):
     main.add_command(command)
 

@@ -9,6 +9,7 @@ from pydantic import Field
 from batch_pipelines.app import control, lifecycle, queue
 from batch_pipelines.app.submit import RateLimitError
 from batch_pipelines.app.submit import submit_batch as submit_batch_service
+from batch_pipelines.app.templates import TemplateNotFound, submit_template
 from batch_pipelines.core.manifest import ManifestError
 from batch_pipelines.defs.assets import build_operation_asset, build_operation_job
 from batch_pipelines.operations import REGISTRY
@@ -20,10 +21,21 @@ OPERATION_JOBS = {
 
 
 class SubmitBatchConfig(Config):
-    """A batch manifest, as launchpad config."""
+    """A batch manifest, as launchpad config; or a saved template and overrides."""
 
+    template: str | None = Field(
+        None,
+        description="Submit this saved template (batch-pipelines template list) instead of a "
+        "manifest; the other fields are then ignored except overrides",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="With template: dotted keys of its manifest to set, e.g. "
+        '{"options.model": "x", "settings.chunk_size": 5}',
+    )
     operation: str = Field(
-        description="One of annotate, import, export, transform, report, validate, cleanup"
+        "",
+        description="One of annotate, import, export, transform, report, validate, cleanup",
     )
     name: str | None = None
     priority: str = Field("normal", description="low, normal, high or critical")
@@ -35,16 +47,31 @@ class SubmitBatchConfig(Config):
 
 @op(description="Validate the manifest and register the batch; the dispatcher runs it.")
 def register_batch(context: OpExecutionContext, config: SubmitBatchConfig) -> str:
-    manifest = {k: v for k, v in config.model_dump().items() if v is not None}
+    manifest = {
+        k: v
+        for k, v in config.model_dump(exclude={"template", "overrides"}).items()
+        if v is not None
+    }
     source = context.run.tags.get("batch/entry_point", "launchpad")
+    # The manifest's submitted_by is a label: the actor is who launched the run.
+    actor = context.run.tags.get("dagster/user") or source
     try:
-        batch_id = submit_batch_service(
-            manifest,
-            instance=context.instance,
-            source=source,
-            # The manifest's submitted_by is a label: the actor is who launched the run.
-            actor=context.run.tags.get("dagster/user") or source,
-        )
+        if config.template:
+            batch_id = submit_template(
+                config.template,
+                config.overrides,
+                instance=context.instance,
+                source=source,
+                actor=actor,
+            )
+        else:
+            if not manifest.get("operation"):
+                raise ManifestError([("operation", "give an operation, or a template")])
+            batch_id = submit_batch_service(
+                manifest, instance=context.instance, source=source, actor=actor
+            )
+    except TemplateNotFound as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
     except ManifestError as exc:
         raise Failure(
             description=f"{exc.kind}: {exc}",
@@ -66,7 +93,8 @@ def _launchpad_job(name: str, description: str) -> Callable:
 @_launchpad_job(
     "submit_batch",
     "Submit a batch from the launchpad: the run config is the manifest (operation, name, "
-    "priority, options, settings, items or items_from).",
+    "priority, options, settings, items or items_from), or a saved template and its "
+    "overrides ({template: NAME, overrides: {options.model: x}}).",
 )
 def submit_batch_job() -> None:
     register_batch()

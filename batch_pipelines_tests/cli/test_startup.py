@@ -44,6 +44,7 @@ FAST_VERBS = [
     ["sql", "select count(*) from batch_items"],
     ["metrics"],
     ["webhooks", "list"],
+    ["template", "list"],
 ]
 
 PROBE = """
@@ -157,6 +158,7 @@ def test_every_command_is_registered_once() -> None:
         "stats",
         "status",
         "submit",
+        "template",
         "webhooks",
     ]
 

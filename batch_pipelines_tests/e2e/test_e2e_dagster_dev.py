@@ -734,3 +734,55 @@ def test_demo_runs_through_the_daemon_and_reports_follow_every_batch(
         "a succeeded report run for every batch",
         interval=3,
     )
+
+
+SENSOR_TICKS_QUERY = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    ... on Sensor { sensorState { status ticks(limit: 20) { status skipReason } } }
+  }
+}
+"""
+
+
+def test_scheduled_template_is_submitted_by_the_daemon(dev: DevServer, dev_env: Env) -> None:
+    """A template saved with a daily schedule and catch_up: the recurring_templates sensor of
+    the running daemon submits today's tick at once (no wait for a cron tick), the batch
+    records its template and runs, and the sensor's tick in the UI names the batch."""
+    env = dev_env
+    dev.wait_for(lambda: _daemons_healthy(dev), 90, "the sensor and run-queue daemons")
+    template = {
+        "operation": "validate",
+        "options": {"rules": [{"type": "row_count", "min": 1}]},
+        "settings": _settings(),
+        "items": [{"id": "p2007", "path": "data/samples/penguins_2007.csv"}],
+        "schedule": "0 0 * * *",
+        "timezone": "Europe/Paris",
+        "catch_up": True,
+    }
+    (env.root / "daily.yaml").write_text(yaml.safe_dump(template, sort_keys=False))
+    p = subprocess.run(
+        [CLI, "template", "save", "daily-check", "daily.yaml"],
+        env={**env.environ(), "COLUMNS": "200"},
+        cwd=env.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+
+    def submitted() -> list[tuple]:
+        return env.sql(
+            "select batch_id, source, idempotency_key from batches where template = ?",
+            ["daily-check"],
+        )
+
+    [(batch_id, source, key)] = dev.wait_for(submitted, 60, "the scheduled template's batch")
+    assert source == "schedule" and key.startswith("template:daily-check:")
+    assert key.endswith("T00:00")  # midnight in Paris, the template's zone
+    dev.wait_for(lambda: (get_batch(batch_id) or {}).get("status") == "completed", 60, "its batch")
+    selector = {**dev.repository_selector(), "sensorName": "recurring_templates"}
+    state = dev.graphql(SENSOR_TICKS_QUERY, {"selector": selector})["sensorOrError"]
+    assert state["sensorState"]["status"] == "RUNNING"
+    reasons = [t["skipReason"] or "" for t in state["sensorState"]["ticks"]]
+    assert any(batch_id in r for r in reasons), reasons

@@ -61,6 +61,7 @@ from batch_pipelines.core.ledger.reads import (
     is_paused,
     items_for_keys,
     known_batch_ids,
+    latest_batch_per_template,
     launchable_chunks,
     list_batches,
     load_batch,
@@ -69,6 +70,7 @@ from batch_pipelines.core.ledger.reads import (
     row_counts,
     running_groups,
     statuses_of,
+    unfinished_batch_of_template,
     unfinished_items,
 )
 from batch_pipelines.core.ledger.runs import correlation_id, record_run_metrics
@@ -129,6 +131,7 @@ __all__ = [
     "is_paused",
     "items_for_keys",
     "known_batch_ids",
+    "latest_batch_per_template",
     "launchable_chunks",
     "list_batches",
     "load_batch",
@@ -152,6 +155,7 @@ __all__ = [
     "set_paused",
     "set_priority",
     "statuses_of",
+    "unfinished_batch_of_template",
     "unfinished_items",
     "utcnow",
 ]

@@ -171,6 +171,27 @@ def batch_for_idempotency_key(con: duckdb.DuckDBPyConnection, key: str) -> str |
     return row[0] if row else None
 
 
+def unfinished_batch_of_template(con: duckdb.DuckDBPyConnection, template: str) -> str | None:
+    """The latest batch submitted from ``template`` that has not finished (any status but a
+    terminal one), if there is one."""
+    row = one(
+        con,
+        f"select batch_id from batches where template = ? and status not in "
+        f"{_in(TERMINAL_BATCH_STATUSES)} order by created_at desc limit 1",
+        [template, *TERMINAL_BATCH_STATUSES],
+    )
+    return row[0] if row else None
+
+
+def latest_batch_per_template(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
+    """Template name -> its latest batch (``batch_id``, ``status``, ``created_at``)."""
+    rel = con.execute(
+        "select template, batch_id, status, created_at from batches where template is not null "
+        "qualify row_number() over (partition by template order by created_at desc) = 1"
+    )
+    return {r["template"]: r for r in _rows(rel)}
+
+
 def batches_submitted_since(con: duckdb.DuckDBPyConnection, actor: str, since: datetime) -> int:
     """How many batches ``actor`` (who really submitted, whatever the entry point: the part
     of a ``batch_submitted`` event's ``<source>:<actor>`` after the first colon) submitted
