@@ -337,6 +337,7 @@ class EndpointLimiter:
         cap, decreased_at = row["cap"], row["decreased_at"]
         # Requests sent before the last cut saw the old cap: their 429s do not cut again.
         ceiling = row["ceiling"]
+        hold = False
         if lease.acquired_at > decreased_at:
             # What the server was serving when it pushed back: the requests sent before this
             # one and still in flight. The cut goes down to that, by at most DECREASE.
@@ -344,11 +345,18 @@ class EndpointLimiter:
                 "select count(*) from leases where endpoint = ? and acquired_at < ?",
                 [self.endpoint, lease.acquired_at],
             ).fetchone()[0]
+            # The Retry-After holds every new request when the cut cannot be the answer: the
+            # server refused while serving none of ours (a rate limit, or someone else's
+            # load), or refuses again at the cap of a cut made less than its Retry-After ago.
+            # A refusal the cut explains (a probe one past the server's capacity) holds only
+            # the refused request (the client waits before sending it again): holding them
+            # all would idle the endpoint for a Retry-After at every probe.
+            hold = older == 0 or (retry_after is not None and now - decreased_at < retry_after)
             ceiling = cap
             cap = max(1, min(cap - 1, max(int(cap * DECREASE), older)))
             decreased_at = now
         blocked = row["blocked_until"]
-        if retry_after is not None:
+        if retry_after is not None and (hold or blocked > now):
             blocked = max(blocked, now + retry_after)
         con.execute(
             f"update endpoints set {column} = {column} + 1, cap = ?, successes = 0, "
