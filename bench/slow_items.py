@@ -359,8 +359,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| {r['items']:,} | {r.get('chunk_size') or '-'} | {r['item_concurrency'] or 1}{mode} | {r['max_in_flight'] or 'default'} "
         f"| {r['seconds']:.1f} | {rate:.1f} | {r['ideal']:.0f} | {rate / r['ideal']:.2f} "
         f"| {r['failed']} | {server['requests']:,} | {100 * throttled:.1f} "
-        f"| {server['max_in_flight']} | {cap} | {r['load']:.1f} |\n"
-        + _phases(r)
+        f"| {server['max_in_flight']} | {cap} | {r['load']:.1f} |\n" + _phases(r)
     )
 
 
