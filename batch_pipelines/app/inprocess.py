@@ -175,7 +175,7 @@ def _run_chunks(
                 raise KeyError(f"no batch {batch_id}")
             rows = [r for r in ledger.launchable_chunks(con) if r["batch_id"] == batch_id]
         if not rows:
-            break
+            return batch
         chunk = chunk_states(rows)[0]
         job = defs.resolve_job_def(f"{chunk.operation}_job")
         tags = chunk_tags(
@@ -204,12 +204,15 @@ def _run_chunks(
             raise KeyboardInterrupt
         with warehouse.connect(paths.warehouse, read_only=True) as con:
             after = {c["chunk_no"]: c for c in ledger.chunk_plan(con, batch_id)}[chunk.chunk_no]
+            batch = ledger.get_batch(con, batch_id)
         requeued = 0
         if after["unfinished"] > after["pending"]:
+            # Read again only then: each look at the warehouse opens it (~50 ms).
             requeued = _requeue(paths, batch_id, result.run_id)
-        with warehouse.connect(paths.warehouse, read_only=True) as con:
-            after = {c["chunk_no"]: c for c in ledger.chunk_plan(con, batch_id)}[chunk.chunk_no]
-            batch = ledger.get_batch(con, batch_id)
+            with warehouse.connect(paths.warehouse, read_only=True) as con:
+                plan = ledger.chunk_plan(con, batch_id)
+                after = {c["chunk_no"]: c for c in plan}[chunk.chunk_no]
+                batch = ledger.get_batch(con, batch_id)
         if after["pending"]:
             # The run ended without finishing its items (it failed before starting them, or
             # could not commit them): stop rather than loop forever.
@@ -221,8 +224,6 @@ def _run_chunks(
             )
         if on_chunk_done:
             on_chunk_done(batch)
-    with warehouse.connect(paths.warehouse, read_only=True) as con:
-        return ledger.get_batch(con, batch_id)
 
 
 def _step_errors(result: Any) -> list[str]:  # noqa: ANN401 - ExecuteInProcessResult

@@ -134,7 +134,9 @@ def prepare_batch(
         m = m.model_copy(
             update={
                 "settings": m.settings.model_copy(
-                    update={"chunk_size": auto_chunk_size(len(items))}
+                    update={
+                        "chunk_size": auto_chunk_size(len(items), m.settings.concurrency_for(spec))
+                    }
                 )
             }
         )

@@ -59,7 +59,10 @@ class ExecutionSettings(BaseModel, extra="forbid"):
         None,
         ge=1,
         le=10000,
-        description="Items per Dagster run; unset: auto_chunk_size(items), fixed at submit",
+        description=(
+            "Items per Dagster run; unset: auto_chunk_size(items, item_concurrency), fixed "
+            "at submit"
+        ),
     )
     max_concurrency: int | None = Field(None, ge=1, le=100, description="Chunk runs at once")
     chunk_time_slice_s: float | None = Field(
@@ -108,14 +111,25 @@ class ExecutionSettings(BaseModel, extra="forbid"):
 # A batch is cut into AUTO_CHUNK_RUNS chunks (two run slots busy twice), of AUTO_CHUNK_MIN to
 # AUTO_CHUNK_MAX items; chunk_time_slice_s keeps a big chunk of slow items from holding a run
 # slot for long. Measured in docs/benchmarks.md (bench/fanout.py).
+# Items in flight (item_concurrency > 1: the items wait on I/O) change the sum: a chunk of c
+# items with k in flight lasts about c / k item latencies, and each run also pays a ramp (the
+# shared HTTP limits finding the server's capacity) and a tail (its last items in flight) of
+# about one latency each. So a chunk holds at least AUTO_CHUNK_PER_WORKER items per item in
+# flight: 1,000 items at 64 in flight are one run, not four runs of 16 items per worker that
+# each pay the launch, the ramp and the tail (bench/slow_items.py).
 AUTO_CHUNK_MIN = 100
 AUTO_CHUNK_MAX = 5000
 AUTO_CHUNK_RUNS = 4
+AUTO_CHUNK_PER_WORKER = 32
 
 
-def auto_chunk_size(n_items: int) -> int:
-    """The chunk size of a batch of ``n_items`` whose manifest does not set one."""
-    return max(AUTO_CHUNK_MIN, min(AUTO_CHUNK_MAX, -(-n_items // AUTO_CHUNK_RUNS)))
+def auto_chunk_size(n_items: int, item_concurrency: int = 1) -> int:
+    """The chunk size of a batch of ``n_items`` whose manifest does not set one, with
+    ``item_concurrency`` items of a chunk in flight at once."""
+    size = max(AUTO_CHUNK_MIN, -(-n_items // AUTO_CHUNK_RUNS))
+    if item_concurrency > 1:
+        size = max(size, min(item_concurrency * AUTO_CHUNK_PER_WORKER, n_items))
+    return min(AUTO_CHUNK_MAX, size)
 
 
 def backoff_delay(

@@ -13,10 +13,13 @@ that uses that data root) holds:
   refused one and still in flight), by at least one and at most by half (:data:`DECREASE`),
   never below 1; once per round: answers to requests sent before a cut do not cut again. It
   grows by one per ``cap`` successes (additive increase), :data:`PLATEAU` times slower at
-  and above the cap where the last cut came (probing there costs another cut and wait),
+  and above the cap where the last cut came (probing there costs another cut and a refusal),
   never above ``max_in_flight`` (``BATCH_PIPELINES_LLM_MAX_IN_FLIGHT``). A ``Retry-After``
-  (or ``retry-after-ms``) holds every new request to the endpoint until it has passed. An
-  endpoint left idle for :data:`IDLE_RESET_S` starts again from ``max_in_flight``;
+  (or ``retry-after-ms``) holds every new request to the endpoint until it has passed when
+  the cut cannot be the answer: the server refused while serving none of ours, or refused
+  again, at the cap of a cut made less than that Retry-After ago (the refused request always
+  waits it, in :class:`~batch_pipelines.core.http.HttpClient`). An endpoint left idle for
+  :data:`IDLE_RESET_S` starts again from ``max_in_flight``;
 - **a token bucket** of ``requests_per_minute`` (``BATCH_PIPELINES_LLM_REQUESTS_PER_MINUTE``),
   saving up to ``max_in_flight`` requests;
 - counters (requests, 429s, 503s) for :func:`endpoint_stats`.
@@ -310,8 +313,8 @@ class EndpointLimiter:
                     self._throttled(con, row, lease, status, retry_after, now)
                 elif status is not None and 200 <= status < 300:
                     successes, cap = row["successes"] + 1, row["cap"]
-                    # Probing past the cap where the server last pushed back costs a Retry-After
-                    # wait of the whole endpoint: there, grow PLATEAU times slower.
+                    # Probing past the cap where the server last pushed back costs a refused
+                    # request and its Retry-After wait: there, grow PLATEAU times slower.
                     window = cap * (PLATEAU if row["ceiling"] and cap + 1 >= row["ceiling"] else 1)
                     if successes >= window:
                         successes, cap = 0, min(row["max_cap"], cap + 1)
@@ -337,6 +340,7 @@ class EndpointLimiter:
         cap, decreased_at = row["cap"], row["decreased_at"]
         # Requests sent before the last cut saw the old cap: their 429s do not cut again.
         ceiling = row["ceiling"]
+        hold = False
         if lease.acquired_at > decreased_at:
             # What the server was serving when it pushed back: the requests sent before this
             # one and still in flight. The cut goes down to that, by at most DECREASE.
@@ -344,11 +348,18 @@ class EndpointLimiter:
                 "select count(*) from leases where endpoint = ? and acquired_at < ?",
                 [self.endpoint, lease.acquired_at],
             ).fetchone()[0]
+            # The Retry-After holds every new request when the cut cannot be the answer: the
+            # server refused while serving none of ours (a rate limit, or someone else's
+            # load), or refuses again at the cap of a cut made less than its Retry-After ago.
+            # A refusal the cut explains (a probe one past the server's capacity) holds only
+            # the refused request (the client waits before sending it again): holding them
+            # all would idle the endpoint for a Retry-After at every probe.
+            hold = older == 0 or (retry_after is not None and now - decreased_at < retry_after)
             ceiling = cap
             cap = max(1, min(cap - 1, max(int(cap * DECREASE), older)))
             decreased_at = now
         blocked = row["blocked_until"]
-        if retry_after is not None:
+        if retry_after is not None and (hold or blocked > now):
             blocked = max(blocked, now + retry_after)
         con.execute(
             f"update endpoints set {column} = {column} + 1, cap = ?, successes = 0, "

@@ -36,6 +36,7 @@ from batch_pipelines.core.errors import CANCELLED
 from batch_pipelines.core.execution import (
     AUTO_CHUNK_MAX,
     AUTO_CHUNK_MIN,
+    AUTO_CHUNK_PER_WORKER,
     AUTO_CHUNK_RUNS,
     ExecutionSettings,
     PendingCommit,
@@ -49,6 +50,7 @@ from batch_pipelines.core.ledger import BatchStatus, ItemOutcome, ItemStatus
 __all__ = [
     "AUTO_CHUNK_MAX",
     "AUTO_CHUNK_MIN",
+    "AUTO_CHUNK_PER_WORKER",
     "AUTO_CHUNK_RUNS",
     "ChunkSummary",
     "ExecutionSettings",

@@ -187,6 +187,40 @@ def test_token_bucket_is_shared_across_threads() -> None:
     assert http.shared_bucket("u m", 60, 1) is not http.shared_bucket("u m2", 60, 1)
 
 
+def test_ssl_context_is_built_once_by_threads_asking_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 64 items in flight each opening a client at a chunk's start built 64 contexts (~40 ms
+    # of CPU each) when only the first call's result was cached.
+    built: list[int] = []
+    started = threading.Barrier(8)
+
+    def create() -> object:
+        built.append(1)
+        threading.Event().wait(0.05)  # long enough for every thread to be asking
+        return object()
+
+    monkeypatch.setattr(httpx, "create_ssl_context", create, raising=False)
+    http._ssl_context.cache_clear()
+    http._build_ssl_context.cache_clear()
+    got: list[object] = []
+
+    def ask() -> None:
+        started.wait()
+        got.append(http._ssl_context())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        http._ssl_context.cache_clear()
+        http._build_ssl_context.cache_clear()
+    assert len(built) == 1 and len(got) == 8 and len({id(g) for g in got}) == 1
+
+
 # --- the webhook sender ----------------------------------------------------------------------
 
 

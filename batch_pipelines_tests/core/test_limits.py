@@ -2,7 +2,8 @@
 
 Guards against: a cap that holds per process but not across processes; a cap that does not
 shrink on 429/503 or never grows back (or grows past the configured maximum); a Retry-After
-that only the refused request honours; leases left behind by an exception, a timeout, an
+that only the refused request honours when the cut cannot explain the refusal, or that idles
+the whole endpoint at every probe the cut does explain; leases left behind by an exception, a timeout, an
 interrupt or a killed process, which would starve every later run; and unclear errors for a
 bad BATCH_PIPELINES_LLM_* value. Timing is never asserted: clocks are injected, and servers
 count what they saw.
@@ -193,6 +194,36 @@ def test_retry_after_holds_the_whole_endpoint(tmp_path: Path) -> None:
 
     lease = lim.acquire(sleep)  # any caller, not only the refused request
     assert waits == [30.0] and lease.acquired_at == 1030.0
+
+
+def test_a_refusal_the_cut_explains_holds_only_the_refused_request(tmp_path: Path) -> None:
+    # A probe one past the server's capacity: it refused the 5th request while serving the 4
+    # sent before. The cut answers it; holding every request for the Retry-After would idle
+    # the endpoint at each probe.
+    clock = Clock()
+    lim = limiter(tmp_path, cap=5, clock=clock)
+    leases = []
+    for _ in range(5):
+        clock.now += 0.01
+        leases.append(lim.acquire(clock.sleep))
+    clock.now += 0.1
+    lim.release(leases[4], 429, retry_after=0.25)
+    s = lim.stats()
+    assert (s["cap"], s["throttled_429"], s["blocked_until"]) == (4, 1, 0)
+    lim.release(leases[0], 200)
+    clock.now += 0.01
+    waits: list[float] = []
+    lease = lim.acquire(lambda w: (waits.append(w), clock.sleep(w)))
+    assert waits == [] and lease.acquired_at == clock.now
+    # Refused again at the lower cap within that Retry-After: the cut was not the answer,
+    # so now every new request waits.
+    clock.now += 0.05
+    lim.release(lease, 429, retry_after=0.25)
+    assert lim.stats()["blocked_until"] == pytest.approx(clock.now + 0.25)
+    lim.release(leases[1], 200)
+    waits.clear()
+    lim.acquire(lambda w: (waits.append(w), clock.sleep(w)))
+    assert waits and sum(waits) == pytest.approx(0.25)
 
 
 def test_rate_limit_is_shared_state(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.keys import new_batch_id
 from batch_pipelines.core.runner import (
     AUTO_CHUNK_MAX,
+    AUTO_CHUNK_PER_WORKER,
     ExecutionSettings,
     auto_chunk_size,
     run_chunk,
@@ -224,6 +225,30 @@ def test_auto_chunk_size_grows_with_the_batch_and_an_explicit_one_wins(env) -> N
     )
     assert fixed.manifest.settings.chunk_size == 100
     assert max(i["chunk_no"] for i in fixed.items) == 24
+
+
+def test_auto_chunk_size_keeps_items_in_flight_busy(env) -> None:  # noqa: ANN001
+    # Items in flight: at least AUTO_CHUNK_PER_WORKER items per item in flight, so a batch of
+    # slow items is not cut into runs that each pay a launch, a ramp and a tail.
+    assert auto_chunk_size(1000, 64) == 1000
+    assert auto_chunk_size(4000, 64) == 64 * AUTO_CHUNK_PER_WORKER  # not 1,000
+    assert auto_chunk_size(1000, 1) == auto_chunk_size(1000) == 250
+    assert auto_chunk_size(100_000, 256) == AUTO_CHUNK_MAX
+    items = [{"id": f"t{i}", "text": "hello world"} for i in range(1000)]
+    wide = prepare_batch(
+        {"operation": "annotate", "settings": {"item_concurrency": 64}, "items": items}
+    )
+    assert wide.manifest.settings.chunk_size == 1000
+    assert {i["chunk_no"] for i in wide.items} == {0}
+    # annotate's default (16 in flight): two chunks of 512, not four of 250.
+    default = prepare_batch({"operation": "annotate", "items": items})
+    assert default.manifest.settings.chunk_size == 16 * AUTO_CHUNK_PER_WORKER
+    assert {i["chunk_no"] for i in default.items} == {0, 1}
+    # A CPU-bound operation (one item at a time) keeps the plain rule.
+    one = prepare_batch(
+        {"operation": "annotate", "settings": {"item_concurrency": 1}, "items": items}
+    )
+    assert one.manifest.settings.chunk_size == 250
 
 
 # ----------------------------------------------------------------- batching event storage
