@@ -124,6 +124,7 @@ class ChunkState:
     chunk_items: int = 0
     waiting_s: float = 0.0  # since its batch was queued
     canary: bool = False  # one of the batch's canary chunks (settings.canary)
+    gated: bool = False  # its batch has settings.quality_gate
 
 
 # Items a run left pending for the next run of its chunk: its time slice ended, or Ctrl-C /
@@ -200,6 +201,8 @@ class Launch:
     job_name: str
     run_key: str
     tags: dict[str, str]
+    operation: str = ""
+    gated: bool = False  # the run evaluates the quality-gate check
 
 
 def chunk_tags(
@@ -289,6 +292,8 @@ def plan_launches(
                 job_name=f"{c.operation}_job",
                 run_key=f"{c.batch_id}:{c.chunk_no}:{n}",
                 tags=tags,
+                operation=c.operation,
+                gated=c.gated,
             )
         )
         active[c.batch_id] = active.get(c.batch_id, 0) + 1
@@ -321,6 +326,7 @@ def chunk_states(
             chunk_items=int(r.get("items") or 0),
             waiting_s=waited(r),
             canary=bool(r.get("canary")),
+            gated=bool(r.get("gated")),
         )
         for r in rows
     ]

@@ -35,7 +35,7 @@ from batch_pipelines.core.ledger import recovery
 from batch_pipelines.core.outbox import WebhookSender
 
 if TYPE_CHECKING:
-    from dagster import DagsterInstance, Definitions
+    from dagster import DagsterInstance, Definitions, JobDefinition
 
 
 class ChunkRunError(RuntimeError):
@@ -119,6 +119,21 @@ class _StopSignals:
         self._write.close()
 
 
+def _chunk_job(defs: Definitions, operation: str, gated: bool) -> JobDefinition:
+    """The operation's job with only the checks its chunk runs evaluate (as the dispatcher's
+    run requests select them). Dagster is loaded by then; the CLI's read verbs import this
+    module without it."""
+    from dagster import AssetKey
+
+    from batch_pipelines.app.partitions import chunk_check_keys
+
+    job = defs.resolve_job_def(f"{operation}_job")
+    return job.get_subset(
+        asset_selection={AssetKey(f"{operation}_items")},
+        asset_check_selection=set(chunk_check_keys(operation, gated)),
+    )
+
+
 def run_batch_in_process(
     batch_id: str,
     instance: DagsterInstance,
@@ -177,7 +192,7 @@ def _run_chunks(
         if not rows:
             return batch
         chunk = chunk_states(rows)[0]
-        job = defs.resolve_job_def(f"{chunk.operation}_job")
+        job = _chunk_job(defs, chunk.operation, chunk.gated)
         tags = chunk_tags(
             chunk.batch_id,
             chunk.operation,

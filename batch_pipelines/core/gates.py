@@ -19,6 +19,8 @@ CANARY_PASSED = "passed"  # within the limits: the rest was released
 CANARY_FAILED = "failed"  # out of them: the batch is canary_failed, the rest never started
 CANARY_RELEASED = "released"  # failed, then a person resumed it anyway
 CANARY_TAG = "batch/canary"
+# The partitioned asset check that shows, per item, whether the quality gate sent it back.
+GATE_CHECK_NAME = "quality_gate"
 
 
 class CanarySettings(BaseModel, extra="forbid"):

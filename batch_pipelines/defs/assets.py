@@ -24,6 +24,7 @@ from dagster import (
     AssetMaterialization,
     AssetObservation,
     AssetsDefinition,
+    AssetSpec,
     BackfillPolicy,
     Backoff,
     DagsterExecutionInterruptedError,
@@ -32,9 +33,9 @@ from dagster import (
     MetadataValue,
     Output,
     RetryPolicy,
-    asset,
     define_asset_job,
     in_process_executor,
+    multi_asset,
 )
 
 from batch_pipelines.app import runmetrics
@@ -47,6 +48,7 @@ from batch_pipelines.app.services import host_resources
 from batch_pipelines.core import ledger, limits, warehouse
 from batch_pipelines.core.contract import ItemCheck, OperationSpec
 from batch_pipelines.core.errors import is_interrupt
+from batch_pipelines.core.gates import GATE_CHECK_NAME
 from batch_pipelines.core.redact import redact_optional
 from batch_pipelines.core.runner import ExecutionSettings, WorkItem, run_chunk
 from batch_pipelines.core.usage import Meter
@@ -139,7 +141,7 @@ def _check_evaluation(
 # Every operation that scores quality has this partitioned check: one result per item of a
 # batch with settings.quality_gate, failed (WARN) when the gate sends the item back.
 GATE_CHECK = ItemCheck(
-    name="quality_gate",
+    name=GATE_CHECK_NAME,
     description=(
         "The item's quality score reached the min_score of its batch's quality gate "
         "(settings.quality_gate); failed (WARN) when the gate sends it back for a second "
@@ -365,19 +367,28 @@ def _check_specs(spec: OperationSpec) -> list[AssetCheckSpec] | None:
 def build_operation_asset(spec: OperationSpec) -> AssetsDefinition:
     """The partitioned asset of an operation: ``<operation>_items``."""
 
-    @asset(
+    # A multi_asset of one asset, only so that it can be subset: a chunk run selects the
+    # quality gate's check only for a batch that has a gate (see chunk_check_keys).
+    @multi_asset(
         name=f"{spec.name}_items",
+        specs=[
+            AssetSpec(
+                f"{spec.name}_items",
+                description=spec.description,
+                group_name="operations",
+                kinds={"duckdb", "python"},
+                tags={"batch/operation": spec.name},
+                partitions_def=PARTITIONS[spec.name],
+                skippable=True,
+            )
+        ],
         partitions_def=PARTITIONS[spec.name],
         backfill_policy=UI_BACKFILL_POLICY,
-        output_required=False,
         pool=WRITER_POOL,
         retry_policy=STEP_RETRY,
-        group_name="operations",
-        kinds={"duckdb", "python"},
-        description=spec.description,
-        tags={"batch/operation": spec.name},
         required_resource_keys={"warehouse", *spec.resources},
         check_specs=_check_specs(spec),
+        can_subset=True,
     )
     def _operation_asset(context: AssetExecutionContext) -> Iterator[Any]:
         resources = {k: getattr(context.resources, k) for k in spec.resources}

@@ -5,6 +5,7 @@ and the lifecycle webhook sender (:mod:`batch_pipelines.core.outbox`)."""
 import time
 
 from dagster import (
+    AssetKey,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
@@ -18,6 +19,7 @@ from dagster import (
 from batch_pipelines.app.dispatch import chunk_states, plan_launches
 from batch_pipelines.app.gate import apply_due_gates
 from batch_pipelines.app.inbox import file_owner, list_inbox, pick_manifests, take, tick_deadline
+from batch_pipelines.app.partitions import chunk_check_keys
 from batch_pipelines.app.queue import retag_queued_runs
 from batch_pipelines.app.recovery import (
     batch_run_records,
@@ -149,6 +151,8 @@ def batch_dispatcher(context: SensorEvaluationContext) -> SensorResult | SkipRea
                 job_name=launch.job_name,
                 tags=launch.tags,
                 run_config=CHUNK_RUN_CONFIG,
+                asset_selection=[AssetKey(f"{launch.operation}_items")],
+                asset_check_keys=chunk_check_keys(launch.operation, launch.gated),
             )
             for launch in launches
         ]

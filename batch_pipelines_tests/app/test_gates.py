@@ -107,6 +107,8 @@ def test_failed_canary_stops_the_batch_and_resume_releases_the_rest(
     assert isinstance(result, SensorResult)
     assert [r.tags["batch/chunk"] for r in result.run_requests] == ["0"]
     assert result.run_requests[0].tags["batch/canary"] == "true"
+    # No quality gate: the run leaves the gate's check out (each costs a row per partition).
+    assert result.run_requests[0].asset_check_keys == []
 
     batch = run_batch_in_process(batch_id, instance, defs)
     assert batch["status"] == "canary_failed"
@@ -308,3 +310,17 @@ def test_the_dispatcher_applies_the_gate_of_a_batch_the_daemon_finished(
             "select count(*) from batches where parent_batch_id = ?", [batch["batch_id"]]
         ).fetchone()[0]
     assert n == 1
+
+
+def test_only_runs_of_a_gated_batch_plan_the_gate_check(env, instance) -> None:  # noqa: ANN001
+    manifest = {
+        "operation": "annotate",
+        "items": _items(2, odd={1}),
+        "settings": {"quality_gate": {"min_score": 0.6, "requeue_options": {"max_keywords": 3}}},
+    }
+    submit_batch(manifest, instance=instance)
+    result = batch_dispatcher(build_sensor_context(instance=instance))
+    assert isinstance(result, SensorResult)
+    (request,) = result.run_requests
+    assert request.asset_selection == [AssetKey("annotate_items")]
+    assert request.asset_check_keys == [AssetCheckKey(AssetKey("annotate_items"), "quality_gate")]

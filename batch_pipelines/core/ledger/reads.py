@@ -283,7 +283,9 @@ def launchable_chunks(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
                        as max_concurrency,
                    try_cast(json_extract(b.settings, '$.item_timeout_s') as double)
                        as item_timeout_s,
-                   i.chunk_no < coalesce(b.canary_chunks, 0) as canary
+                   i.chunk_no < coalesce(b.canary_chunks, 0) as canary,
+                   coalesce(json_extract(b.settings, '$.quality_gate')::varchar, 'null')
+                       <> 'null' as gated
             from batch_items i join batches b using (batch_id)
             where b.status in ('queued', 'running') and not b.paused
               -- while its canary runs, only the canary chunks of a batch may launch
