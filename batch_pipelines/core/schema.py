@@ -15,6 +15,7 @@ import re
 
 import duckdb
 
+from batch_pipelines.core import lake
 from batch_pipelines.core import migrations as _migrations_pkg
 
 SCHEMA_TABLE = "schema_migrations"
@@ -52,11 +53,17 @@ def owned_relations() -> dict[str, str]:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Apply the migrations this warehouse has not seen; returns the ids applied."""
-    con.execute(
+    """Apply the migrations this warehouse has not seen; returns the ids applied. On a lake
+    each statement is first rewritten by :func:`lake.lake_statements`; a migration another
+    process applied meanwhile makes this one's commit conflict, and the caller runs
+    ``migrate`` again (it then finds the migration done)."""
+    on_lake = lake.is_lake(con)
+    create = (
         f"create table if not exists {SCHEMA_TABLE} "
         "(id varchar primary key, applied_at timestamp default current_timestamp)"
     )
+    for statement in lake.lake_statements(create) if on_lake else [create]:
+        con.execute(statement)
     done = {row[0] for row in con.execute("select id from schema_migrations").fetchall()}
     applied = []
     for migration_id, statements in all_migrations():
@@ -65,7 +72,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
         con.execute("begin")
         try:
             for statement in statements:
-                con.execute(statement)
+                for sql in lake.lake_statements(statement) if on_lake else [statement]:
+                    con.execute(sql)
             con.execute("insert into schema_migrations (id) values (?)", [migration_id])
             con.execute("commit")
         except Exception:

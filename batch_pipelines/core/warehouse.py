@@ -29,7 +29,7 @@ from pathlib import Path
 
 import duckdb
 
-from batch_pipelines.core import config
+from batch_pipelines.core import config, lake
 from batch_pipelines.core.errors import (
     QueryTimeoutError,
     WarehouseBusyError,
@@ -184,6 +184,10 @@ def connect(
     opened.
     """
     path = Path(path) if path is not None else config.get_paths().warehouse
+    if lake.is_lake_setting(path):
+        with _connect_lake(path, read_only, query_timeout_s, sandbox) as con:
+            yield con
+        return
     timeout_s = config.lock_timeout_s() if timeout_s is None else timeout_s
     key = str(path)
     with _process_lock:
@@ -206,6 +210,31 @@ def connect(
                     yield con
             finally:
                 con.close()
+
+
+@contextlib.contextmanager
+def _connect_lake(
+    setting: Path, read_only: bool, query_timeout_s: float | None, sandbox: bool
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to a DuckLake warehouse: no lock at all, since the lake takes many
+    writers at once (a conflicting commit raises; the writers retry, see lake.retry)."""
+    spec = lake.parse(setting)
+    key = spec.attach_uri + "|" + spec.data_path
+    if key not in _migrated:
+        with _process_lock:
+            if key not in _migrated:
+                con = lake.open_lake(spec)
+                try:
+                    lake.retry(lambda: migrate(con))
+                finally:
+                    con.close()
+                _migrated.add(key)
+    con = lake.open_lake(spec, read_only=read_only, sandbox=sandbox and read_only)
+    try:
+        with _time_limit(con, query_timeout_s):
+            yield con
+    finally:
+        con.close()
 
 
 def forget_migrations() -> None:
