@@ -14,7 +14,9 @@ ask :func:`is_lake` and delete + insert in their transaction instead.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
 import random
 import re
@@ -44,11 +46,12 @@ _CATALOG_EXTENSION = {"postgres": "postgres_scanner", "sqlite": "sqlite_scanner"
 # A commit that lost a race: DuckLake's own conflict check, or the catalog database refusing
 # a concurrent writer (SQLite's lock, PostgreSQL's serialization failures).
 _CONFLICT = re.compile(
-    r"conflict|database is locked|could not serialize|deadlock|duplicate key value|"
-    r"current transaction is aborted|catalog write-write",
+    r"transaction conflict|database is locked|could not serialize|deadlock detected|"
+    r"duplicate key value",
     re.IGNORECASE,
 )
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,7 @@ def open_lake(
         options = [f"data_path '{_quote(spec.data_path)}'"]
         if read_only:
             options.append("read_only")
-        con.execute(
-            f"attach '{_quote(spec.attach_uri)}' as {ALIAS} ({', '.join(options)})"
-        )
+        con.execute(f"attach '{_quote(spec.attach_uri)}' as {ALIAS} ({', '.join(options)})")
         con.execute(f"use {ALIAS}")
         if sandbox:
             con.execute(f"set allowed_directories = ['{_quote(spec.data_path)}']")
@@ -174,9 +175,17 @@ def is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.Error) and bool(_CONFLICT.search(str(exc)))
 
 
-def retry(
-    work: Callable[[], T], *, attempts: int = 12, on_retry: Callable[[], None] | None = None
-) -> T:
+class _Counter:
+    """Conflicting commits run again by this process (read by ``make bench``)."""
+
+    retries = 0
+
+
+COUNTER = _Counter()
+ATTEMPTS = 12
+
+
+def retry(work: Callable[[], T], *, attempts: int = ATTEMPTS) -> T:
     """Run ``work`` (a whole transaction: it must begin and commit itself) again after a
     conflict, up to ``attempts`` times, with exponential backoff and full jitter."""
     delay = 0.02
@@ -186,11 +195,29 @@ def retry(
         except duckdb.Error as exc:
             if not is_conflict(exc) or attempt == attempts:
                 raise
-            if on_retry:
-                on_retry()
+            COUNTER.retries += 1
+            log.info("commit conflict, running the transaction again (%d): %s", attempt, exc)
             time.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 2.0)
     raise AssertionError("unreachable")
+
+
+def transaction(con: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:
+    """``work()`` between ``begin`` and ``commit`` on ``con`` (rolled back if it raises); on a
+    lake a conflicting commit runs it again (:func:`retry`)."""
+
+    def once() -> T:
+        con.execute("begin")
+        try:
+            result = work()
+            con.execute("commit")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("rollback")
+            raise
+        return result
+
+    return retry(once) if is_lake(con) else once()
 
 
 # --- migrations on a lake -------------------------------------------------------------------

@@ -24,8 +24,9 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
@@ -46,7 +47,10 @@ __all__ = [
     "connect",
     "file_lock",
     "forget_migrations",
+    "is_lake",
+    "write",
 ]
+T = TypeVar("T")
 
 _process_lock = threading.RLock()
 _migrated: set[str] = set()
@@ -235,6 +239,37 @@ def _connect_lake(
             yield con
     finally:
         con.close()
+
+
+def is_lake(path: Path | str | None = None) -> bool:
+    """Whether the warehouse (``path``, else the configured one) is a DuckLake."""
+    return lake.is_lake_setting(path if path is not None else config.get_paths().warehouse)
+
+
+def write(
+    work: Callable[[duckdb.DuckDBPyConnection], T],
+    path: Path | str | None = None,
+    *,
+    timeout_s: float | None = None,
+) -> T:
+    """Run ``work(con)`` in one transaction on a write connection and commit; returns what it
+    returned. On a lake, a commit that conflicts with another writer's rolls back and ``work``
+    runs again on fresh data (bounded, with jitter: :func:`lake.retry`), so ``work`` must
+    decide from what it reads, not from what it read before."""
+
+    def once() -> T:
+        with connect(path, timeout_s=timeout_s) as con:
+            con.execute("begin")
+            try:
+                result = work(con)
+                con.execute("commit")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("rollback")
+                raise
+            return result
+
+    return lake.retry(once) if is_lake(path) else once()
 
 
 def forget_migrations() -> None:
