@@ -22,6 +22,7 @@ import random
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +160,35 @@ def open_lake(
             f"cannot open the lake warehouse {spec}: {redact(first_line)}"
         ) from None
     return con
+
+
+_shared: dict[tuple[int, str], duckdb.DuckDBPyConnection] = {}
+_shared_lock = threading.Lock()
+
+
+def cursor(spec: LakeSpec, *, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
+    """A connection of its own (a transaction of its own) to the lake. Loading the extensions
+    and attaching takes about a second, so every connection of a process shares one DuckDB
+    with the lake attached; a sandboxed one gets a DuckDB of its own, since those settings
+    hold for a whole database."""
+    if sandbox:
+        return open_lake(spec, read_only=True, sandbox=True)
+    key = (os.getpid(), spec.attach_uri + "|" + spec.data_path)  # never share across a fork
+    with _shared_lock:
+        root = _shared.get(key)
+        if root is None:
+            root = _shared[key] = open_lake(spec)
+    con = root.cursor()
+    con.execute(f"use {ALIAS}")
+    return con
+
+
+def close_shared() -> None:
+    """Close this process's shared lake connections (tests that drop a lake call this)."""
+    with _shared_lock:
+        for key in [k for k in _shared if k[0] == os.getpid()]:
+            with contextlib.suppress(duckdb.Error):
+                _shared.pop(key).close()
 
 
 def _quote(text: str) -> str:

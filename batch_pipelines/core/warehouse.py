@@ -227,13 +227,13 @@ def _connect_lake(
     if key not in _migrated:
         with _process_lock:
             if key not in _migrated:
-                con = lake.open_lake(spec)
+                con = lake.cursor(spec)
                 try:
                     lake.retry(lambda: migrate(con))
                 finally:
                     con.close()
                 _migrated.add(key)
-    con = lake.open_lake(spec, read_only=read_only, sandbox=sandbox and read_only)
+    con = lake.cursor(spec, sandbox=sandbox and read_only)
     try:
         with _time_limit(con, query_timeout_s):
             yield con
@@ -275,3 +275,4 @@ def write(
 def forget_migrations() -> None:
     """Tests that delete a warehouse file call this so the next connect migrates again."""
     _migrated.clear()
+    lake.close_shared()
