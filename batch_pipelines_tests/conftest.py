@@ -74,6 +74,8 @@ def any_env(request: pytest.FixtureRequest, env: Env, monkeypatch: pytest.Monkey
         env.lake = f"ducklake:postgres:{server.conninfo(db)}"
         monkeypatch.setenv("BATCH_PIPELINES_WAREHOUSE", env.lake)
         warehouse.forget_migrations()
+        with warehouse.connect():  # the schema, once, before the processes of the test start
+            pass
     return env
 
 

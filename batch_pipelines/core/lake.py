@@ -212,13 +212,15 @@ class _Counter:
 
 
 COUNTER = _Counter()
-ATTEMPTS = 12
+# Every flush of a chunk run updates batch_items, and DuckLake lets no two transactions change
+# the same table at once: under four busy writers a commit may lose several times in a row.
+ATTEMPTS = 40
 
 
 def retry(work: Callable[[], T], *, attempts: int = ATTEMPTS) -> T:
     """Run ``work`` (a whole transaction: it must begin and commit itself) again after a
     conflict, up to ``attempts`` times, with exponential backoff and full jitter."""
-    delay = 0.02
+    delay = 0.05
     for attempt in range(1, attempts + 1):
         try:
             return work()
@@ -228,7 +230,7 @@ def retry(work: Callable[[], T], *, attempts: int = ATTEMPTS) -> T:
             COUNTER.retries += 1
             log.info("commit conflict, running the transaction again (%d): %s", attempt, exc)
             time.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 1.5, 1.0)
     raise AssertionError("unreachable")
 
 

@@ -62,18 +62,41 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
         f"create table if not exists {SCHEMA_TABLE} "
         "(id varchar primary key, applied_at timestamp default current_timestamp)"
     )
-    for statement in lake.lake_statements(create) if on_lake else [create]:
-        con.execute(statement)
+    if on_lake:
+        if not pending_migrations(con):
+            return []
+        # Every commit to a lake costs round trips to its catalog: all in one transaction.
+        con.execute("begin")
+    try:
+        for statement in lake.lake_statements(create) if on_lake else [create]:
+            con.execute(statement)
+        applied = _apply(con, on_lake)
+        if on_lake:
+            con.execute("commit")
+    except Exception:
+        if on_lake:
+            con.execute("rollback")
+        raise
+    return applied
+
+
+def _apply(con: duckdb.DuckDBPyConnection, on_lake: bool) -> list[str]:
     done = {row[0] for row in con.execute("select id from schema_migrations").fetchall()}
     applied = []
     for migration_id, statements in all_migrations():
         if migration_id in done:
             continue
+        if on_lake:
+            for statement in statements:
+                for sql in lake.lake_statements(statement):
+                    con.execute(sql)
+            con.execute("insert into schema_migrations (id) values (?)", [migration_id])
+            applied.append(migration_id)
+            continue
         con.execute("begin")
         try:
             for statement in statements:
-                for sql in lake.lake_statements(statement) if on_lake else [statement]:
-                    con.execute(sql)
+                con.execute(statement)
             con.execute("insert into schema_migrations (id) values (?)", [migration_id])
             con.execute("commit")
         except Exception:
