@@ -47,7 +47,7 @@ def test_four_batches_in_four_processes(samples: Path, any_env) -> None:  # noqa
                 "--option",
                 "skip_identical=false",
                 "--chunk-size",
-                "1",
+                "2" if env.lake else "1",
                 "--name",
                 f"concurrent {b}",
                 "--in-process",

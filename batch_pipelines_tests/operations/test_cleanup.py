@@ -160,6 +160,7 @@ def test_old_files_never_leave_the_root(env, tmp_path: Path) -> None:  # noqa: A
 # --- targets ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("any_env")  # and again on a lake
 def test_old_batches_dry_run_then_real(env, samples: Path, instance, tmp_path: Path) -> None:  # noqa: ANN001
     old_id = import_penguins(instance, "penguins_old")
     new_id = import_penguins(instance, "penguins_new")
