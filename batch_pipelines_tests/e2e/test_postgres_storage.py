@@ -10,6 +10,7 @@ stopped, even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -152,11 +153,15 @@ def test_concurrent_batches_on_postgres_match_sqlite(env: Env, tmp_path: Path) -
     assert by_name["pg import ok"][2:5] == ("completed", 6, 6)
     assert by_name["pg import mixed"][2:6] == ("completed_with_errors", 4, 1, 3)
 
-    # ... and on Postgres, configured exactly as docs/scaling-out.md says.
+    # ... and on Postgres, configured exactly as docs/scaling-out.md and docs/lake.md say:
+    # Dagster's storage and the warehouse's lake catalog on the same server.
     with postgres_server() as pg, pytest.MonkeyPatch.context() as mp:
         for k, v in pg.environ().items():
             mp.setenv(k, v)
         pg_env = make_env(tmp_path / "pg")
+        # The warehouse on a DuckLake whose catalog is a database of the same server.
+        pg.create_database("lake")
+        pg_env.lake = f"ducklake:postgres:{pg.conninfo('lake')}"
         _prepare(pg_env)
         (pg_env.dagster_home / "dagster.yaml").write_text(
             (REPO / "dagster.yaml").read_text() + "\n" + POSTGRES_YAML.read_text()
@@ -168,8 +173,13 @@ def test_concurrent_batches_on_postgres_match_sqlite(env: Env, tmp_path: Path) -
         assert {k: v for k, v in on_postgres.items() if k != "storage"} == {
             k: v for k, v in on_sqlite.items() if k != "storage"
         }
-        # Nothing fell back to SQLite files under DAGSTER_HOME.
+        # Nothing fell back to SQLite files under DAGSTER_HOME, nor to a DuckDB file.
         assert not list(pg_env.dagster_home.rglob("*.db"))
+        assert not list(pg_env.data.rglob("*.duckdb"))
+        # The ledger's tables are in the lake's catalog, their rows in its data files.
+        with contextlib.closing(pg.connect("lake")) as con, con.cursor() as cur:
+            cur.execute("select table_name from ducklake_table where end_snapshot is null")
+            assert {"batches", "batch_items", "penguins_a"} <= {r[0] for r in cur.fetchall()}
 
         # The rows really are in Postgres.
         n_keys = sum(on_postgres["partitions"].values())
