@@ -39,14 +39,13 @@ def manifest(n: int, b: int, chunk_size: int) -> dict[str, Any]:
 
 def child(n: int, b: int, chunk_size: int) -> dict[str, Any]:
     """In one of the bench's processes: submit and run one batch here."""
-    from dagster import DagsterInstance
-
     from batch_pipelines.app.inprocess import run_batch_in_process
+    from batch_pipelines.app.instance import get_instance
     from batch_pipelines.app.submit import submit_batch
     from batch_pipelines.core import lake
     from batch_pipelines.definitions import defs
 
-    instance = DagsterInstance.get()
+    instance = get_instance()  # under the instance-init lock, as the CLI does
     start = time.perf_counter()
     batch_id = submit_batch(manifest(n, b, chunk_size), instance=instance)
     batch = run_batch_in_process(batch_id, instance, defs)
