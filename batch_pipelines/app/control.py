@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import duckdb
+
 from batch_pipelines.app.dispatch import ACTIVE_RUN_STATUSES
 from batch_pipelines.app.recovery import (
     batch_run_records,
@@ -119,18 +121,20 @@ def cancel_batch(
 
     instance = instance or get_instance()
     paths = config.get_paths()
-    with warehouse.connect(paths.warehouse) as con:
+
+    def cancel_all(con: duckdb.DuckDBPyConnection) -> int:
         batch = _batch_or_error(con, batch_id)
         if batch.status in ledger.TERMINAL_BATCH_STATUSES:
             raise ControlError(f"batch {batch_id} is already {batch.status}")
-        con.execute("begin")
         ledger.set_batch_status(con, batch_id, BatchStatus.CANCELLED, error=f"cancelled by {actor}")
         n = ledger.cancel_pending(con, batch_id, f"cancelled by {actor}", include_running=True)
         ledger.add_event(
             con, batch_id, "batch_cancel_requested", actor=actor, detail={"items_cancelled": n}
         )
         ledger.refresh_batch(con, batch_id)
-        con.execute("commit")
+        return n
+
+    n = warehouse.write(cancel_all, paths.warehouse)
     result = ControlResult(batch_id, "cancel", BatchStatus.CANCELLED, items_cancelled=n)
     # A dispatcher tick that read the ledger just before the cancel may still enqueue a run,
     # and the queue may be starting one as we cancel it: sweep until nothing of the batch has
