@@ -20,7 +20,7 @@ from batch_pipelines.app.recovery import (
     reap_dead_runs,
     retire_stale_retries,
 )
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, lake, ledger, warehouse
 from batch_pipelines.core.ledger import Batch, BatchStatus, ItemStatus
 from batch_pipelines.core.manifest import ManifestError
 
@@ -207,25 +207,30 @@ def pause_batch(  # noqa: ANN001
         batch = _batch_or_error(con, batch_id)
         if batch.status in ledger.TERMINAL_BATCH_STATUSES:
             raise ControlError(f"batch {batch_id} is {batch.status}; nothing to pause")
-        con.execute("begin")
-        ledger.set_paused(con, batch_id, True)
-        ledger.add_event(con, batch_id, "batch_pause_requested", actor=actor)
-        con.execute("commit")
+
+        def pause_it() -> None:
+            ledger.set_paused(con, batch_id, True)
+            ledger.add_event(con, batch_id, "batch_pause_requested", actor=actor)
+
+        lake.transaction(con, pause_it)
     result = ControlResult(batch_id, "pause", "pausing")
     # As for cancel, sweep the queue for a dispatcher interval: a run enqueued by a tick that
     # read the ledger just before the pause is taken off too (and would do nothing anyway).
     dequeue_for(instance, [batch_id], result, settle_s)
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        status = ledger.refresh_batch(con, batch_id)
-        ledger.add_event(
-            con,
-            batch_id,
-            "batch_paused" if status == BatchStatus.PAUSED else "batch_draining",
-            actor=actor,
-            detail={"dequeued_runs": result.dequeued_runs},
-        )
-        con.execute("commit")
+
+        def settle() -> str:
+            status = ledger.refresh_batch(con, batch_id)
+            ledger.add_event(
+                con,
+                batch_id,
+                "batch_paused" if status == BatchStatus.PAUSED else "batch_draining",
+                actor=actor,
+                detail={"dequeued_runs": result.dequeued_runs},
+            )
+            return status
+
+        status = lake.transaction(con, settle)
     result.status = status
     result.message = (
         f"paused {batch_id}"
