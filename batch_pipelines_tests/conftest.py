@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sys
 from collections.abc import Iterator
@@ -51,3 +52,31 @@ def dev_server(env: Env) -> Iterator[DevServer]:
     """A real ``dagster dev`` (UI + daemon) on this test's env; mark such tests ``e2e``."""
     with dagster_dev(env) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres():  # noqa: ANN201 - a batch_pipelines_tests.postgres.Postgres
+    """One throwaway PostgreSQL server for the session (each lake gets a database of its own)."""
+    from batch_pipelines_tests.postgres import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["file", "lake"])
+def any_env(request: pytest.FixtureRequest, env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """``env`` on the single DuckDB file, then again on a DuckLake whose catalog is a database
+    of a real PostgreSQL server (the representative tests that must hold on both)."""
+    if request.param == "lake":
+        server = request.getfixturevalue("postgres")
+        db = f"lake_{next(_LAKES)}"
+        server.create_database(db)
+        env.lake = f"ducklake:postgres:{server.conninfo(db)}"
+        monkeypatch.setenv("BATCH_PIPELINES_WAREHOUSE", env.lake)
+        warehouse.forget_migrations()
+        with warehouse.connect():  # the schema, once, before the processes of the test start
+            pass
+    return env
+
+
+_LAKES = itertools.count()

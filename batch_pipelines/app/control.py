@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import duckdb
+
 from batch_pipelines.app.dispatch import ACTIVE_RUN_STATUSES
 from batch_pipelines.app.recovery import (
     batch_run_records,
@@ -18,7 +20,7 @@ from batch_pipelines.app.recovery import (
     reap_dead_runs,
     retire_stale_retries,
 )
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, lake, ledger, warehouse
 from batch_pipelines.core.ledger import Batch, BatchStatus, ItemStatus
 from batch_pipelines.core.manifest import ManifestError
 
@@ -119,18 +121,20 @@ def cancel_batch(
 
     instance = instance or get_instance()
     paths = config.get_paths()
-    with warehouse.connect(paths.warehouse) as con:
+
+    def cancel_all(con: duckdb.DuckDBPyConnection) -> int:
         batch = _batch_or_error(con, batch_id)
         if batch.status in ledger.TERMINAL_BATCH_STATUSES:
             raise ControlError(f"batch {batch_id} is already {batch.status}")
-        con.execute("begin")
         ledger.set_batch_status(con, batch_id, BatchStatus.CANCELLED, error=f"cancelled by {actor}")
         n = ledger.cancel_pending(con, batch_id, f"cancelled by {actor}", include_running=True)
         ledger.add_event(
             con, batch_id, "batch_cancel_requested", actor=actor, detail={"items_cancelled": n}
         )
         ledger.refresh_batch(con, batch_id)
-        con.execute("commit")
+        return n
+
+    n = warehouse.write(cancel_all, paths.warehouse)
     result = ControlResult(batch_id, "cancel", BatchStatus.CANCELLED, items_cancelled=n)
     # A dispatcher tick that read the ledger just before the cancel may still enqueue a run,
     # and the queue may be starting one as we cancel it: sweep until nothing of the batch has
@@ -203,25 +207,30 @@ def pause_batch(  # noqa: ANN001
         batch = _batch_or_error(con, batch_id)
         if batch.status in ledger.TERMINAL_BATCH_STATUSES:
             raise ControlError(f"batch {batch_id} is {batch.status}; nothing to pause")
-        con.execute("begin")
-        ledger.set_paused(con, batch_id, True)
-        ledger.add_event(con, batch_id, "batch_pause_requested", actor=actor)
-        con.execute("commit")
+
+        def pause_it() -> None:
+            ledger.set_paused(con, batch_id, True)
+            ledger.add_event(con, batch_id, "batch_pause_requested", actor=actor)
+
+        lake.transaction(con, pause_it)
     result = ControlResult(batch_id, "pause", "pausing")
     # As for cancel, sweep the queue for a dispatcher interval: a run enqueued by a tick that
     # read the ledger just before the pause is taken off too (and would do nothing anyway).
     dequeue_for(instance, [batch_id], result, settle_s)
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        status = ledger.refresh_batch(con, batch_id)
-        ledger.add_event(
-            con,
-            batch_id,
-            "batch_paused" if status == BatchStatus.PAUSED else "batch_draining",
-            actor=actor,
-            detail={"dequeued_runs": result.dequeued_runs},
-        )
-        con.execute("commit")
+
+        def settle() -> str:
+            status = ledger.refresh_batch(con, batch_id)
+            ledger.add_event(
+                con,
+                batch_id,
+                "batch_paused" if status == BatchStatus.PAUSED else "batch_draining",
+                actor=actor,
+                detail={"dequeued_runs": result.dequeued_runs},
+            )
+            return status
+
+        status = lake.transaction(con, settle)
     result.status = status
     result.message = (
         f"paused {batch_id}"

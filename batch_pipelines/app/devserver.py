@@ -79,6 +79,8 @@ class Env:
     root: Path
     data: Path
     dagster_home: Path
+    # ``ducklake:<catalog>:<target>`` puts the warehouse on a lake (data under <data>/lake/).
+    lake: str | None = None
 
     @property
     def paths(self) -> config.Paths:
@@ -86,7 +88,7 @@ class Env:
 
     @property
     def warehouse(self) -> Path:
-        return self.data / "warehouse.duckdb"
+        return Path(self.lake) if self.lake else self.data / "warehouse.duckdb"
 
     def overrides(self) -> dict[str, str | None]:
         """The variables that point a process at this env (None: unset)."""
@@ -96,6 +98,7 @@ class Env:
             "DAGSTER_HOME": str(self.dagster_home),
             "BATCH_PIPELINES_ALLOWED_ROOTS": None,
             "BATCH_PIPELINES_MAX_ITEMS": None,
+            "BATCH_PIPELINES_LAKE_DATA_PATH": None,
         }
 
     def environ(self) -> dict[str, str]:
@@ -105,6 +108,7 @@ class Env:
         env["BATCH_PIPELINES_WAREHOUSE"] = str(self.warehouse)
         env["DAGSTER_HOME"] = str(self.dagster_home)
         env.pop("BATCH_PIPELINES_ALLOWED_ROOTS", None)
+        env.pop("BATCH_PIPELINES_LAKE_DATA_PATH", None)
         return env
 
     def sql(self, query: str, params: list | None = None) -> list[tuple]:

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+
 from batch_pipelines.app.dispatch import HANDED_OVER_TAG, chunk_states, chunk_tags
 from batch_pipelines.app.gate import apply_quality_gate
 from batch_pipelines.app.recovery import IN_PROCESS, LAUNCHED_BY_TAG, LIVE_RUN_STATUSES, worker_tags
@@ -255,14 +257,15 @@ def _step_errors(result: Any) -> list[str]:  # noqa: ANN401 - ExecuteInProcessRe
 
 def _requeue(paths: config.Paths, batch_id: str, run_id: str) -> int:
     """Put the items a run that has ended left ``running`` back to ``pending``."""
-    with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
+
+    def requeue(con: duckdb.DuckDBPyConnection) -> int:
         n = recovery.requeue_run_items(
             con, batch_id, run_id, actor=IN_PROCESS, reason=f"run {run_id} ended before them"
         )
         ledger.refresh_batch(con, batch_id)
-        con.execute("commit")
-    return n
+        return n
+
+    return warehouse.write(requeue, paths.warehouse)
 
 
 def _stopped(
@@ -278,12 +281,11 @@ def _stopped(
     for run in runs:
         if run.status.value in LIVE_RUN_STATUSES:
             instance.report_run_canceled(run, message=f"stopped by {name}")
-    with warehouse.connect(config.get_paths().warehouse) as con:
-        con.execute("begin")
-        status, requeued = recovery.pause_interrupted(
+    status, requeued = warehouse.write(
+        lambda con: recovery.pause_interrupted(
             con, batch_id, run_ids, signal_name=name, actor=IN_PROCESS
         )
-        con.execute("commit")
+    )
     if runs:
         # The run in flight handed its unfinished items back: its failure is no crash, and
         # must not count against the chunk's launches (see dispatch.RunState).

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from batch_pipelines.app.control import ControlError, ControlResult
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, lake, ledger, warehouse
 from batch_pipelines.core.contract import UndoContext
 from batch_pipelines.core.ledger import Batch, BatchStatus, ItemStatus, snapshots
 from batch_pipelines.operations import get_operation
@@ -48,9 +48,10 @@ def _undo_writes(paths: config.Paths, batch: Batch) -> dict[str, Any]:
             pending = snapshots.unrestored(con, batch.batch_id)
             if not pending:
                 break
-            con.execute("begin")
-            how = snapshots.restore(con, batch.batch_id, pending[0])
-            con.execute("commit")
+            first = pending[0]
+            how = lake.transaction(
+                con, lambda first=first: snapshots.restore(con, batch.batch_id, first)
+            )
         done[f"tables_{how}"].append(pending[0]["table_name"])
     return done
 
@@ -64,10 +65,12 @@ def _undo_and(
     done = _undo_writes(paths, batch)
     spec = get_operation(batch.operation)
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        done.update(spec.undo(con, UndoContext(batch.batch_id, paths)))
-        finish(con, done)
-        con.execute("commit")
+
+        def undo() -> None:
+            done.update(spec.undo(con, UndoContext(batch.batch_id, paths)))
+            finish(con, done)
+
+        lake.transaction(con, undo)
     return done
 
 
@@ -163,9 +166,9 @@ def delete_batch(
         "undone": {k: v for k, v in done.items() if v} if undo else None,
     }
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        counts = ledger.purge_batch(con, batch_id, actor=actor, detail=detail)
-        con.execute("commit")
+        counts = lake.transaction(
+            con, lambda: ledger.purge_batch(con, batch_id, actor=actor, detail=detail)
+        )
     what = "its data kept" if not undo else "its writes undone"
     return ControlResult(
         batch_id,

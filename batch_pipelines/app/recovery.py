@@ -37,7 +37,7 @@ from batch_pipelines.app.dispatch import (
     plan_reaping,
     planning_status,
 )
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, lake, ledger, warehouse
 from batch_pipelines.core.ledger import BatchStatus, ItemStatus, recovery
 
 if TYPE_CHECKING:
@@ -311,10 +311,13 @@ def reap_dead_runs(
     if decisions:
         with warehouse.connect(paths.warehouse, timeout_s=20) as con:
             for d in decisions:
-                con.execute("begin")
-                n = ledger.reap_items(con, d.batch_id, d.chunk_no, d.run_id, d.action, d.reason)
-                ledger.refresh_batch(con, d.batch_id)
-                con.execute("commit")
+
+                def reap(d: Any = d) -> int:  # noqa: ANN401 - a decision of _plan
+                    n = ledger.reap_items(con, d.batch_id, d.chunk_no, d.run_id, d.action, d.reason)
+                    ledger.refresh_batch(con, d.batch_id)
+                    return n
+
+                n = lake.transaction(con, reap)  # on a lake, again after a conflict
                 if n:
                     done.append(
                         f"{d.action} {n} item(s) of {d.batch_id} chunk {d.chunk_no}: {d.reason}"

@@ -74,10 +74,9 @@ def run_metrics_row(
 def record(paths: config.Paths, row: dict[str, Any]) -> bool:
     """Write the row; a failure is logged, never raised (the items are already committed)."""
     try:
-        with warehouse.connect(paths.warehouse, timeout_s=60) as con:
-            con.execute("begin")
-            ledger.record_run_metrics(con, row)
-            con.execute("commit")
+        warehouse.write(
+            lambda con: ledger.record_run_metrics(con, row), paths.warehouse, timeout_s=60
+        )
         return True
     except Exception:  # noqa: BLE001 - what a run cost must not fail the run
         log.warning("could not record run_metrics of run %s", row["run_id"], exc_info=True)

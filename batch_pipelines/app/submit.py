@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from pydantic import BaseModel, ValidationError
 
 from batch_pipelines.app.partitions import register_keys, unregister_keys
@@ -202,7 +203,11 @@ def _submit_lock(paths: config.Paths) -> Iterator[None]:
     # registration order), so submissions on this machine take turns.
     from batch_pipelines.core.warehouse import file_lock
 
-    lock = paths.warehouse.with_name(paths.warehouse.name + ".submit")
+    # On a lake too (the warehouse takes no lock there): the order is Dagster's, per machine.
+    if warehouse.is_lake(paths.warehouse):
+        lock = paths.data / "lake.submit"
+    else:
+        lock = paths.warehouse.with_name(paths.warehouse.name + ".submit")
     with file_lock(lock, exclusive=True, timeout_s=config.lock_timeout_s()):
         yield
 
@@ -279,8 +284,8 @@ def submit_batch(
             "options_hash": options_hash(prepared.options),
             "template": template,
         }
-        with warehouse.connect(paths.warehouse) as con:
-            con.execute("begin")
+
+        def insert(con: duckdb.DuckDBPyConnection) -> None:
             ledger.insert_batch(con, batch_row, prepared.items)
             ledger.add_event(
                 con,
@@ -295,25 +300,28 @@ def submit_batch(
                     **({"template": template} if template else {}),
                 },
             )
-            con.execute("commit")
+
+        warehouse.write(insert, paths.warehouse)
         try:
             register_keys(instance, m.operation, prepared.keys)
         except BaseException:
             with contextlib.suppress(Exception):
                 unregister_keys(instance, m.operation, prepared.keys)
-            with warehouse.connect(paths.warehouse) as con:
-                con.execute("begin")
+
+            def forget(con: duckdb.DuckDBPyConnection) -> None:
                 ledger.delete_batch(con, prepared.batch_id)
                 ledger.add_event(
                     con, prepared.batch_id, "batch_submit_failed", actor=f"{source}:{actor}"
                 )
-                con.execute("commit")
+
+            warehouse.write(forget, paths.warehouse)
             raise
-        with warehouse.connect(paths.warehouse) as con:
-            con.execute("begin")
+
+        def queue(con: duckdb.DuckDBPyConnection) -> None:
             ledger.set_batch_status(con, prepared.batch_id, ledger.BatchStatus.QUEUED)
             ledger.add_event(con, prepared.batch_id, "batch_queued", actor=f"{source}:{actor}")
-            con.execute("commit")
+
+        warehouse.write(queue, paths.warehouse)
     return prepared.batch_id
 
 

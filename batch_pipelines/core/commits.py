@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, lake, ledger, warehouse
 from batch_pipelines.core.contract import CommitContext, RowsCommit
 from batch_pipelines.core.errors import classify, is_interrupt
 from batch_pipelines.core.execution import PendingCommit
@@ -55,15 +55,16 @@ def _commit_one(con: duckdb.DuckDBPyConnection, pending: PendingCommit, run_id: 
     fails fails the item (recorded in a second transaction)."""
     outcome = pending.outcome
     result = pending.result
-    con.execute("begin")
-    try:
+
+    def attempt() -> None:
         if result is not None and result.commit is not None:
             cc = CommitContext(outcome.batch_id, outcome.item_id, run_id)
             _mark_skipped(pending, result.commit(con, cc))
         ledger.record_outcome(con, outcome, run_id)
-        con.execute("commit")
+
+    try:
+        lake.transaction(con, attempt)
     except Exception as exc:
-        con.execute("rollback")
         if is_interrupt(exc):
             raise KeyboardInterrupt from exc
         c = classify(exc)
@@ -76,9 +77,7 @@ def _commit_one(con: duckdb.DuckDBPyConnection, pending: PendingCommit, run_id: 
             last = outcome.attempts[-1]
             last.outcome, last.error = ItemStatus.FAILED, outcome.error
             last.error_category, last.severity = c.category, c.severity
-        con.execute("begin")
-        ledger.record_outcome(con, outcome, run_id)
-        con.execute("commit")
+        lake.transaction(con, lambda: ledger.record_outcome(con, outcome, run_id))
 
 
 def replace_rows_together(
@@ -129,42 +128,53 @@ def _commit_together(
         (p.outcome.status, p.outcome.attempts[-1].outcome if p.outcome.attempts else None)
         for p in pending
     ]
-    con.execute("begin")
+
+    def attempt() -> None:
+        try:
+            _write_together(con, pending, run_id)
+        except BaseException:
+            # What the failed attempt changed of the outcomes (skipped) is undone with it.
+            for p, (status, last) in zip(pending, before, strict=True):
+                p.outcome.status = status
+                if p.outcome.attempts:
+                    p.outcome.attempts[-1].outcome = last
+            raise
+
     try:
-        tables: dict[str, list[tuple[str, str, Sequence[dict[str, Any]]]]] = {}
-        for p in pending:
-            commit = p.result.commit if p.result is not None else None
-            if isinstance(commit, RowsCommit):
-                for table, rows in commit.rows.items():
-                    tables.setdefault(table, []).append(
-                        (p.outcome.batch_id, p.outcome.item_id, rows)
-                    )
-        for table, rows_by_item in tables.items():
-            replace_rows_together(con, table, rows_by_item)
-        for p in pending:
-            commit = p.result.commit if p.result is not None else None
-            if isinstance(commit, RowsCommit):
-                commit = commit.then
-            if commit is not None:
-                cc = CommitContext(p.outcome.batch_id, p.outcome.item_id, run_id)
-                _mark_skipped(p, commit(con, cc))
-        ledger.record_outcomes(con, [p.outcome for p in pending], run_id)
-        con.execute("commit")
+        lake.transaction(con, attempt)
         return True
     except Exception as exc:  # noqa: BLE001 - retried item by item, where it is classified
-        con.execute("rollback")
         if is_interrupt(exc):
             raise KeyboardInterrupt from exc
-        for p, (status, last) in zip(pending, before, strict=True):
-            p.outcome.status = status
-            if p.outcome.attempts:
-                p.outcome.attempts[-1].outcome = last
         log.info(
             "bulk commit of %d items failed (%s); committing them one by one",
             len(pending),
             redact(str(exc)),
         )
         return False
+
+
+def _write_together(
+    con: duckdb.DuckDBPyConnection, pending: Sequence[PendingCommit], run_id: str | None
+) -> None:
+    """The rows of every item (one DELETE and INSERT per table), their commits, their
+    ledger rows, in the caller's transaction."""
+    tables: dict[str, list[tuple[str, str, Sequence[dict[str, Any]]]]] = {}
+    for p in pending:
+        commit = p.result.commit if p.result is not None else None
+        if isinstance(commit, RowsCommit):
+            for table, rows in commit.rows.items():
+                tables.setdefault(table, []).append((p.outcome.batch_id, p.outcome.item_id, rows))
+    for table, rows_by_item in tables.items():
+        replace_rows_together(con, table, rows_by_item)
+    for p in pending:
+        commit = p.result.commit if p.result is not None else None
+        if isinstance(commit, RowsCommit):
+            commit = commit.then
+        if commit is not None:
+            cc = CommitContext(p.outcome.batch_id, p.outcome.item_id, run_id)
+            _mark_skipped(p, commit(con, cc))
+    ledger.record_outcomes(con, [p.outcome for p in pending], run_id)
 
 
 def _groupable(p: PendingCommit, group_commits: bool) -> bool:
@@ -205,9 +215,7 @@ def flush(
         with warehouse.connect(paths.warehouse) as con:
             commit_items(con, pending, run_id, group_commits=group_commits)
             for batch_id in sorted(batch_ids):
-                con.execute("begin")
-                status = ledger.refresh_batch(con, batch_id)
-                con.execute("commit")
+                status = lake.transaction(con, lambda b=batch_id: ledger.refresh_batch(con, b))
                 failed, total = ledger.failed_of_total(con, batch_id)
                 states[batch_id] = BatchState(
                     status, ledger.is_paused(con, batch_id), failed, total

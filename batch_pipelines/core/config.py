@@ -5,6 +5,9 @@ the current directory by accident. Environment variables (all optional):
 
 - ``BATCH_PIPELINES_DATA``: the data root (default: ``<project>/data``).
 - ``BATCH_PIPELINES_WAREHOUSE``: the DuckDB warehouse file (default ``<data>/warehouse.duckdb``).
+  ``ducklake:postgres:<libpq conninfo>`` or ``ducklake:sqlite:<path>`` puts it on DuckLake.
+- ``BATCH_PIPELINES_LAKE_DATA_PATH``: where a DuckLake warehouse keeps its Parquet files
+  (default ``<data>/lake/``; a shared volume or ``s3://...`` for several machines).
 - ``BATCH_PIPELINES_ALLOWED_ROOTS``: extra roots (``os.pathsep``-separated) that manifests may
   read items from; the data root is always allowed.
 - ``BATCH_PIPELINES_MAX_ITEMS``: the most items one batch may hold (default 100000).
@@ -78,9 +81,13 @@ def get_paths(data_root: str | None = None, warehouse_path: str | None = None) -
     data = Path(
         data_root or os.environ.get("BATCH_PIPELINES_DATA") or _default_data_root()
     ).resolve()
-    warehouse = Path(
-        warehouse_path or os.environ.get("BATCH_PIPELINES_WAREHOUSE") or data / "warehouse.duckdb"
-    ).resolve()
+    setting = warehouse_path or os.environ.get("BATCH_PIPELINES_WAREHOUSE")
+    # A lake (``ducklake:<catalog>:<target>``, see core/lake.py) is no file to resolve.
+    warehouse = (
+        Path(setting)
+        if setting and str(setting).startswith("ducklake:")
+        else Path(setting or data / "warehouse.duckdb").resolve()
+    )
     extra = [
         Path(p).resolve()
         for p in os.environ.get("BATCH_PIPELINES_ALLOWED_ROOTS", "").split(os.pathsep)

@@ -139,11 +139,14 @@ def enqueue(con: duckdb.DuckDBPyConnection, targets: list[Endpoint], now: dateti
                 and _last_event(con, last_seen, batch_id, t) == body["event"]
             ):
                 continue
+            # "insert or ignore" without the primary key a lake cannot hold.
             con.execute(
-                "insert or ignore into webhook_outbox (event_id, endpoint_id, endpoint, "
-                "batch_id, event, body, status, created_at) values (?, ?, ?, ?, ?, ?, "
-                "'pending', ?)",
-                [event_id, t.endpoint_id, t.label, batch_id, body["event"], to_json(body), now],
+                "insert into webhook_outbox (event_id, endpoint_id, endpoint, "
+                "batch_id, event, body, status, created_at) select ?, ?, ?, ?, ?, ?, "
+                "'pending', ? where not exists (select 1 from webhook_outbox "
+                "where event_id = ? and endpoint_id = ?)",
+                [event_id, t.endpoint_id, t.label, batch_id, body["event"], to_json(body), now]
+                + [event_id, t.endpoint_id],
             )
             last_seen[(batch_id, t.endpoint_id)] = body["event"]
             n += 1

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 from pydantic import BaseModel
 
 from batch_pipelines.core import config, ledger, warehouse
@@ -367,11 +368,12 @@ def run_chunk(
     batch_id = work_items[0].batch_id
     if any(w.batch_id != batch_id for w in work_items):
         raise ValueError("a chunk holds items of one batch only")
-    with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
+
+    def start(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
         ledger.mark_running(con, batch_id, [w.item_id for w in work_items], run_id)
-        con.execute("commit")
-        failed_total = ledger.failed_of_total(con, batch_id)
+        return ledger.failed_of_total(con, batch_id)
+
+    failed_total = warehouse.write(start, paths.warehouse)
 
     concurrency = min(settings.concurrency_for(spec), len(work_items))
     with _BatchWatcher(batch_id, paths, watch_interval_s) as watcher:
@@ -399,10 +401,11 @@ def run_chunk(
         if chunk.buffer:
             chunk.flush()
     if summary.handed_over:
-        with warehouse.connect(paths.warehouse) as con:
-            con.execute("begin")
+
+        def release(con: duckdb.DuckDBPyConnection) -> str:
             ledger.release_items(con, batch_id, summary.handed_over, run_id)
-            summary.batch_status = ledger.refresh_batch(con, batch_id)
-            con.execute("commit")
+            return ledger.refresh_batch(con, batch_id)
+
+        summary.batch_status = warehouse.write(release, paths.warehouse)
     summary.stopped = watcher.reason
     return summary

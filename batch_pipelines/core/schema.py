@@ -15,6 +15,7 @@ import re
 
 import duckdb
 
+from batch_pipelines.core import lake
 from batch_pipelines.core import migrations as _migrations_pkg
 
 SCHEMA_TABLE = "schema_migrations"
@@ -52,15 +53,45 @@ def owned_relations() -> dict[str, str]:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Apply the migrations this warehouse has not seen; returns the ids applied."""
-    con.execute(
+    """Apply the migrations this warehouse has not seen; returns the ids applied. On a lake
+    each statement is first rewritten by :func:`lake.lake_statements`; a migration another
+    process applied meanwhile makes this one's commit conflict, and the caller runs
+    ``migrate`` again (it then finds the migration done)."""
+    on_lake = lake.is_lake(con)
+    create = (
         f"create table if not exists {SCHEMA_TABLE} "
         "(id varchar primary key, applied_at timestamp default current_timestamp)"
     )
+    if on_lake:
+        if not pending_migrations(con):
+            return []
+        # Every commit to a lake costs round trips to its catalog: all in one transaction.
+        con.execute("begin")
+    try:
+        for statement in lake.lake_statements(create) if on_lake else [create]:
+            con.execute(statement)
+        applied = _apply(con, on_lake)
+        if on_lake:
+            con.execute("commit")
+    except Exception:
+        if on_lake:
+            con.execute("rollback")
+        raise
+    return applied
+
+
+def _apply(con: duckdb.DuckDBPyConnection, on_lake: bool) -> list[str]:
     done = {row[0] for row in con.execute("select id from schema_migrations").fetchall()}
     applied = []
     for migration_id, statements in all_migrations():
         if migration_id in done:
+            continue
+        if on_lake:
+            for statement in statements:
+                for sql in lake.lake_statements(statement):
+                    con.execute(sql)
+            con.execute("insert into schema_migrations (id) values (?)", [migration_id])
+            applied.append(migration_id)
             continue
         con.execute("begin")
         try:

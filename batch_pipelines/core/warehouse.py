@@ -24,12 +24,13 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
-from batch_pipelines.core import config
+from batch_pipelines.core import config, lake
 from batch_pipelines.core.errors import (
     QueryTimeoutError,
     WarehouseBusyError,
@@ -46,7 +47,10 @@ __all__ = [
     "connect",
     "file_lock",
     "forget_migrations",
+    "is_lake",
+    "write",
 ]
+T = TypeVar("T")
 
 _process_lock = threading.RLock()
 _migrated: set[str] = set()
@@ -184,6 +188,10 @@ def connect(
     opened.
     """
     path = Path(path) if path is not None else config.get_paths().warehouse
+    if lake.is_lake_setting(path):
+        with _connect_lake(path, read_only, query_timeout_s, sandbox) as con:
+            yield con
+        return
     timeout_s = config.lock_timeout_s() if timeout_s is None else timeout_s
     key = str(path)
     with _process_lock:
@@ -208,6 +216,63 @@ def connect(
                 con.close()
 
 
+@contextlib.contextmanager
+def _connect_lake(
+    setting: Path, read_only: bool, query_timeout_s: float | None, sandbox: bool
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to a DuckLake warehouse: no lock at all, since the lake takes many
+    writers at once (a conflicting commit raises; the writers retry, see lake.retry)."""
+    spec = lake.parse(setting)
+    key = spec.attach_uri + "|" + spec.data_path
+    if key not in _migrated:
+        with _process_lock:
+            if key not in _migrated:
+                con = lake.cursor(spec)
+                try:
+                    lake.retry(lambda: migrate(con))
+                finally:
+                    con.close()
+                _migrated.add(key)
+    con = lake.cursor(spec, sandbox=sandbox and read_only)
+    try:
+        with _time_limit(con, query_timeout_s):
+            yield con
+    finally:
+        con.close()
+
+
+def is_lake(path: Path | str | None = None) -> bool:
+    """Whether the warehouse (``path``, else the configured one) is a DuckLake."""
+    return lake.is_lake_setting(path if path is not None else config.get_paths().warehouse)
+
+
+def write(
+    work: Callable[[duckdb.DuckDBPyConnection], T],
+    path: Path | str | None = None,
+    *,
+    timeout_s: float | None = None,
+) -> T:
+    """Run ``work(con)`` in one transaction on a write connection and commit; returns what it
+    returned. On a lake, a commit that conflicts with another writer's rolls back and ``work``
+    runs again on fresh data (bounded, with jitter: :func:`lake.retry`), so ``work`` must
+    decide from what it reads, not from what it read before."""
+
+    def once() -> T:
+        with connect(path, timeout_s=timeout_s) as con:
+            con.execute("begin")
+            try:
+                result = work(con)
+                con.execute("commit")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("rollback")
+                raise
+            return result
+
+    return lake.retry(once) if is_lake(path) else once()
+
+
 def forget_migrations() -> None:
     """Tests that delete a warehouse file call this so the next connect migrates again."""
     _migrated.clear()
+    lake.close_shared()

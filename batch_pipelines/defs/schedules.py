@@ -16,11 +16,15 @@ from dagster import (
     schedule,
 )
 
+from batch_pipelines.core import warehouse
 from batch_pipelines.defs.jobs import submit_batch_job
 
 RETENTION_ENV = "BATCH_PIPELINES_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 30
 CLEANUP_CRON = "30 2 * * *"
+
+
+LAKE_SNAPSHOT_DAYS = 7  # how far back a lake can still be read "as of" (time travel)
 
 
 def retention_days() -> int:
@@ -36,20 +40,24 @@ def retention_days() -> int:
 def nightly_cleanup_manifest(days: int) -> dict[str, Any]:
     """Finished batches (ledger rows, partitions, files), sent webhooks, export and report
     files, and staging leftovers older than ``days``; temporary tables left by interrupted
-    transforms."""
+    transforms; on a DuckLake warehouse, compaction and snapshot expiry."""
+    items: list[dict[str, Any]] = [
+        {"kind": "old_batches", "older_than_days": days},
+        {"kind": "old_files", "root": "exports", "older_than_days": days},
+        {"kind": "old_files", "root": "reports", "older_than_days": days},
+        {"kind": "staging", "older_than_days": 1},
+        {"kind": "temp_tables"},
+    ]
+    if warehouse.is_lake():
+        # Last, so it compacts what the deletions above left and frees the files they freed.
+        items.append({"kind": "lake", "older_than_days": LAKE_SNAPSHOT_DAYS})
     return {
         "operation": "cleanup",
         "name": f"nightly cleanup (retention {days} days)",
         "priority": "low",
         "options": {"dry_run": False},
         "settings": {"max_retries": 1, "chunk_size": 10},
-        "items": [
-            {"kind": "old_batches", "older_than_days": days},
-            {"kind": "old_files", "root": "exports", "older_than_days": days},
-            {"kind": "old_files", "root": "reports", "older_than_days": days},
-            {"kind": "staging", "older_than_days": 1},
-            {"kind": "temp_tables"},
-        ],
+        "items": items,
     }
 
 

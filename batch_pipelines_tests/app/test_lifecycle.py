@@ -34,6 +34,7 @@ def events(batch_id: str) -> list[str]:
     ]
 
 
+@pytest.mark.usefixtures("any_env")  # and again on a lake
 def test_rollback_restores_replaced_upserted_appended_and_created_tables(
     env, samples, instance
 ) -> None:  # noqa: ANN001
@@ -189,6 +190,7 @@ def test_rollback_on_failure_and_cancel_rollback(env, samples, instance) -> None
     assert get_batch(queued)["status"] == "rolled_back"
 
 
+@pytest.mark.usefixtures("any_env")  # and again on a lake
 def test_delete_removes_batch_partitions_and_writes(env, samples, instance) -> None:  # noqa: ANN001
     keep = import_penguins(instance, table="kept_rows")
     gone = import_penguins(

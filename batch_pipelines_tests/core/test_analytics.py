@@ -336,6 +336,7 @@ def test_error_fingerprint_normalises_variable_parts(env) -> None:  # noqa: ANN0
         assert len(long) == 300
 
 
+@pytest.mark.usefixtures("any_env")  # and again on a lake
 def test_batch_metrics_match_an_independent_computation(ledger: Path) -> None:
     df = raw_items(ledger)
     rows = {r["batch_id"]: r for r in view(ledger, "batch_metrics")}
@@ -399,6 +400,7 @@ def test_batch_metrics_hand_checked_edge_cases(ledger: Path) -> None:
     assert running["success_rate"] == 1.0 and running["p99_duration_ms"] == 30.0
 
 
+@pytest.mark.usefixtures("any_env")  # and again on a lake
 def test_error_distribution_matches_an_independent_computation(ledger: Path) -> None:
     df = raw_items(ledger)
     failed = df[df.status == "failed"].copy()
@@ -480,6 +482,7 @@ def test_batch_timeline_matches_an_independent_computation(ledger: Path) -> None
             assert r["running_success_rate"] == pytest.approx(cum_s / cum_f)
 
 
+@pytest.mark.usefixtures("any_env")  # and again on a lake
 def test_operation_stats_match_an_independent_computation(ledger: Path) -> None:
     df = raw_items(ledger)
     rows = {r["operation"]: r for r in view(ledger, "operation_stats")}

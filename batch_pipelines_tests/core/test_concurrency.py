@@ -21,11 +21,17 @@ N_BATCHES = 4
 FILES_PER_BATCH = 6
 
 
-def test_four_batches_in_four_processes(samples: Path, env) -> None:  # noqa: ANN001
+def test_four_batches_in_four_processes(samples: Path, any_env) -> None:  # noqa: ANN001
+    """On the single file, and on a lake with its catalog on PostgreSQL: no lock at all there,
+    conflicting commits retried, and the same rows exactly once."""
+    env = any_env
+    # Every statement on a lake is a round trip to its catalog: fewer files keep it cheap.
+    files = sorted(samples.glob("penguins_*"))[: 2 if env.lake else FILES_PER_BATCH]
+    n_items = N_BATCHES * len(files)
     for b in range(N_BATCHES):
         folder = samples / f"set{b}"
         folder.mkdir()
-        for f in sorted(samples.glob("penguins_*")):
+        for f in files:
             shutil.copy(f, folder / f.name)
     environ = {**env.environ(), "COLUMNS": "200"}
     procs = [
@@ -41,7 +47,7 @@ def test_four_batches_in_four_processes(samples: Path, env) -> None:  # noqa: AN
                 "--option",
                 "skip_identical=false",
                 "--chunk-size",
-                "1",
+                "2" if env.lake else "1",
                 "--name",
                 f"concurrent {b}",
                 "--in-process",
@@ -57,27 +63,33 @@ def test_four_batches_in_four_processes(samples: Path, env) -> None:  # noqa: AN
     ]
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+        assert p.returncode == 0, (out[-3000:], err[-3000:])
         assert "lock" not in err.lower(), err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
         assert json.loads(out)["status"] == "completed"
     assert env.sql("select count(*), count(distinct batch_id) from batches") == [
         (N_BATCHES, N_BATCHES)
     ]
     assert env.sql("select status, count(*) from batch_items group by 1") == [
-        ("succeeded", N_BATCHES * FILES_PER_BATCH)
+        ("succeeded", n_items)
     ]
     assert env.sql("select sum(succeeded_items), sum(processed_items) from batches") == [
-        (N_BATCHES * FILES_PER_BATCH, N_BATCHES * FILES_PER_BATCH)
+        (n_items, n_items)
     ]
     # Every attempt recorded once; every data row loaded once.
     assert env.sql(
         "select count(*), count(distinct (batch_id, item_id, attempt)) from item_attempts"
-    ) == [(24, 24)]
-    assert env.sql("select count(*) from import_files where status = 'imported'") == [(24,)]
-    assert env.sql("select count(*) from shared") == [(592 * N_BATCHES,)]
+    ) == [(n_items, n_items)]
+    assert env.sql("select count(*) from import_files where status = 'imported'") == [(n_items,)]
+    per_batch = env.sql("select distinct sum(rows) from import_files group by batch_id")
+    assert len(per_batch) == 1, per_batch  # each batch loaded the same files once
+    if len(files) == FILES_PER_BATCH:
+        assert per_batch == [(592,)]
+    rows = N_BATCHES * per_batch[0][0]
+    assert env.sql("select count(*) from shared") == [(rows,)]
     assert env.sql(
         "select count(*) from (select distinct _batch_id, _item_id, id from shared)"
-    ) == [(592 * N_BATCHES,)]
+    ) == [(rows,)]
     # Keys of each batch are registered contiguously, in item order.
     instance = DagsterInstance.get()
     try:
@@ -88,4 +100,4 @@ def test_four_batches_in_four_processes(samples: Path, env) -> None:  # noqa: AN
     for i, k in enumerate(keys):
         by_batch.setdefault(k.split("~")[0], []).append(i)
     for positions in by_batch.values():
-        assert positions == list(range(positions[0], positions[0] + FILES_PER_BATCH))
+        assert positions == list(range(positions[0], positions[0] + len(files)))

@@ -11,143 +11,21 @@ stopped, even when the test fails.
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from batch_pipelines.app.devserver import Env, dagster_dev, env_in_process, free_port, make_env
+from batch_pipelines.app.devserver import Env, dagster_dev, env_in_process, make_env
 from batch_pipelines_tests.conftest import CLI, REPO, SAMPLES
+from batch_pipelines_tests.postgres import postgres_server
 
 pytestmark = pytest.mark.e2e
 
 POSTGRES_YAML = REPO / "batch_pipelines" / "deploy" / "dagster.postgres.yaml"
-PG_USER = "batch_pipelines"
-PG_DB = "dagster"
-
-
-# ----------------------------------------------------------------- a throwaway server
-
-
-def _pg_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts[-3])
-    assert found, (
-        "PostgreSQL server binaries are missing (Debian package `postgresql`): run "
-        "`make system-deps` as root"
-    )
-    return found[-1].parent
-
-
-@dataclass
-class Postgres:
-    host: str
-    port: int
-    user: str
-    password: str
-    db: str
-
-    def environ(self) -> dict[str, str]:
-        return {
-            "DAGSTER_PG_HOST": self.host,
-            "DAGSTER_PG_PORT": str(self.port),
-            "DAGSTER_PG_DB": self.db,
-            "DAGSTER_PG_USERNAME": self.user,
-            "DAGSTER_PG_PASSWORD": self.password,
-        }
-
-    def connect(self, db: str | None = None):  # noqa: ANN201 - psycopg2 connection
-        import psycopg2
-
-        return psycopg2.connect(
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=self.password,
-            dbname=db or self.db,
-            connect_timeout=10,
-        )
-
-    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with contextlib.closing(self.connect()) as con, con.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-
-
-@contextlib.contextmanager
-def postgres_server() -> Iterator[Postgres]:
-    """initdb + pg_ctl start on 127.0.0.1:<free port> in a temporary directory (as the
-    ``postgres`` system user when we are root, since the server refuses to run as root);
-    creates the database; always stops the server and removes the directory."""
-    bin_dir = _pg_bin()
-    root = Path(tempfile.mkdtemp(prefix="bp-postgres-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        prefix = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres", "postgres")
-    data, log = root / "data", root / "server.log"
-    password = secrets.token_hex(12)
-    pwfile = root / "pw"
-    pwfile.write_text(password + "\n")
-    if prefix:
-        shutil.chown(pwfile, "postgres", "postgres")
-    pwfile.chmod(0o600)
-    port = free_port()
-    started = False
-
-    def run(*args: str, timeout: float = 120) -> None:
-        p = subprocess.run(
-            [*prefix, *args], capture_output=True, text=True, timeout=timeout, cwd=root
-        )
-        assert p.returncode == 0, f"{args[0]} failed:\n{p.stdout}\n{p.stderr}"
-
-    try:
-        run(
-            str(bin_dir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            PG_USER,
-            f"--pwfile={pwfile}",
-            "--auth=scram-sha-256",
-            "-E",
-            "UTF8",
-            "--no-instructions",
-        )
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c port={port} -k {root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        started = True
-        run(
-            str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
-            "-w", "-t", "60", "start",
-        )  # fmt: skip
-        server = Postgres("127.0.0.1", port, PG_USER, password, PG_DB)
-        with contextlib.closing(server.connect("postgres")) as con:
-            con.autocommit = True
-            with con.cursor() as cur:
-                cur.execute(f"create database {PG_DB}")
-        yield server
-    finally:
-        if started:
-            stop = subprocess.run(
-                [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t",
-                 "20", "stop"],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
-            if stop.returncode != 0 and (data / "postmaster.pid").exists():
-                pid = int((data / "postmaster.pid").read_text().split()[0])
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------- the batches
@@ -275,11 +153,15 @@ def test_concurrent_batches_on_postgres_match_sqlite(env: Env, tmp_path: Path) -
     assert by_name["pg import ok"][2:5] == ("completed", 6, 6)
     assert by_name["pg import mixed"][2:6] == ("completed_with_errors", 4, 1, 3)
 
-    # ... and on Postgres, configured exactly as docs/scaling-out.md says.
+    # ... and on Postgres, configured exactly as docs/scaling-out.md and docs/lake.md say:
+    # Dagster's storage and the warehouse's lake catalog on the same server.
     with postgres_server() as pg, pytest.MonkeyPatch.context() as mp:
         for k, v in pg.environ().items():
             mp.setenv(k, v)
         pg_env = make_env(tmp_path / "pg")
+        # The warehouse on a DuckLake whose catalog is a database of the same server.
+        pg.create_database("lake")
+        pg_env.lake = f"ducklake:postgres:{pg.conninfo('lake')}"
         _prepare(pg_env)
         (pg_env.dagster_home / "dagster.yaml").write_text(
             (REPO / "dagster.yaml").read_text() + "\n" + POSTGRES_YAML.read_text()
@@ -291,8 +173,13 @@ def test_concurrent_batches_on_postgres_match_sqlite(env: Env, tmp_path: Path) -
         assert {k: v for k, v in on_postgres.items() if k != "storage"} == {
             k: v for k, v in on_sqlite.items() if k != "storage"
         }
-        # Nothing fell back to SQLite files under DAGSTER_HOME.
+        # Nothing fell back to SQLite files under DAGSTER_HOME, nor to a DuckDB file.
         assert not list(pg_env.dagster_home.rglob("*.db"))
+        assert not list(pg_env.data.rglob("*.duckdb"))
+        # The ledger's tables are in the lake's catalog, their rows in its data files.
+        with contextlib.closing(pg.connect("lake")) as con, con.cursor() as cur:
+            cur.execute("select table_name from ducklake_table where end_snapshot is null")
+            assert {"batches", "batch_items", "penguins_a"} <= {r[0] for r in cur.fetchall()}
 
         # The rows really are in Postgres.
         n_keys = sum(on_postgres["partitions"].values())

@@ -160,6 +160,7 @@ def test_old_files_never_leave_the_root(env, tmp_path: Path) -> None:  # noqa: A
 # --- targets ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("any_env")  # and again on a lake
 def test_old_batches_dry_run_then_real(env, samples: Path, instance, tmp_path: Path) -> None:  # noqa: ANN001
     old_id = import_penguins(instance, "penguins_old")
     new_id = import_penguins(instance, "penguins_new")
@@ -223,6 +224,21 @@ def test_old_batches_dry_run_then_real(env, samples: Path, instance, tmp_path: P
     assert env.sql("select count(*) from cleanup_log where not dry_run")[0][0] == sum(
         n for _, n in deleted
     )
+
+    # The nightly cleanup then compacts a lake and expires its snapshots; the data stays.
+    from batch_pipelines.defs.schedules import nightly_cleanup_manifest
+
+    kinds = [i["kind"] for i in nightly_cleanup_manifest(30)["items"]]
+    assert ("lake" in kinds) == bool(env.lake)
+    kept = env.sql("select count(*) from penguins_new")
+    done = run_cleanup(env, {"kind": "lake", "older_than_days": 0}, instance, dry_run=False)
+    if env.lake:
+        assert done["expired_snapshots"] > 0 and done["deleted_files"] > 0, done
+        assert env.sql("select count(*) from penguins_new") == kept
+        assert env.sql("select count(*) from batch_items where batch_id = ?", [new_id]) == [(2,)]
+        assert env.sql("select count(*) from cleanup_log where target_kind = 'lake'") == [(1,)]
+    else:
+        assert "nothing to compact" in done["notes"]
 
 
 def test_orphan_files(env, samples: Path, instance) -> None:  # noqa: ANN001

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
+from batch_pipelines.core import lake
 from batch_pipelines.core.ledger.models import ItemOutcome, ItemStatus, to_json, utcnow
 from batch_pipelines.core.ledger.store import add_event, write
 from batch_pipelines.core.redact import redact_optional, redact_value
@@ -77,11 +78,18 @@ def record_outcome(
             outcome.item_id,
         ],
     )
+    on_lake = lake.is_lake(con)
     for a in outcome.attempts:
+        if on_lake:  # a lake has no primary key to replace on
+            write(
+                con,
+                "delete from item_attempts where batch_id = ? and item_id = ? and attempt = ?",
+                [outcome.batch_id, outcome.item_id, a.attempt],
+            )
         write(
             con,
-            """
-            insert or replace into item_attempts (batch_id, item_id, attempt, started_at,
+            f"""
+            insert {"" if on_lake else "or replace "}into item_attempts (batch_id, item_id, attempt, started_at,
                 finished_at, duration_ms, outcome, error, error_category, severity, run_id,
                 traceback)
             values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -203,10 +211,18 @@ def record_outcomes(
             [run_id],
         )
         if attempts.num_rows:
+            on_lake = lake.is_lake(con)
+            if on_lake:  # a lake has no primary key to replace on
+                write(
+                    con,
+                    "delete from item_attempts using _attempts a where "
+                    "item_attempts.batch_id = a.batch_id and item_attempts.item_id = a.item_id "
+                    "and item_attempts.attempt = a.attempt",
+                )
             write(
                 con,
-                """
-                insert or replace into item_attempts (batch_id, item_id, attempt, started_at,
+                f"""
+                insert {"" if on_lake else "or replace "}into item_attempts (batch_id, item_id, attempt, started_at,
                     finished_at, duration_ms, outcome, error, error_category, severity, run_id,
                     traceback)
                 select batch_id, item_id, attempt, started_at, finished_at, duration_ms,

@@ -7,6 +7,7 @@ from typing import Any
 
 import duckdb
 
+from batch_pipelines.core import lake
 from batch_pipelines.core.ledger.store import write
 
 RUN_METRICS_COLUMNS = (
@@ -45,9 +46,16 @@ def record_run_metrics(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> N
         raise ValueError(f"not run_metrics columns: {sorted(unknown)}")
     cols = ", ".join(RUN_METRICS_COLUMNS)
     marks = ", ".join("?" for _ in RUN_METRICS_COLUMNS)
+    on_lake = lake.is_lake(con)
+    if on_lake:  # a lake has no primary key to replace on
+        write(
+            con,
+            "delete from run_metrics where run_id = ? and batch_id = ?",
+            [row.get("run_id"), row.get("batch_id")],
+        )
     write(
         con,
-        f"insert or replace into run_metrics ({cols}) values ({marks})",
+        f"insert {'' if on_lake else 'or replace '}into run_metrics ({cols}) values ({marks})",
         [row.get(c) for c in RUN_METRICS_COLUMNS],
     )
 

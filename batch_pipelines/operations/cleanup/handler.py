@@ -20,6 +20,9 @@ An item is a target:
   ``staging`` schema (left alone while a transform or import batch is running).
 - ``{kind: staging, older_than_days?}``: ``data/staging/<batch_id>/`` folders of finished or
   unknown batches.
+- ``{kind: lake, older_than_days?}``: on a DuckLake warehouse, merge small adjacent data
+  files, expire snapshots older than N days (default 7) and delete the files no snapshot
+  needs any more; nothing to do on the single DuckDB file.
 
 ``dry_run`` (default true) only lists what would go (``cleanup_log`` rows with
 ``dry_run = true``, replaced on re-run). A real run (``dry_run: false``) deletes in the
@@ -44,7 +47,7 @@ from typing import Any
 
 import duckdb
 
-from batch_pipelines.core import ledger, outbox
+from batch_pipelines.core import lake, ledger, outbox, warehouse
 from batch_pipelines.core.contract import (
     DELETE_PARTITIONS,
     DETAIL_TABLES,
@@ -179,9 +182,35 @@ def execute_plan(
     return deleted, errors, methods
 
 
+def _maintain_lake(ctx: ItemContext, item: CleanupItem, dry_run: bool) -> ItemResult:
+    """Compaction and snapshot expiry run on a connection of their own: DuckLake commits each
+    as its own snapshot, so they stay out of the item's transaction."""
+    days = 7.0 if item.older_than_days is None else float(item.older_than_days)
+    metrics: dict[str, Any] = {"kind": item.kind, "dry_run": dry_run, "older_than_days": days}
+    on_lake = warehouse.is_lake(ctx.paths.warehouse)
+    if not on_lake:
+        metrics["notes"] = "the warehouse is a single DuckDB file: nothing to compact"
+    done: dict[str, int] = {}
+    if on_lake and not dry_run:
+        with warehouse.connect(ctx.paths.warehouse) as con:
+            done = lake.maintain(con, older_than_s=days * 86400)
+        metrics.update(done)
+
+    def commit(con: duckdb.DuckDBPyConnection, cc: CommitContext) -> None:
+        tables.forget_dry_run(con, cc)
+        note = ", ".join(f"{k} {v}" for k, v in done.items()) or "compact, expire snapshots"
+        if on_lake:
+            objects = [Planned("lake", str(lake.parse(ctx.paths.warehouse)), note=note)]
+            tables.log_objects(con, cc, item.kind, objects, dry_run)
+
+    return ItemResult(metrics=metrics, commit=commit)
+
+
 def handle_cleanup(ctx: ItemContext) -> ItemResult:
     options: CleanupOptions = ctx.options
     item: CleanupItem = ctx.item
+    if item.kind == "lake":
+        return _maintain_lake(ctx, item, options.dry_run)
     declared = _host_resource(ctx, DETAIL_TABLES)
     plan = make_plan(ctx, item, declared)
     ctx.check()

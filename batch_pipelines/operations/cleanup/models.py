@@ -7,8 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-Kind = Literal["old_batches", "old_files", "orphan_files", "temp_tables", "staging"]
-KINDS: tuple[str, ...] = ("old_batches", "old_files", "orphan_files", "temp_tables", "staging")
+Kind = Literal["old_batches", "old_files", "orphan_files", "temp_tables", "staging", "lake"]
+KINDS: tuple[str, ...] = (
+    "old_batches",
+    "old_files",
+    "orphan_files",
+    "temp_tables",
+    "staging",
+    "lake",
+)
 
 
 class CleanupOptions(BaseModel, extra="forbid"):
@@ -24,7 +31,9 @@ class CleanupItem(BaseModel, extra="forbid"):
 
     id: str | None = None
     kind: Kind
-    older_than_days: float | None = Field(None, ge=0, le=36500)
+    older_than_days: float | None = Field(
+        None, ge=0, le=36500, description="lake: snapshots older than this expire (default 7)"
+    )
     root: Literal["exports", "reports"] | None = None
     path: str | None = Field(
         None, description="old_files/orphan_files: a folder inside the root to limit to"
