@@ -52,8 +52,8 @@ def test_a_good_manifest_prepares(samples: Path) -> None:
         (good(items=[{"path": "/etc/passwd"}]), "items[0].path", "outside the allowed roots"),
         (good(items=[{"path": "data/../../../etc/passwd"}]), "items[0].path", "outside"),
         (
-            good(items=[{"path": "data/samples/penguins_2007.csv", "sheet": 1}]),
-            "items[0].sheet",
+            good(items=[{"path": "data/samples/penguins_2007.csv", "tab": 1}]),
+            "items[0].tab",
             "unknown field",
         ),
         (good(items=[]), "items", "no items"),
