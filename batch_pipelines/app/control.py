@@ -163,22 +163,24 @@ def cancel_batch(
         time.sleep(0.5)
     result.still_active_runs = [r.run_id for r in active]
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        # An item a terminated run was in the middle of stays cancelled, not running.
-        ledger.cancel_pending(con, batch_id, f"cancelled by {actor}", include_running=True)
-        ledger.refresh_batch(con, batch_id)
-        ledger.add_event(
-            con,
-            batch_id,
-            "batch_cancelled",
-            actor=actor,
-            detail={
-                "dequeued_runs": result.dequeued_runs,
-                "terminated_runs": result.terminated_runs,
-                "still_active_runs": result.still_active_runs,
-            },
-        )
-        con.execute("commit")
+
+        def settle() -> None:
+            # An item a terminated run was in the middle of stays cancelled, not running.
+            ledger.cancel_pending(con, batch_id, f"cancelled by {actor}", include_running=True)
+            ledger.refresh_batch(con, batch_id)
+            ledger.add_event(
+                con,
+                batch_id,
+                "batch_cancelled",
+                actor=actor,
+                detail={
+                    "dequeued_runs": result.dequeued_runs,
+                    "terminated_runs": result.terminated_runs,
+                    "still_active_runs": result.still_active_runs,
+                },
+            )
+
+        lake.transaction(con, settle)
         result.status = ledger.batch_status(con, batch_id)
     result.message = (
         f"cancelled {batch_id}: {n} item(s) cancelled, "
@@ -267,21 +269,24 @@ def resume_batch(
         canary_failed = batch.status == BatchStatus.CANARY_FAILED
         if not batch.paused and not stalled and not canary_failed:
             raise ControlError(f"batch {batch_id} is not paused (it is {batch.status})")
-        con.execute("begin")
-        if canary_failed:
-            # A person looked at the failed canary and lets the rest run anyway.
-            ledger.release_canary(con, batch_id, actor=actor)
-        ledger.set_paused(con, batch_id, False)
-        status = ledger.refresh_batch(con, batch_id)
-        pending = ledger.count_items(con, batch_id, ItemStatus.PENDING)
-        ledger.add_event(
-            con,
-            batch_id,
-            "batch_resumed",
-            actor=actor,
-            detail={"pending_items": pending, "recovered": recovered},
-        )
-        con.execute("commit")
+
+        def release() -> tuple[str, int]:
+            if canary_failed:
+                # A person looked at the failed canary and lets the rest run anyway.
+                ledger.release_canary(con, batch_id, actor=actor)
+            ledger.set_paused(con, batch_id, False)
+            status = ledger.refresh_batch(con, batch_id)
+            pending = ledger.count_items(con, batch_id, ItemStatus.PENDING)
+            ledger.add_event(
+                con,
+                batch_id,
+                "batch_resumed",
+                actor=actor,
+                detail={"pending_items": pending, "recovered": recovered},
+            )
+            return status, pending
+
+        status, pending = lake.transaction(con, release)
     message = f"resumed {batch_id}: {pending} item(s) left to run"
     if recovered:
         message += " (the runs of its dead worker ended, their items back to pending)"

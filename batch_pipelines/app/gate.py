@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch_pipelines.app.control import ControlError, submit_child_batch
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, lake, ledger, warehouse
 from batch_pipelines.core.gates import QualityGateSettings
 from batch_pipelines.core.ledger import ItemStatus
 
@@ -44,9 +44,8 @@ def apply_quality_gate(batch_id: str, *, instance=None) -> GateResult | None:  #
             )
         ):
             return None
-        con.execute("begin")
-        claimed = ledger.claim_gate(con, batch_id)
-        con.execute("commit")
+        # On a lake two claims at once conflict: the one retried sees the batch claimed.
+        claimed = lake.transaction(con, lambda: ledger.claim_gate(con, batch_id))
         if not claimed:
             return None
         gate = QualityGateSettings.model_validate(raw)
@@ -103,9 +102,12 @@ def _finish(
     child: str | None = None,
 ) -> GateResult:
     with warehouse.connect(config.get_paths().warehouse) as con:
-        con.execute("begin")
-        ledger.set_gate_status(con, batch_id, status, detail={**detail, "message": message})
-        con.execute("commit")
+        lake.transaction(
+            con,
+            lambda: ledger.set_gate_status(
+                con, batch_id, status, detail={**detail, "message": message}
+            ),
+        )
     return GateResult(batch_id, status, int(detail["below"]), child, message)
 
 

@@ -10,7 +10,7 @@ from datetime import UTC
 
 from batch_pipelines.app.control import ControlError, ControlResult, dequeue_for
 from batch_pipelines.app.dispatch import QueuedRun, plan_run_priorities
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, lake, ledger, warehouse
 from batch_pipelines.core.ledger import BatchStatus
 from batch_pipelines.core.manifest import PRIORITIES
 
@@ -78,9 +78,9 @@ def change_priority(
                 f"cannot change the priority of batch {batch_id}: it is {batch.status}; "
                 "only a queued, running or paused batch has chunks left to launch"
             )
-        con.execute("begin")
-        old = ledger.set_priority(con, batch_id, priority, actor=actor)
-        con.execute("commit")
+        old = lake.transaction(
+            con, lambda: ledger.set_priority(con, batch_id, priority, actor=actor)
+        )
     instance = instance or get_instance()
     records = instance.get_run_records(filters=RunsFilter(tags={"batch/id": batch_id}))
     waited = (ledger.utcnow() - batch.queued_at).total_seconds() if batch.queued_at else 0.0
@@ -123,26 +123,29 @@ def hold_all(
     instance = instance or get_instance()
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse) as con:
-        batch_ids = _unfinished_batches(con)
-        con.execute("begin")
-        for batch_id in batch_ids:
-            ledger.set_paused(con, batch_id, True)
-            ledger.add_event(
-                con, batch_id, "batch_pause_requested", actor=actor, detail={"hold": True}
-            )
-        ledger.set_hold(con, actor=actor, paused_batches=batch_ids)
-        con.execute("commit")
+
+        def hold() -> list[str]:
+            batch_ids = _unfinished_batches(con)
+            for batch_id in batch_ids:
+                ledger.set_paused(con, batch_id, True)
+                ledger.add_event(
+                    con, batch_id, "batch_pause_requested", actor=actor, detail={"hold": True}
+                )
+            ledger.set_hold(con, actor=actor, paused_batches=batch_ids)
+            return batch_ids
+
+        batch_ids = lake.transaction(con, hold)
     result = ControlResult("*", "hold", "held")
     # A tick that read the ledger just before the hold may still enqueue runs: sweep for one
     # dispatcher interval, as pause does.
     dequeue_for(instance, batch_ids, result, settle_s)
-    paused = 0
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        for batch_id in batch_ids:
-            if ledger.refresh_batch(con, batch_id) == BatchStatus.PAUSED:
-                paused += 1
-        con.execute("commit")
+        paused = lake.transaction(
+            con,
+            lambda: sum(
+                ledger.refresh_batch(con, batch_id) == BatchStatus.PAUSED for batch_id in batch_ids
+            ),
+        )
     result.message = (
         f"held: {len(batch_ids)} batch(es) paused ({paused} drained, the others finish their "
         f"running chunks), {len(result.dequeued_runs)} queued run(s) dequeued; submissions "
@@ -155,11 +158,10 @@ def release_all(*, actor: str = "python") -> ControlResult:
     """Lift the hold: the batches it paused are resumed (not those paused one by one before
     it), and the dispatcher launches again."""
     paths = config.get_paths()
-    with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
+
+    def release() -> int:
         hold = ledger.clear_hold(con, actor=actor)
         if hold is None:
-            con.execute("rollback")
             raise ControlError("the instance is not held (hold it with `pause --all`)")
         resumed = 0
         for batch_id in hold["paused_batches"]:
@@ -170,7 +172,10 @@ def release_all(*, actor: str = "python") -> ControlResult:
             ledger.refresh_batch(con, batch_id)
             ledger.add_event(con, batch_id, "batch_resumed", actor=actor, detail={"hold": True})
             resumed += 1
-        con.execute("commit")
+        return resumed
+
+    with warehouse.connect(paths.warehouse) as con:
+        resumed = lake.transaction(con, release)
     return ControlResult(
         "*",
         "release",

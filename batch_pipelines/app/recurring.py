@@ -19,7 +19,7 @@ from typing import Any
 
 from batch_pipelines.app.submit import RateLimitError
 from batch_pipelines.app.templates import submit_template
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, lake, ledger, warehouse
 from batch_pipelines.core.errors import WarehouseError
 from batch_pipelines.core.manifest import ManifestError
 from batch_pipelines.core.templates import (
@@ -151,12 +151,13 @@ def _event(
     paths: config.Paths, batch_id: str | None, event: str, due: Due, detail: dict[str, Any]
 ) -> None:
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        ledger.add_event(
+        lake.transaction(
             con,
-            batch_id,
-            event,
-            actor=ACTOR,
-            detail={"template": due.template.name, "tick": due.tick.isoformat(), **detail},
+            lambda: ledger.add_event(
+                con,
+                batch_id,
+                event,
+                actor=ACTOR,
+                detail={"template": due.template.name, "tick": due.tick.isoformat(), **detail},
+            ),
         )
-        con.execute("commit")

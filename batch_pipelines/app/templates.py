@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, lake, ledger, warehouse
 from batch_pipelines.core.manifest import (
     ManifestError,
     load_manifest,
@@ -151,24 +151,27 @@ def save_template(
     paths = config.get_paths()
     now = ledger.utcnow()
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        old = read_template(con, name)
-        template = Template(
-            name=name,
-            manifest=data,
-            operation=data["operation"],
-            schedule=(given.get("schedule") or "").strip() or None,
-            timezone=given.get("timezone") or DEFAULT_TIMEZONE,
-            catch_up=bool(given.get("catch_up", False)),
-            paused=old.paused if old else False,
-            active_since=now,
-            created_at=old.created_at if old else now,
-            updated_at=now,
-            saved_by=actor,
-        )
-        put_template(con, template)
-        _audit(con, "template_saved", template, actor, replaced=old is not None)
-        con.execute("commit")
+
+        def save() -> Template:
+            old = read_template(con, name)
+            template = Template(
+                name=name,
+                manifest=data,
+                operation=data["operation"],
+                schedule=(given.get("schedule") or "").strip() or None,
+                timezone=given.get("timezone") or DEFAULT_TIMEZONE,
+                catch_up=bool(given.get("catch_up", False)),
+                paused=old.paused if old else False,
+                active_since=now,
+                created_at=old.created_at if old else now,
+                updated_at=now,
+                saved_by=actor,
+            )
+            put_template(con, template)
+            _audit(con, "template_saved", template, actor, replaced=old is not None)
+            return template
+
+        template = lake.transaction(con, save)
     return template.to_dict()
 
 
@@ -223,29 +226,29 @@ def delete_template(name: str, *, actor: str | None = None) -> None:
     """Delete a template (its batches keep its name); raises TemplateNotFound."""
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        template = read_template(con, name)
-        if template is None or not remove_template(con, name):
-            con.execute("rollback")
-            raise TemplateNotFound(name)
-        _audit(con, "template_deleted", template, actor or whoami())
-        con.execute("commit")
+
+        def delete() -> None:
+            template = read_template(con, name)
+            if template is None or not remove_template(con, name):
+                raise TemplateNotFound(name)
+            _audit(con, "template_deleted", template, actor or whoami())
+
+        lake.transaction(con, delete)
 
 
 def _pause(name: str, paused: bool, actor: str | None) -> dict[str, Any]:
     paths = config.get_paths()
     with warehouse.connect(paths.warehouse) as con:
-        con.execute("begin")
-        try:
+
+        def pause() -> Template:
             before = read_template(con, name)
             template = set_paused(con, name, paused)
-        except TemplateNotFound:
-            con.execute("rollback")
-            raise
-        if before is not None and before.paused != paused:
-            event = "template_paused" if paused else "template_resumed"
-            _audit(con, event, template, actor or whoami())
-        con.execute("commit")
+            if before is not None and before.paused != paused:
+                event = "template_paused" if paused else "template_resumed"
+                _audit(con, event, template, actor or whoami())
+            return template
+
+        template = lake.transaction(con, pause)
     return template.to_dict()
 
 
