@@ -45,6 +45,7 @@ from batch_pipelines.cli.utils import (
     watch,
 )
 from batch_pipelines.core import ledger
+from batch_pipelines.core.errors import ConfigError
 from batch_pipelines.core.manifest import PRIORITIES, ManifestError, read_manifest_file
 
 
@@ -317,6 +318,8 @@ def list_cmd(as_json: bool, **filters: Any) -> None:  # noqa: ANN401
         raise BadInput("--created-after must be earlier than --created-before")
     try:
         batches = list_batches(**filters)
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise BadInput(f"--limit/--offset: {exc}") from None
     if as_json:

@@ -31,8 +31,8 @@ from batch_pipelines.cli import (
     sql,
     templates,
 )
-from batch_pipelines.cli.utils import EXIT_FAILED
-from batch_pipelines.core.errors import WarehouseError
+from batch_pipelines.cli.utils import EXIT_FAILED, BadInput
+from batch_pipelines.core.errors import ConfigError, WarehouseError
 
 
 class WarehouseUnavailable(click.ClickException):
@@ -87,6 +87,9 @@ class _Main(click.Group):
                 return super().invoke(ctx)
         except WarehouseError as exc:
             raise WarehouseUnavailable(str(exc)) from None
+        except ConfigError as exc:
+            # A bad BATCH_PIPELINES_* setting is bad input, whichever verb met it.
+            raise BadInput(str(exc)) from None
         finally:
             self._blocker = None
 

@@ -34,6 +34,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch_pipelines.core.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -103,7 +105,7 @@ def _int_env(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
 def max_items() -> int:
@@ -144,7 +146,7 @@ def _seconds_env(name: str, default: float) -> float | None:
     try:
         value = float(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
     return value if value > 0 else None
 
 

@@ -53,6 +53,10 @@ class ItemCancelledError(ItemError):
     category = CANCELLED
 
 
+class ConfigError(ValueError):
+    """An environment setting (``BATCH_PIPELINES_*``) is invalid; the message names it."""
+
+
 class WarehouseError(RuntimeError):
     """The warehouse cannot serve this request: busy, unreadable, or a read over its time
     limit. The message is one line, fit to show as it is."""

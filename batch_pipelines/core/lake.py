@@ -32,7 +32,7 @@ from typing import TypeVar
 import duckdb
 
 from batch_pipelines.core import config
-from batch_pipelines.core.errors import WarehouseError, WarehouseUnreadableError
+from batch_pipelines.core.errors import ConfigError, WarehouseError, WarehouseUnreadableError
 
 PREFIX = "ducklake:"
 ALIAS = "lake"
@@ -83,7 +83,7 @@ def parse(value: str | os.PathLike[str]) -> LakeSpec:
     rest = raw[len(PREFIX) :]
     catalog, _, target = rest.partition(":")
     if catalog not in _CATALOG_EXTENSION or not target.strip():
-        raise ValueError(
+        raise ConfigError(
             f"BATCH_PIPELINES_WAREHOUSE: {raw.split(':', 2)[0]}:{catalog}:... is not a lake; "
             "use ducklake:postgres:<libpq conninfo> or ducklake:sqlite:<path>"
         )

@@ -102,6 +102,24 @@ def test_bad_input_exits_2_and_names_the_field(samples: Path, env) -> None:  # n
         assert env.sql("select count(*) from batches") == [(0,)]
 
 
+@pytest.mark.parametrize(
+    ("args", "setting", "value"),
+    [
+        (["list"], "BATCH_PIPELINES_WAREHOUSE", "ducklake:mysql:db"),
+        (["stats"], "BATCH_PIPELINES_WAREHOUSE", "ducklake:sqlite:"),
+        (
+            ["submit", "import", "--items", "data/samples/*.csv", "--option", "target_table=t"],
+            "BATCH_PIPELINES_MAX_ITEMS",
+            "many",
+        ),
+    ],
+)
+def test_a_bad_setting_exits_2_naming_it(env, args: list[str], setting: str, value: str) -> None:  # noqa: ANN001
+    p = cli(env, *args, **{setting: value})
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert setting in p.stderr and "--limit" not in p.stderr and "Traceback" not in p.stderr
+
+
 def test_submit_without_wait_queues(samples: Path, env) -> None:  # noqa: ANN001
     p = cli(
         env,
