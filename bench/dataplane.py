@@ -219,11 +219,14 @@ STEPS = {
 }
 
 
-def _run_step(name: str, env: dict[str, str], **kwargs: Any) -> dict[str, Any]:
-    """Run one step in a fresh Python process; its result plus its peak RSS."""
+def run_step(
+    name: str, env: dict[str, str], module: str = "bench.dataplane", **kwargs: Any
+) -> dict[str, Any]:
+    """Run one step of ``module`` (its ``--step NAME JSON`` entry) in a fresh Python process:
+    its result plus the load average when it started."""
     load = os.getloadavg()[0]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.dataplane", "--step", name, json.dumps(kwargs)],
+        [sys.executable, "-m", module, "--step", name, json.dumps(kwargs)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -264,32 +267,32 @@ def run(rows: int = 5_000_000, memory_limit: str = "100MB") -> dict[str, Any]:
             }
         )
         out: dict[str, Any] = {"file": generated, "memory_limit": memory_limit}
-        out["duckdb_import"] = _run_step(
+        out["duckdb_import"] = run_step(
             "duckdb_import", env, csv=str(csv), db=str(root / "duckdb_only.duckdb")
         )
         for load in ("staged", "auto"):
-            out[f"import_plain_{load}"] = _run_step(
+            out[f"import_plain_{load}"] = run_step(
                 "import_plain",
                 {**env, "BATCH_PIPELINES_WAREHOUSE": str(data / f"warehouse_{load}.duckdb")},
                 csv=str(csv),
                 load=load,
             )
-        out["import"] = _run_step("import", env, csv=str(csv))
+        out["import"] = run_step("import", env, csv=str(csv))
         limited_env = {
             **env,
             "BATCH_PIPELINES_DUCKDB_MEMORY": memory_limit,
             "BATCH_PIPELINES_WAREHOUSE": str(data / "warehouse_limited.duckdb"),
         }
-        out["import_limited"] = _run_step("import", limited_env, csv=str(csv))
+        out["import_limited"] = run_step("import", limited_env, csv=str(csv))
         for fmt in ("parquet", "csv"):
-            out[f"duckdb_copy_{fmt}"] = _run_step(
+            out[f"duckdb_copy_{fmt}"] = run_step(
                 "duckdb_copy",
                 env,
                 db=str(data / "warehouse.duckdb"),
                 out=str(root / f"duckdb_copy.{fmt}"),
                 fmt=fmt,
             )
-            out[f"export_{fmt}"] = _run_step("export", env, fmt=fmt)
+            out[f"export_{fmt}"] = run_step("export", env, fmt=fmt)
     return out
 
 

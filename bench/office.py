@@ -22,12 +22,12 @@ import json
 import os
 import random
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.dataplane import run_step
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = "bench_xlsx"
@@ -114,23 +114,7 @@ def step_export() -> dict[str, Any]:
 
 
 STEPS = {"import": step_import, "export": step_export}
-
-
-def _run_step(name: str, env: dict[str, str], **kwargs: Any) -> dict[str, Any]:
-    load = os.getloadavg()[0]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.office", "--step", name, json.dumps(kwargs)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"step {name} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["load"] = load
-    return result
+MODULE = "bench.office"
 
 
 def run(rows: int = 200_000) -> list[dict[str, Any]]:
@@ -159,8 +143,8 @@ def run(rows: int = 200_000) -> list[dict[str, Any]]:
             out.append(
                 {
                     "file": generated,
-                    "import": _run_step("import", env, path=str(book)),
-                    "export": _run_step("export", env),
+                    "import": run_step("import", env, MODULE, path=str(book)),
+                    "export": run_step("export", env, MODULE),
                 }
             )
     return out

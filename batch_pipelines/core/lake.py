@@ -78,7 +78,7 @@ def is_lake_setting(value: str | os.PathLike[str] | None) -> bool:
 
 
 def parse(value: str | os.PathLike[str]) -> LakeSpec:
-    """The lake a ``ducklake:...`` setting names; ValueError naming the setting otherwise."""
+    """The lake a ``ducklake:...`` setting names; ConfigError naming the setting otherwise."""
     raw = str(value)
     rest = raw[len(PREFIX) :]
     catalog, _, target = rest.partition(":")
