@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import sqlite3
 import threading
@@ -128,14 +129,29 @@ def db_path(paths: config.Paths | None = None) -> Path:
     return (paths or config.get_paths()).data / DB_NAME
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, *, wait_s: float = 30.0) -> sqlite3.Connection:
+    """Open the limits database. Two processes opening a new file at once can see "database is
+    locked" from the switch to WAL, which SQLite does not retry through the busy timeout: retry
+    it here (bounded, with jitter) until ``wait_s`` has passed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    con.execute("pragma busy_timeout = 30000")
-    con.execute("pragma journal_mode = wal")
-    con.execute("pragma synchronous = normal")
-    con.executescript(_SCHEMA)
-    return con
+    deadline = time.monotonic() + wait_s
+    delay = 0.01
+    while True:
+        con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            con.execute("pragma busy_timeout = 30000")
+            con.execute("pragma journal_mode = wal")
+            con.execute("pragma synchronous = normal")
+            con.executescript(_SCHEMA)
+            return con
+        except sqlite3.OperationalError as exc:
+            con.close()
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.5)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -12,6 +12,7 @@ count what they saw.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -318,6 +320,36 @@ def limits_paths(tmp_path: Path):  # noqa: ANN201
     from batch_pipelines.core import config
 
     return config.get_paths(str(tmp_path))
+
+
+def _open_at(path: str, start: float, results: Any) -> None:
+    while time.time() < start:
+        time.sleep(0.001)
+    try:
+        limits._connect(Path(path)).close()
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(repr(exc))
+
+
+def test_processes_opening_a_new_limits_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Regression (CI): two chunk processes created the limits file at the same moment and one
+    died with "database is locked" from the switch to WAL, which SQLite does not retry through
+    the busy timeout. Eight processes at once, over ten fresh files (before the fix, about one
+    open in thirty failed)."""
+    ctx = multiprocessing.get_context("fork")
+    outcomes: list[str] = []
+    for round_ in range(10):
+        path = str(tmp_path / f"r{round_}" / limits.DB_NAME)
+        results = ctx.Queue()
+        start = time.time() + 0.3
+        procs = [ctx.Process(target=_open_at, args=(path, start, results)) for _ in range(8)]
+        for proc in procs:
+            proc.start()
+        outcomes += [results.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+    assert [o for o in outcomes if o != "ok"] == []
 
 
 def test_client_reports_429_and_retry_after_ms(tmp_path: Path) -> None:
