@@ -108,18 +108,21 @@ class ExecutionSettings(BaseModel, extra="forbid"):
 # Unset chunk_size: each chunk run costs 2-3 s to launch (a new worker process, several more
 # on a busy machine) whatever its size, so 100 items per run caps a batch of light items at
 # ~35 items/s, and 1,000 left a 10,000-item batch waiting on worker starts for half its time.
-# A batch is cut into AUTO_CHUNK_RUNS chunks (two run slots busy twice), of AUTO_CHUNK_MIN to
-# AUTO_CHUNK_MAX items; chunk_time_slice_s keeps a big chunk of slow items from holding a run
-# slot for long. Measured in docs/benchmarks.md (bench/fanout.py).
+# A batch is cut into AUTO_CHUNK_RUNS chunks, one per slot of the duckdb_writer pool (its
+# default limit in dagster.yaml is 2), so every slot pays the launch once: four chunks (two
+# waves, the second launched only when the first ended) took 10,000 light items to the ledger
+# at 523 items/s, two chunks at 861 items/s (docs/benchmarks.md, bench/fanout.py). Chunks are
+# AUTO_CHUNK_MIN to AUTO_CHUNK_MAX items; chunk_time_slice_s keeps a big chunk of slow items
+# from holding a run slot for long, and pause, cancel and retries work per item inside a run.
 # Items in flight (item_concurrency > 1: the items wait on I/O) change the sum: a chunk of c
 # items with k in flight lasts about c / k item latencies, and each run also pays a ramp (the
 # shared HTTP limits finding the server's capacity) and a tail (its last items in flight) of
 # about one latency each. So a chunk holds at least AUTO_CHUNK_PER_WORKER items per item in
-# flight: 1,000 items at 64 in flight are one run, not four runs of 16 items per worker that
+# flight: 1,000 items at 64 in flight are one run, not runs of 16 items per worker that
 # each pay the launch, the ramp and the tail (bench/slow_items.py).
 AUTO_CHUNK_MIN = 100
 AUTO_CHUNK_MAX = 5000
-AUTO_CHUNK_RUNS = 4
+AUTO_CHUNK_RUNS = 2
 AUTO_CHUNK_PER_WORKER = 32
 
 

@@ -212,14 +212,16 @@ def test_record_outcomes_writes_what_record_outcome_writes(env) -> None:  # noqa
 
 
 def test_auto_chunk_size_grows_with_the_batch_and_an_explicit_one_wins(env) -> None:  # noqa: ANN001
-    assert auto_chunk_size(1) == auto_chunk_size(400) == 100
-    assert auto_chunk_size(1000) == 250
-    assert auto_chunk_size(10_000) == 2500
+    assert auto_chunk_size(1) == auto_chunk_size(200) == 100
+    assert auto_chunk_size(400) == 200
+    # One chunk per slot of the duckdb_writer pool (2 by default), so no slot launches twice.
+    assert auto_chunk_size(1000) == 500
+    assert auto_chunk_size(10_000) == 5000
     assert auto_chunk_size(20_000) == auto_chunk_size(100_000) == AUTO_CHUNK_MAX == 5000
     items = [{"id": f"t{i}", "text": "hello world"} for i in range(2500)]
     auto = prepare_batch({"operation": "annotate", "items": items})
-    assert auto.manifest.settings.chunk_size == 625
-    assert {i["chunk_no"] for i in auto.items} == {0, 1, 2, 3}
+    assert auto.manifest.settings.chunk_size == 1250
+    assert {i["chunk_no"] for i in auto.items} == {0, 1}
     fixed = prepare_batch(
         {"operation": "annotate", "settings": {"chunk_size": 100}, "items": items}
     )
@@ -232,7 +234,7 @@ def test_auto_chunk_size_keeps_items_in_flight_busy(env) -> None:  # noqa: ANN00
     # slow items is not cut into runs that each pay a launch, a ramp and a tail.
     assert auto_chunk_size(1000, 64) == 1000
     assert auto_chunk_size(4000, 64) == 64 * AUTO_CHUNK_PER_WORKER  # not 1,000
-    assert auto_chunk_size(1000, 1) == auto_chunk_size(1000) == 250
+    assert auto_chunk_size(1000, 1) == auto_chunk_size(1000) == 500
     assert auto_chunk_size(100_000, 256) == AUTO_CHUNK_MAX
     items = [{"id": f"t{i}", "text": "hello world"} for i in range(1000)]
     wide = prepare_batch(
@@ -240,7 +242,7 @@ def test_auto_chunk_size_keeps_items_in_flight_busy(env) -> None:  # noqa: ANN00
     )
     assert wide.manifest.settings.chunk_size == 1000
     assert {i["chunk_no"] for i in wide.items} == {0}
-    # annotate's default (16 in flight): two chunks of 512, not four of 250.
+    # annotate's default (16 in flight): two chunks of 512, not two of 500.
     default = prepare_batch({"operation": "annotate", "items": items})
     assert default.manifest.settings.chunk_size == 16 * AUTO_CHUNK_PER_WORKER
     assert {i["chunk_no"] for i in default.items} == {0, 1}
@@ -248,7 +250,7 @@ def test_auto_chunk_size_keeps_items_in_flight_busy(env) -> None:  # noqa: ANN00
     one = prepare_batch(
         {"operation": "annotate", "settings": {"item_concurrency": 1}, "items": items}
     )
-    assert one.manifest.settings.chunk_size == 250
+    assert one.manifest.settings.chunk_size == 500
 
 
 # ----------------------------------------------------------------- batching event storage
