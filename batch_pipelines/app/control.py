@@ -386,14 +386,16 @@ def retry_batch(
         actor=actor,
         source=source,
     )
-    with warehouse.connect(paths.warehouse) as con:
-        ledger.add_event(
+    warehouse.write(
+        lambda con: ledger.add_event(
             con,
             batch_id,
             "batch_retried",
             actor=actor,
             detail={"new_batch_id": new_id, "items": len(rows), "categories": categories},
-        )
+        ),
+        paths.warehouse,
+    )
     return ControlResult(
         batch_id,
         "retry",

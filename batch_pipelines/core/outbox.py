@@ -36,7 +36,7 @@ from typing import Any
 
 import duckdb
 
-from batch_pipelines.core import config, warehouse
+from batch_pipelines.core import config, lake, warehouse
 from batch_pipelines.core.http import Retry
 from batch_pipelines.core.ledger.models import (
     TERMINAL_BATCH_STATUSES,
@@ -63,10 +63,13 @@ LEASE = timedelta(minutes=2)
 BACKOFF = Retry(backoff_base_s=2, backoff_max_s=300, jitter=0.25)
 SEND_TIMEOUT_S = 10.0
 _NO_REPEAT = {"batch.progress"}
+# MAX_EVENT_AGE in lake event ids (milliseconds since the epoch, then 6 random digits).
+_LAKE_LOOKBACK_IDS = int(MAX_EVENT_AGE.total_seconds() * 1000) * 1_000_000
 
 
 _OUTBOX_DONE = (
-    "from webhook_outbox o where o.status in ('delivered', 'failed') and o.created_at < $cutoff "
+    "from webhook_outbox o where o.status in ('delivered', 'failed', 'skipped') "
+    "and o.created_at < $cutoff "
     "and (o.batch_id is null or not exists (select 1 from batches b where b.batch_id = "
     "o.batch_id and b.status not in (select unnest($terminal))))"
 )
@@ -115,44 +118,63 @@ class PassResult:
 
 
 def enqueue(con: duckdb.DuckDBPyConnection, targets: list[Endpoint], now: datetime) -> int:
-    """Turn the lifecycle events after the cursor into outbox rows (caller's transaction)."""
+    """Turn the lifecycle events after the cursor into outbox rows (caller's transaction).
+
+    On a lake, event ids come from the clock at the start of the writer's transaction (a lake
+    has no sequence), so an event can commit after one with a higher id that the cursor has
+    already passed. There each pass also looks back over :data:`MAX_EVENT_AGE` (older events
+    are history anyway) and takes what the outbox does not hold yet; an event dropped as a
+    repeat is kept as a ``skipped`` row, so a second look never sends it."""
     (cursor,) = con.execute(
         "select event_id from webhook_cursor where name = 'batch_events'"
     ).fetchone()
+    (newest,) = con.execute(
+        "select max(event_id) from batch_events where event_id > ?", [cursor]
+    ).fetchone()
+    on_lake = lake.is_lake(con)
+    since = cursor - _LAKE_LOOKBACK_IDS if on_lake else cursor
+    if newest is None and not on_lake:
+        return 0
     events = con.execute(
         'select event_id, batch_id, event, "at", detail::varchar from batch_events '
-        "where event_id > ? order by event_id",
-        [cursor],
+        "where event_id > ? and event in (select unnest(?)) order by event_id",
+        [since, list(LIFECYCLE_EVENTS)],
     ).fetchall()
-    if not events:
-        return 0
+    taken: set[tuple[int, str]] = set()
+    if on_lake and events:
+        taken = set(
+            con.execute(
+                "select event_id, endpoint_id from webhook_outbox where event_id > ?", [since]
+            ).fetchall()
+        )
     n = 0
     last_seen: dict[tuple[str | None, str], str] = {}
     for event_id, batch_id, event, at, detail in events:
-        if event not in LIFECYCLE_EVENTS or at < now - MAX_EVENT_AGE:
+        if at < now - MAX_EVENT_AGE:
+            continue
+        todo = [t for t in targets if (event_id, t.endpoint_id) not in taken]
+        if not todo:
             continue
         batch = _batch(con, batch_id)
         body = lifecycle_body(event_id, event, at, batch, from_json(detail, {}), batch_id)
-        for t in targets:
-            if (
+        for t in todo:
+            repeat = (
                 body["event"] not in _NO_REPEAT
                 and _last_event(con, last_seen, batch_id, t) == body["event"]
-            ):
-                continue
+            )
             # "insert or ignore" without the primary key a lake cannot hold.
             con.execute(
                 "insert into webhook_outbox (event_id, endpoint_id, endpoint, "
                 "batch_id, event, body, status, created_at) select ?, ?, ?, ?, ?, ?, "
-                "'pending', ? where not exists (select 1 from webhook_outbox "
+                "?, ? where not exists (select 1 from webhook_outbox "
                 "where event_id = ? and endpoint_id = ?)",
-                [event_id, t.endpoint_id, t.label, batch_id, body["event"], to_json(body), now]
-                + [event_id, t.endpoint_id],
+                [event_id, t.endpoint_id, t.label, batch_id, body["event"], to_json(body)]
+                + ["skipped" if repeat else "pending", now, event_id, t.endpoint_id],
             )
             last_seen[(batch_id, t.endpoint_id)] = body["event"]
-            n += 1
-    con.execute(
-        "update webhook_cursor set event_id = ? where name = 'batch_events'", [events[-1][0]]
-    )
+            n += not repeat
+    if newest is not None:
+        con.execute("update webhook_cursor set event_id = ? where name = 'batch_events'", [newest])
     return n
 
 
@@ -242,8 +264,8 @@ def _record(
         status, next_at = "failed", None
     else:
         status, next_at = "pending", utcnow() + timedelta(seconds=BACKOFF.delay(attempt))
-    with warehouse.connect(paths.warehouse, timeout_s=60) as con:
-        con.execute("begin")
+
+    def write(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(
             "insert into webhook_deliveries (event_id, endpoint_id, endpoint, batch_id, event, "
             'attempt, "at", duration_ms, status_code, delivered, error) '
@@ -267,20 +289,21 @@ def _record(
             "lease_until = null where event_id = ? and endpoint_id = ?",
             [status, attempt, next_at, row["event_id"], row["endpoint_id"]],
         )
-        con.execute("commit")
+
+    warehouse.write(write, paths.warehouse, timeout_s=60)
     return status
 
 
 def _release(paths: config.Paths, rows: list[dict[str, Any]]) -> None:
-    with warehouse.connect(paths.warehouse, timeout_s=60) as con:
-        con.execute("begin")
+    def write(con: duckdb.DuckDBPyConnection) -> None:
         for r in rows:
             con.execute(
                 "update webhook_outbox set status = 'pending', lease_until = null "
                 "where event_id = ? and endpoint_id = ? and status = 'sending'",
                 [r["event_id"], r["endpoint_id"]],
             )
-        con.execute("commit")
+
+    warehouse.write(write, paths.warehouse, timeout_s=60)
 
 
 def deliver(paths: config.Paths | None = None, targets: list[Endpoint] | None = None) -> PassResult:
@@ -292,12 +315,13 @@ def deliver(paths: config.Paths | None = None, targets: list[Endpoint] | None = 
         return result
     secret = signing_secret()
     by_id = {t.endpoint_id: t for t in targets}
-    with warehouse.connect(paths.warehouse, timeout_s=60) as con:
-        con.execute("begin")
+
+    def take(con: duckdb.DuckDBPyConnection) -> tuple[int, list[dict[str, Any]]]:
         now = utcnow()
-        result.enqueued = enqueue(con, targets, now)
-        rows = lease(con, now)
-        con.execute("commit")
+        return enqueue(con, targets, now), lease(con, now)
+
+    # On a lake, a commit that conflicts with another writer's runs again on fresh data.
+    result.enqueued, rows = warehouse.write(take, paths.warehouse, timeout_s=60)
     stopped: set[str] = set()
     left: list[dict[str, Any]] = []
     for row in rows:

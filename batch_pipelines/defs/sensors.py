@@ -176,14 +176,18 @@ def run_failure_recorder(context: RunFailureSensorContext) -> None:
     delivered, detail = post_webhook(payload)
     batch_id = run.tags.get("batch/id")
     if batch_id:
-        with warehouse.connect(config.get_paths().warehouse, timeout_s=60) as con:
-            ledger.add_event(
+        # On a lake, a commit that conflicts with another writer's runs again.
+        warehouse.write(
+            lambda con: ledger.add_event(
                 con,
                 batch_id,
                 "run_failed",
                 actor="run_failure_recorder",
                 detail={**payload, "webhook_delivered": delivered, "webhook_detail": detail},
-            )
+            ),
+            config.get_paths().warehouse,
+            timeout_s=60,
+        )
     context.log.info(f"run {run.run_id} failed (batch {batch_id}); webhook: {detail}")
 
 

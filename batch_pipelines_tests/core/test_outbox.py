@@ -156,3 +156,41 @@ def test_the_webhook_sender_sensor_delivers(env, monkeypatch: pytest.MonkeyPatch
         assert hook.events() == ["batch.submitted", "batch.started"]
     finally:
         hook.close()
+
+
+def test_on_a_lake_an_event_that_commits_late_is_still_sent(
+    env, hook: Hook, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # noqa: ANN001
+    """A lake numbers events by the clock at the start of the writer's transaction, so a
+    transaction that began first can commit after the outbox moved its cursor past a later
+    event. Before the fix the cursor skipped it for good; a repeat dropped on the first look
+    must not be sent on the second either."""
+    monkeypatch.setenv("BATCH_PIPELINES_WAREHOUSE", f"ducklake:sqlite:{tmp_path / 'cat.sqlite'}")
+    monkeypatch.setenv(webhooks.WEBHOOK_ENV, hook.url)
+    hook.statuses.clear()
+    warehouse.forget_migrations()
+    batch_id = _batch()
+    base = int(ledger.utcnow().timestamp() * 1000) * 1_000_000
+
+    def event(event_id: int, name: str) -> None:
+        warehouse.write(
+            lambda con: con.execute(
+                'insert into batch_events (event_id, batch_id, event, "at") values (?, ?, ?, ?)',
+                [event_id, batch_id, name, ledger.utcnow()],
+            )
+        )
+
+    event(base, "batch_submitted")
+    event(base + 2_000_000_000, "batch_paused")  # 2 s later
+    event(base + 3_000_000_000, "batch_paused")  # a repeat: not sent
+    paths = config.get_paths()
+    assert outbox.deliver(paths).delivered == 2
+    event(base + 1_000_000_000, "batch_started")  # began before the pause, committed after
+    assert outbox.deliver(paths).delivered == 1
+    assert outbox.deliver(paths).delivered == 0
+    assert hook.events() == ["batch.submitted", "batch.paused", "batch.started"]
+    with warehouse.connect(read_only=True) as con:
+        statuses = con.execute(
+            "select status, count(*) from webhook_outbox group by 1 order by 1"
+        ).fetchall()
+    assert statuses == [("delivered", 3), ("skipped", 1)]
