@@ -55,9 +55,9 @@ def dev_server(env: Env) -> Iterator[DevServer]:
 
 
 @pytest.fixture(scope="session")
-def postgres():  # noqa: ANN201 - a batch_pipelines_tests.postgres.Postgres
+def postgres():  # noqa: ANN201 - a batch_pipelines.app.devpostgres.Postgres
     """One throwaway PostgreSQL server for the session (each lake gets a database of its own)."""
-    from batch_pipelines_tests.postgres import postgres_server
+    from batch_pipelines.app.devpostgres import postgres_server
 
     with postgres_server() as server:
         yield server

@@ -117,9 +117,8 @@ def warehouse_rows() -> int:
 
 
 def run(n: int, chunk_size: int) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO))
+    from batch_pipelines.app.devpostgres import postgres_server
     from batch_pipelines.app.devserver import make_env
-    from batch_pipelines_tests.postgres import postgres_server
 
     out: dict[str, Any] = {"items_per_batch": n, "chunk_size": chunk_size}
     with tempfile.TemporaryDirectory(prefix="bench-lake-") as tmp:

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from batch_pipelines.app.devpostgres import postgres_server
 from batch_pipelines.app.devserver import Env, dagster_dev, env_in_process, make_env
 from batch_pipelines_tests.conftest import CLI, REPO, SAMPLES
-from batch_pipelines_tests.postgres import postgres_server
 
 pytestmark = pytest.mark.e2e
 

@@ -1,5 +1,10 @@
 """A throwaway PostgreSQL server on 127.0.0.1 (initdb + pg_ctl in a temporary directory): the
-Dagster storage of the Postgres e2e test and the catalog of the DuckLake warehouse tests."""
+Dagster storage of the Postgres e2e test, the catalog of the DuckLake warehouse tests and of
+the ``lake`` benchmark (``bench/lake.py``).
+
+In the package rather than in the tests for the reason :mod:`batch_pipelines.app.devserver`
+is: the benchmark must not import the test suite. A development tool, not part of a
+deployment (it needs the Debian ``postgresql`` server binaries: ``make system-deps``)."""
 
 from __future__ import annotations
 
@@ -21,10 +26,11 @@ PG_DB = "dagster"
 
 def _pg_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts[-3])
-    assert found, (
-        "PostgreSQL server binaries are missing (Debian package `postgresql`): run "
-        "`make system-deps` as root"
-    )
+    if not found:
+        raise RuntimeError(
+            "PostgreSQL server binaries are missing (Debian package `postgresql`): run "
+            "`make system-deps` as root"
+        )
     return found[-1].parent
 
 
@@ -101,7 +107,8 @@ def postgres_server() -> Iterator[Postgres]:
         p = subprocess.run(
             [*prefix, *args], capture_output=True, text=True, timeout=timeout, cwd=root
         )
-        assert p.returncode == 0, f"{args[0]} failed:\n{p.stdout}\n{p.stderr}"
+        if p.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed:\n{p.stdout}\n{p.stderr}")
 
     try:
         run(
