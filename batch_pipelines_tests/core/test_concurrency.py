@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
+from batch_pipelines.core import warehouse
 from batch_pipelines_tests.conftest import CLI
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +25,24 @@ FILES_PER_BATCH = 6
 def test_four_batches_in_four_processes(samples: Path, any_env) -> None:  # noqa: ANN001
     """On the single file, and on a lake with its catalog on PostgreSQL: no lock at all there,
     conflicting commits retried, and the same rows exactly once."""
-    env = any_env
+    _four_batches(samples, any_env)
+
+
+def test_four_batches_in_four_processes_on_a_sqlite_catalog(
+    samples: Path,
+    env,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lake of one machine: its catalog in a SQLite file, four writers at once."""
+    env.lake = f"ducklake:sqlite:{env.data / 'catalog.sqlite'}"
+    monkeypatch.setenv("BATCH_PIPELINES_WAREHOUSE", env.lake)
+    warehouse.forget_migrations()
+    with warehouse.connect():  # the schema, once, before the processes start
+        pass
+    _four_batches(samples, env)
+
+
+def _four_batches(samples: Path, env) -> None:  # noqa: ANN001
     # Every statement on a lake is a round trip to its catalog: fewer files keep it cheap.
     files = sorted(samples.glob("penguins_*"))[: 2 if env.lake else FILES_PER_BATCH]
     n_items = N_BATCHES * len(files)
