@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
+
 from batch_pipelines.core import config
 
 ENV_MAX_IN_FLIGHT = "BATCH_PIPELINES_LLM_MAX_IN_FLIGHT"
@@ -103,11 +105,8 @@ def _positive_env(name: str, default: float, *, integer: bool, most: float | Non
 
 
 def max_in_flight_from_env() -> int:
-    return int(
-        _positive_env(
-            ENV_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, integer=True, most=MAX_IN_FLIGHT_LIMIT
-        )
-    )
+    limit = MAX_IN_FLIGHT_LIMIT
+    return int(_positive_env(ENV_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, integer=True, most=limit))
 
 
 def requests_per_minute_from_env() -> float:
@@ -130,38 +129,23 @@ def db_path(paths: config.Paths | None = None) -> Path:
 
 
 def _connect(path: Path, *, wait_s: float = 30.0) -> sqlite3.Connection:
-    """Open the limits database. Two processes opening a new file at once can see "database is
-    locked" from the switch to WAL, which SQLite does not retry through the busy timeout: retry
-    it here (bounded, with jitter) until ``wait_s`` has passed."""
+    # Two processes creating the file at once can get "database is locked" from the switch to
+    # WAL, which SQLite does not retry through the busy timeout: retry, bounded, with jitter.
     path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    delay = 0.01
+    deadline, delay = time.monotonic() + wait_s, 0.01
     while True:
         con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
-            con.execute("pragma busy_timeout = 30000")
-            con.execute("pragma journal_mode = wal")
-            con.execute("pragma synchronous = normal")
+            for pragma in ("busy_timeout = 30000", "journal_mode = wal", "synchronous = normal"):
+                con.execute(f"pragma {pragma}")
             con.executescript(_SCHEMA)
             return con
         except sqlite3.OperationalError as exc:
             con.close()
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 0.5)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+        time.sleep(delay * (1 + random.random()))
+        delay = min(delay * 2, 0.5)
 
 
 @dataclass(frozen=True)
@@ -250,7 +234,7 @@ class EndpointLimiter:
             [self.endpoint, self._host, os.getpid()],
         ).fetchall()
         for (pid,) in pids:
-            if not _pid_alive(pid):
+            if not psutil.pid_exists(pid):
                 con.execute(
                     "delete from leases where endpoint = ? and host = ? and pid = ?",
                     [self.endpoint, self._host, pid],
