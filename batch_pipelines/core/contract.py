@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,6 +357,9 @@ class OperationSpec:
     # unset: 1 for work that holds the GIL (parsing, pandas, DuckDB in this process), more
     # when an item mostly waits (an HTTP call); the handler must then be thread-safe (above).
     item_concurrency: int = 1
+    # The default above as the run's resources decide it, where they do (annotate: 1 on the
+    # local backend, whose work holds the GIL, so threads only add handoffs); None: unchanged.
+    concurrency_for_resources: Callable[[Mapping[str, Any]], int | None] | None = None
     # Its handler sets ItemResult.quality_score: a canary's min_mean_quality and a quality
     # gate need one, so they are refused at submit for an operation without.
     scores_quality: bool = False

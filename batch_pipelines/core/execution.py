@@ -11,7 +11,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -102,9 +102,16 @@ class ExecutionSettings(BaseModel, extra="forbid"):
         None, description="Re-run items that succeed with a low quality score, other options"
     )
 
-    def concurrency_for(self, spec: OperationSpec) -> int:
-        """Items in flight at once for ``spec``: this setting, else the operation's default."""
-        return self.item_concurrency or spec.item_concurrency
+    def concurrency_for(
+        self, spec: OperationSpec, resources: Mapping[str, Any] | None = None
+    ) -> int:
+        """Items in flight at once for ``spec``: this setting, else the operation's default
+        (for the run's ``resources``, when the operation's default depends on them)."""
+        if self.item_concurrency:
+            return self.item_concurrency
+        if resources is not None and spec.concurrency_for_resources is not None:
+            return spec.concurrency_for_resources(resources) or spec.item_concurrency
+        return spec.item_concurrency
 
 
 # Unset chunk_size: each chunk run costs 2-3 s to launch (a new worker process, several more

@@ -357,7 +357,7 @@ def run_chunk(
 ) -> ChunkSummary:
     """Run a chunk of items (all of one batch) and keep the ledger true as it goes.
 
-    Up to ``settings.concurrency_for(spec)`` items are in flight at once; ``on_progress``
+    Up to ``settings.concurrency_for(spec, resources)`` items are in flight at once; ``on_progress``
     and ``on_flushed`` are called in the calling thread. With ``time_slice_s``, items not
     started once that much time has passed go back to ``pending`` (``summary.handed_over``)
     for the next run of the chunk."""
@@ -375,7 +375,7 @@ def run_chunk(
 
     failed_total = warehouse.write(start, paths.warehouse)
 
-    concurrency = min(settings.concurrency_for(spec), len(work_items))
+    concurrency = min(settings.concurrency_for(spec, resources or {}), len(work_items))
     with _BatchWatcher(batch_id, paths, watch_interval_s) as watcher:
         chunk = _Chunk(
             spec, settings, batch_id, run_id, paths, watcher, summary, on_progress, on_flushed

@@ -81,3 +81,6 @@ class AnnotatorResource(ConfigurableResource, Annotator):
 
     def annotate(self, text: str, options: Any = None) -> dict[str, Any]:
         return self.delegate().annotate(text, options)
+
+    def waits_on_io(self) -> bool:
+        return self.backend_name() != "local"

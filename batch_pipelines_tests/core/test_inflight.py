@@ -89,6 +89,21 @@ def test_operation_default_and_one_at_a_time(env) -> None:  # noqa: ANN001
     assert ExecutionSettings(item_concurrency=3).concurrency_for(spec_of(handler)) == 3
 
 
+def test_annotate_default_follows_its_backend() -> None:
+    """Annotate keeps 16 items in flight over HTTP, one at a time on the local backend (pure
+    Python under the GIL); the manifest's setting wins either way."""
+    from batch_pipelines.defs.resources import AnnotatorResource
+    from batch_pipelines.operations.annotate import SPEC
+
+    s = ExecutionSettings()
+    assert s.concurrency_for(SPEC) == 16  # at submit: no resources
+    assert s.concurrency_for(SPEC, {"annotator": AnnotatorResource(backend="openai")}) == 16
+    assert s.concurrency_for(SPEC, {"annotator": AnnotatorResource(backend="local")}) == 1
+    assert s.concurrency_for(SPEC, {}) == 1  # the handler's fallback: the local backend
+    wide = ExecutionSettings(item_concurrency=8)
+    assert wide.concurrency_for(SPEC, {"annotator": AnnotatorResource(backend="local")}) == 8
+
+
 def test_items_keep_starting_while_the_calling_thread_flushes(env) -> None:  # noqa: ANN001
     # The first flush (i00 asks for it) blocks in on_flushed until four more items have
     # started: a runner that starts items only between flushes never gets there, and the

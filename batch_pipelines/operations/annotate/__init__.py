@@ -1,7 +1,11 @@
 """The annotate operation: texts in, language, keywords, category and summary out."""
 
 from batch_pipelines.core.contract import OperationSpec
-from batch_pipelines.operations.annotate.handler import RESOURCE_KEY, handle_annotate
+from batch_pipelines.operations.annotate.handler import (
+    RESOURCE_KEY,
+    concurrency_for_resources,
+    handle_annotate,
+)
 from batch_pipelines.operations.annotate.models import AnnotateItem, AnnotateOptions
 from batch_pipelines.operations.annotate.tables import DETAIL_TABLES
 from batch_pipelines.operations.annotate.undo import undo_annotate
@@ -21,8 +25,10 @@ SPEC = OperationSpec(
     resources=(RESOURCE_KEY,),
     group_commits=True,  # its rows only go to `annotations`
     # The openai backend mostly waits on HTTP: 16 items in flight per chunk run by default
-    # (the shared client and the local backend are thread-safe).
+    # (the shared client and the local backend are thread-safe); the local backend computes
+    # in Python, so one at a time (threads would only add handoffs under the GIL).
     item_concurrency=16,
+    concurrency_for_resources=concurrency_for_resources,
     undo=undo_annotate,
     scores_quality=True,
 )

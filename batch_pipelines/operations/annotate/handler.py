@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from html.parser import HTMLParser
 from typing import Any
 
@@ -206,6 +207,16 @@ def load_text(ctx: ItemContext, item: AnnotateItem, options: AnnotateOptions) ->
         "truncated": truncated,
         "chars": len(text),
     }
+
+
+def concurrency_for_resources(resources: Mapping[str, Any]) -> int | None:
+    """Annotate's default items in flight for a run: 1 when its annotator computes in this
+    process (the local backend), else the operation's default (None)."""
+    annotator = resources.get(RESOURCE_KEY) or LocalAnnotator()
+    try:
+        return None if annotator.waits_on_io() else 1
+    except Exception:  # noqa: BLE001 - a bad backend name fails each item with its message
+        return None
 
 
 def handle_annotate(ctx: ItemContext) -> ItemResult:

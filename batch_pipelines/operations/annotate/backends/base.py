@@ -87,3 +87,8 @@ class Annotator(ABC):
 
     @abstractmethod
     def annotate(self, text: str, options: Any = None) -> dict[str, Any]: ...
+
+    def waits_on_io(self) -> bool:
+        """Whether an annotation mostly waits (a network call) rather than computes: it
+        decides the default number of items in flight."""
+        return True

@@ -320,6 +320,9 @@ def local_annotate(
 class LocalAnnotator(Annotator):
     """Deterministic local annotation: no network, thousands of short texts per second."""
 
+    def waits_on_io(self) -> bool:
+        return False  # pure Python: it holds the GIL
+
     def annotate(self, text: str, options: Any = None) -> dict[str, Any]:
         s = settings(options)
         out = local_annotate(text, **s)
