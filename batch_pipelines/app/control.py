@@ -15,6 +15,7 @@ import duckdb
 from batch_pipelines.app.dispatch import ACTIVE_RUN_STATUSES
 from batch_pipelines.app.recovery import (
     batch_run_records,
+    cancel_unstarted_run,
     end_dead_runs,
     is_stalled,
     reap_dead_runs,
@@ -81,6 +82,8 @@ def _stop_runs(  # noqa: ANN001
                 ok = False
             if ok:
                 result.terminated_runs.append(run.run_id)
+            elif cancel_unstarted_run(instance, run, f"batch {batch_id}: {result.action}"):
+                result.dequeued_runs.append(run.run_id)
 
 
 def dequeue_for(  # noqa: ANN001
@@ -101,6 +104,9 @@ def dequeue_for(  # noqa: ANN001
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
+
+
+_RESTOP_S = 5.0
 
 
 def cancel_batch(
@@ -139,7 +145,10 @@ def cancel_batch(
     # A dispatcher tick that read the ledger just before the cancel may still enqueue a run,
     # and the queue may be starting one as we cancel it: sweep until nothing of the batch has
     # been queued or running for a whole dispatcher interval (or until wait_s).
-    handled: set[str] = set()
+    # A run still active _RESTOP_S after it was stopped is stopped again: one that was
+    # STARTING cannot be terminated yet, and one the queue launched as it was dequeued is
+    # running after all.
+    handled: dict[str, float] = {}
     deadline = time.monotonic() + wait_s
     quiet_since: float | None = None
     while True:
@@ -147,10 +156,11 @@ def cancel_batch(
         # as an automatic retry after this returns: Dagster's retry daemon reads the tag.
         retire_stale_retries(instance, batch_run_records(instance, [batch_id]), now=math.inf)
         active = _active_runs(instance, batch_id)
-        fresh = [r for r in active if r.run_id not in handled]
-        if fresh:
-            _stop_runs(instance, batch_id, queued_only=False, result=result, only=fresh)
-            handled.update(r.run_id for r in fresh)
+        now = time.monotonic()
+        due = [r for r in active if now - handled.get(r.run_id, -math.inf) >= _RESTOP_S]
+        if due:
+            _stop_runs(instance, batch_id, queued_only=False, result=result, only=due)
+            handled.update((r.run_id, now) for r in due)
         now = time.monotonic()
         if active:
             quiet_since = None
@@ -162,6 +172,8 @@ def cancel_batch(
             break
         time.sleep(0.5)
     result.still_active_runs = [r.run_id for r in active]
+    result.dequeued_runs = list(dict.fromkeys(result.dequeued_runs))
+    result.terminated_runs = list(dict.fromkeys(result.terminated_runs))
     with warehouse.connect(paths.warehouse) as con:
 
         def settle() -> None:

@@ -104,6 +104,28 @@ def _free_slots(instance: DagsterInstance, run_id: str) -> None:
         pass
 
 
+def cancel_unstarted_run(instance: DagsterInstance, run: DagsterRun, message: str) -> bool:
+    """Report ``run`` canceled (and free its slots) if its worker never started it: STARTING
+    or CANCELING with no ``RUN_START``. Dagster's launcher cannot tell such a run to stop (it
+    has no worker to ask yet), and a worker that starts while the run is CANCELING ignores it,
+    so the run would hold its slot until run monitoring gives up on the cancel
+    (``cancel_timeout_seconds``). A worker that starts once it is CANCELED does not run it."""
+    from dagster import DagsterRunStatus
+
+    record = instance.get_run_record_by_id(run.run_id)
+    if record is None or record.start_time is not None:
+        return False
+    if record.dagster_run.status not in (
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.CANCELING,
+        DagsterRunStatus.NOT_STARTED,
+    ):
+        return False
+    instance.report_run_canceled(record.dagster_run, message=message)
+    _free_slots(instance, run.run_id)
+    return True
+
+
 def end_dead_runs(instance: DagsterInstance, runs: Iterable[DagsterRun] | None = None) -> list[str]:
     """End every run (of ``runs``, default: every live run of the instance) whose worker is
     gone: it is reported failed (canceled if it was being canceled) and its concurrency slots

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from dagster import DagsterRunStatus, build_sensor_context
+from dagster import DagsterEvent, DagsterEventType, DagsterRunStatus, build_sensor_context
 
 from batch_pipelines.app import control
 from batch_pipelines.app.dispatch import RunState, chunk_tags, plan_reaping
@@ -241,6 +241,21 @@ def test_cancel_stops_the_automatic_retry_of_a_failed_run(samples: Path, env, in
     assert result.status == "cancelled"
     # Else the retry daemon re-launches the chunk of a cancelled batch after cancel returned.
     assert instance.get_run_by_id(run_id).tags["dagster/will_retry"] == "false"
+
+
+def test_cancel_ends_a_run_that_was_starting(samples: Path, env, instance) -> None:  # noqa: ANN001
+    """Regression (CI): cancelled while STARTING, the run could not be told to stop (Dagster's
+    launcher has no worker to ask yet) and was left CANCELING; its worker, starting then,
+    ignored a run that was no longer starting, and the run held its slot until run monitoring
+    gave up on it two minutes later, so the queue stood still."""
+    batch_id = submit_batch(import_manifest(), instance=instance)
+    run_id = queue_run(instance, batch_id, 0)
+    starting = DagsterEvent(event_type_value=DagsterEventType.RUN_STARTING.value, job_name="j")
+    instance.report_dagster_event(starting, run_id=run_id)
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTING
+    result = control.cancel_batch(batch_id, instance=instance, settle_s=0.1, wait_s=3)
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.CANCELED
+    assert result.still_active_runs == [] and result.dequeued_runs == [run_id]
 
 
 def test_submission_rate_limit_counts_who_submits_not_the_label(
