@@ -142,7 +142,10 @@ def open_lake(
         options = [f"data_path '{_quote(spec.data_path)}'"]
         if read_only:
             options.append("read_only")
-        con.execute(f"attach '{_quote(spec.attach_uri)}' as {ALIAS} ({', '.join(options)})")
+        # A SQLite catalog that another process is committing to answers "database is
+        # locked" even to the catalog check of ATTACH: wait for it as for a conflict.
+        attach = f"attach '{_quote(spec.attach_uri)}' as {ALIAS} ({', '.join(options)})"
+        retry(lambda: con.execute(attach))
         con.execute(f"use {ALIAS}")
         if sandbox:
             con.execute(f"set allowed_directories = ['{_quote(spec.data_path)}']")
@@ -234,22 +237,24 @@ def retry(work: Callable[[], T], *, attempts: int = ATTEMPTS) -> T:
     raise AssertionError("unreachable")
 
 
+def once(con: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:
+    """``work()`` between ``begin`` and ``commit`` on ``con``, rolled back if it raises (one
+    attempt: :func:`transaction` and ``warehouse.write`` retry it on a lake)."""
+    con.execute("begin")
+    try:
+        result = work()
+        con.execute("commit")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("rollback")
+        raise
+    return result
+
+
 def transaction(con: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:
     """``work()`` between ``begin`` and ``commit`` on ``con`` (rolled back if it raises); on a
     lake a conflicting commit runs it again (:func:`retry`)."""
-
-    def once() -> T:
-        con.execute("begin")
-        try:
-            result = work()
-            con.execute("commit")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("rollback")
-            raise
-        return result
-
-    return retry(once) if is_lake(con) else once()
+    return retry(lambda: once(con, work)) if is_lake(con) else once(con, work)
 
 
 # --- migrations on a lake -------------------------------------------------------------------

@@ -259,15 +259,7 @@ def write(
 
     def once() -> T:
         with connect(path, timeout_s=timeout_s) as con:
-            con.execute("begin")
-            try:
-                result = work(con)
-                con.execute("commit")
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    con.execute("rollback")
-                raise
-            return result
+            return lake.once(con, lambda: work(con))
 
     return lake.retry(once) if is_lake(path) else once()
 
