@@ -1,13 +1,12 @@
 """Running one item to its final outcome: the execution settings of a batch, retries with
-exponential backoff and jitter (only for retryable error categories), the per-item timeout,
-and the attempts recorded along the way. Nothing here touches the warehouse; the chunk loop
+exponential backoff and jitter (only for retryable error categories), the per-item timeout
+(enforced by a :class:`~batch_pipelines.core.supervisor.Supervisor`), and the attempts
+recorded along the way. Nothing here touches the warehouse; the chunk loop
 in :mod:`batch_pipelines.core.runner` commits what :func:`run_item` returns."""
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
 import random
 import threading
 import time
@@ -31,13 +30,12 @@ from batch_pipelines.core.contract import (
 from batch_pipelines.core.errors import (
     CANCELLED,
     Classified,
-    ItemCancelledError,
-    ItemTimeoutError,
     ValidationItemError,
     classify,
 )
 from batch_pipelines.core.gates import CanarySettings, QualityGateSettings
 from batch_pipelines.core.ledger import Attempt, ItemOutcome, ItemStatus, utcnow
+from batch_pipelines.core.supervisor import AttemptAbandoned, InFlight, Supervisor
 from batch_pipelines.core.targets import refused_target
 
 log = logging.getLogger("batch_pipelines.core.runner")
@@ -187,9 +185,6 @@ class PendingCommit:
     result: ItemResult | None
 
 
-_STOP_JOIN_S = 5.0
-
-
 def _score_after(commit: CommitFn, result: ItemResult, outcome: ItemOutcome) -> CommitFn:
     """The commit, then the result's quality score again: a commit that reads the item's data
     (import's direct load) knows the score only then, and sets ``result.quality_score``."""
@@ -200,107 +195,6 @@ def _score_after(commit: CommitFn, result: ItemResult, outcome: ItemOutcome) -> 
         return status
 
     return run
-
-
-class _AttemptThread:
-    """A thread that runs the attempts of one caller thread, one at a time, and is reused:
-    starting a thread per attempt cost ~0.4 ms, more than a light item's own work. It ends
-    after :data:`_ATTEMPT_THREAD_IDLE_S` without work, or after the attempt it runs has been
-    abandoned (the caller then starts another)."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._closed = False
-        self.abandoned = False
-        self.pid = os.getpid()  # a forked child has the object, not the thread
-        threading.Thread(target=self._loop, name="item-attempts", daemon=True).start()
-
-    def submit(self, job: Callable[[], None]) -> bool:
-        """Queue ``job``; False if this thread has ended (the caller starts another)."""
-        with self._lock:
-            if self._closed or self.abandoned:
-                return False
-            self._jobs.put(job)
-            return True
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get(timeout=_ATTEMPT_THREAD_IDLE_S)
-            except queue.Empty:
-                with self._lock:
-                    if self._jobs.empty():
-                        self._closed = True
-                        return
-                continue
-            job()
-            if self.abandoned:
-                return
-
-
-_ATTEMPT_THREAD_IDLE_S = 5.0
-_attempt_threads = threading.local()
-
-
-def _submit_attempt(job: Callable[[], None]) -> _AttemptThread:
-    worker: _AttemptThread | None = getattr(_attempt_threads, "worker", None)
-    while worker is None or worker.pid != os.getpid() or not worker.submit(job):
-        worker = _attempt_threads.worker = _AttemptThread()
-    return worker
-
-
-def _call_with_timeout(fn: Callable[[], ItemResult], ctx: ItemContext) -> ItemResult:
-    """Run the handler in a worker thread (:class:`_AttemptThread`), so that a timeout or a
-    cancelled batch can end the attempt: the context's events are set (``ctx.check()``
-    raises) and its DuckDB connections are interrupted; a handler that ignores both is
-    abandoned with its thread, and its commit is never run."""
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def job() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = exc
-        finally:
-            done.set()
-
-    worker = _submit_attempt(job)
-    ended: Exception | None = None
-    try:
-        while not done.is_set():
-            wait = 0.5
-            if ctx.deadline is not None:
-                wait = min(wait, max(0.0, ctx.deadline - time.monotonic()))
-            if done.wait(wait):
-                break
-            timed_out = ctx.deadline is not None and time.monotonic() >= ctx.deadline
-            if timed_out or ctx.batch_stop.is_set():
-                ctx.cancel_event.set()
-                ctx.interrupt()
-                if not done.wait(2.0):
-                    worker.abandoned = True
-                ended = (
-                    ItemTimeoutError(f"item exceeded item_timeout_s ({ctx.timeout_s:g}s)")
-                    if timed_out
-                    else ItemCancelledError("batch cancelled or stopped while the item ran")
-                )
-                break
-    except BaseException:
-        # The process is being stopped (Ctrl-C, SIGTERM): stop the handler too rather than
-        # let it run on for a result nobody will commit, and give it a moment to leave DuckDB
-        # (a thread killed inside DuckDB at interpreter exit aborts the process).
-        ctx.cancel_event.set()
-        ctx.interrupt()
-        if not done.wait(_STOP_JOIN_S):
-            worker.abandoned = True
-        raise
-    if ended is not None:  # raised here: the stop above is for an interrupted caller only
-        raise ended
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 def _refused_target(
@@ -315,104 +209,153 @@ def _refused_target(
     return None
 
 
-def run_item(
-    spec: OperationSpec,
-    work: WorkItem,
-    options: BaseModel,
-    settings: ExecutionSettings,
-    *,
-    run_id: str | None,
-    paths: config.Paths,
-    resources: dict[str, Any] | None = None,
-    batch_stop: threading.Event | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-) -> PendingCommit:
-    """Run one item to its final outcome (all attempts), without touching the warehouse."""
-    outcome = ItemOutcome(batch_id=work.batch_id, item_id=work.item_id, status=ItemStatus.FAILED)
-    outcome.started_at = utcnow()
-    refusal: Exception | None
-    try:
-        item = spec.item_model.model_validate(work.payload)
-    except Exception as exc:  # payload was validated at submit; a re-run may still differ
-        refusal = ValueError(f"item payload: {exc}")
-    else:
-        refusal = _refused_target(spec, options, work)
-    if refusal is not None:
+class ItemRun:
+    """One item's attempts, to its final outcome, without touching the warehouse. An item
+    whose attempt was abandoned goes on (its retries) in another thread: :meth:`abandon`,
+    then :meth:`to_end` there."""
+
+    def __init__(
+        self,
+        spec: OperationSpec,
+        work: WorkItem,
+        options: BaseModel,
+        settings: ExecutionSettings,
+        *,
+        run_id: str | None,
+        paths: config.Paths,
+        resources: dict[str, Any] | None = None,
+        batch_stop: threading.Event | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec, self.work, self.options, self.settings = spec, work, options, settings
+        self.run_id, self.paths, self.resources = run_id, paths, resources or {}
+        self.batch_stop, self.sleep, self.rng = batch_stop, sleep, rng
+        self.outcome = ItemOutcome(
+            batch_id=work.batch_id, item_id=work.item_id, status=ItemStatus.FAILED
+        )
+        self.outcome.started_at = utcnow()
+        self.item: Any = None
+        self.attempt_no = work.previous_attempts
+        self.tries = 0  # attempts made by this run
+        self.delay = 0.0  # before the next attempt
+
+    def _refusal(self) -> PendingCommit | None:
+        """Validate the payload (it was at submit; a re-run may still differ)."""
+        try:
+            self.item = self.spec.item_model.model_validate(self.work.payload)
+        except Exception as exc:
+            refusal: Exception | None = ValueError(f"item payload: {exc}")
+        else:
+            refusal = _refused_target(self.spec, self.options, self.work)
+        if refusal is None:
+            return None
         c = classify(refusal)
         now = utcnow()
-        outcome.attempts.append(
-            Attempt(
-                work.previous_attempts + 1,
-                now,
-                now,
-                0.0,
-                ItemStatus.FAILED,
-                c.message,
-                c.category,
-                c.severity,
-                c.traceback,
-            )
-        )
-        outcome.error, outcome.error_category, outcome.severity = c.message, c.category, c.severity
-        outcome.finished_at = now
-        return PendingCommit(outcome, None)
+        attempt = Attempt(
+            self.attempt_no + 1, now, now, 0.0, ItemStatus.FAILED,
+            c.message, c.category, c.severity, c.traceback,
+        )  # fmt: skip
+        self.outcome.attempts.append(attempt)
+        self.outcome.error, self.outcome.error_category = c.message, c.category
+        self.outcome.severity, self.outcome.finished_at = c.severity, now
+        return PendingCommit(self.outcome, None)
 
-    attempt_no = work.previous_attempts
-    for retry in range(settings.max_retries + 1):
-        attempt_no += 1
-        ctx = ItemContext(
-            batch_id=work.batch_id,
-            item_id=work.item_id,
-            partition_key=work.partition_key,
-            item=item,
-            options=options,
-            attempt=attempt_no,
-            run_id=run_id,
-            paths=paths,
-            resources=resources or {},
-        )
-        if batch_stop is not None:
-            ctx.batch_stop = batch_stop
-        started = time.monotonic()
-        if settings.item_timeout_s:
-            ctx.deadline = started + settings.item_timeout_s
-            ctx.timeout_s = settings.item_timeout_s
-        started_at = utcnow()
-        try:
-            result = _call_with_timeout(lambda ctx=ctx: spec.handler(ctx), ctx)
-            if not isinstance(result, ItemResult):
-                raise TypeError(
-                    f"{spec.name} handler returned {type(result).__name__}, not ItemResult"
-                )
-        except Exception as exc:
-            c = classify(exc)
-            outcome.record(_attempt(attempt_no, started_at, started, ItemStatus.FAILED, c))
-            stopping = batch_stop is not None and batch_stop.is_set()
-            if c.category == CANCELLED:
-                outcome.status = ItemStatus.CANCELLED
-                outcome.attempts[-1].outcome = ItemStatus.CANCELLED
-                return PendingCommit(outcome, None)
-            if not c.retryable or retry == settings.max_retries or stopping:
-                return PendingCommit(outcome, None)
-            delay = backoff_delay(settings, retry + 1, rng)
-            log.info(
-                "item %s attempt %d failed (%s), retrying in %.2fs",
-                work.item_id,
-                attempt_no,
-                c.category,
-                delay,
-            )
-            if batch_stop is not None:
-                # Wake early if the batch is cancelled while waiting to retry.
-                if sleep is time.sleep:
-                    batch_stop.wait(delay)
+    def to_end(self, supervisor: Supervisor | None = None) -> PendingCommit:
+        """Run the attempts left. Under a ``supervisor`` the deadline and a stopped batch end
+        an attempt whatever its handler does; without one, only through ``ctx.check()``."""
+        if self.item is None and (refused := self._refusal()) is not None:
+            return refused
+        while True:
+            if self.delay:
+                delay, self.delay = self.delay, 0.0
+                if self.batch_stop is not None and self.sleep is time.sleep:
+                    self.batch_stop.wait(delay)  # wake early if the batch is cancelled
                 else:
-                    sleep(delay)
-            else:
-                sleep(delay)
-            continue
-        outcome.record(_attempt(attempt_no, started_at, started, result.status))
+                    self.sleep(delay)
+            self.attempt_no += 1
+            self.tries += 1
+            ctx = ItemContext(
+                batch_id=self.work.batch_id,
+                item_id=self.work.item_id,
+                partition_key=self.work.partition_key,
+                item=self.item,
+                options=self.options,
+                attempt=self.attempt_no,
+                run_id=self.run_id,
+                paths=self.paths,
+                resources=self.resources,
+                **({"batch_stop": self.batch_stop} if self.batch_stop is not None else {}),
+            )
+            started = time.monotonic()
+            if self.settings.item_timeout_s:
+                ctx.deadline = started + self.settings.item_timeout_s
+                ctx.timeout_s = self.settings.item_timeout_s
+            started_at = utcnow()
+            try:
+                result = self._attempt(ctx, started, started_at, supervisor)
+            except Exception as exc:
+                if (final := self._failed(exc, started_at, started)) is not None:
+                    return final
+                continue
+            return self._succeeded(result, started_at, started)
+
+    def _attempt(
+        self, ctx: ItemContext, started: float, started_at: datetime, sv: Supervisor | None
+    ) -> ItemResult:
+        if sv is None:
+            result = self.spec.handler(ctx)
+        else:
+            a = InFlight(self, ctx, started, started_at)
+            sv.begin(a)
+            error: Exception | None = None
+            try:
+                result = self.spec.handler(ctx)
+            except Exception as exc:
+                error = exc
+            finally:
+                with a.lock:
+                    abandoned, a.state = a.state == "abandoned", "over"
+                sv.end(a)
+            if abandoned:
+                raise AttemptAbandoned(self.work.item_id)
+            if a.stop_error is not None:
+                raise a.stop_error
+            if error is not None:
+                raise error
+        if not isinstance(result, ItemResult):
+            raise TypeError(
+                f"{self.spec.name} handler returned {type(result).__name__}, not ItemResult"
+            )
+        return result
+
+    def abandon(self, a: InFlight) -> PendingCommit | None:
+        """Settle the item whose attempt ``a`` was abandoned: its final outcome, or None when
+        it is to be retried (call :meth:`to_end` again, in another thread)."""
+        assert a.stop_error is not None
+        return self._failed(a.stop_error, a.started_at, a.started)
+
+    def _failed(self, exc: Exception, started_at: datetime, started: float) -> PendingCommit | None:
+        c = classify(exc)
+        outcome = self.outcome
+        outcome.record(_attempt(self.attempt_no, started_at, started, ItemStatus.FAILED, c))
+        if c.category == CANCELLED:
+            outcome.status = ItemStatus.CANCELLED
+            outcome.attempts[-1].outcome = ItemStatus.CANCELLED
+            return PendingCommit(outcome, None)
+        stopping = self.batch_stop is not None and self.batch_stop.is_set()
+        if not c.retryable or self.tries > self.settings.max_retries or stopping:
+            return PendingCommit(outcome, None)
+        self.delay = backoff_delay(self.settings, self.tries, self.rng)
+        log.info(
+            "item %s attempt %d failed (%s), retrying in %.2fs",
+            self.work.item_id, self.attempt_no, c.category, self.delay,
+        )  # fmt: skip
+        return None
+
+    def _succeeded(self, result: ItemResult, started_at: datetime, started: float) -> PendingCommit:
+        outcome = self.outcome
+        outcome.record(_attempt(self.attempt_no, started_at, started, result.status))
         outcome.result = result.metrics
         outcome.quality_score = result.quality_score
         if isinstance(result.commit, RowsCommit):
@@ -422,4 +365,16 @@ def run_item(
         elif result.commit is not None:
             result.commit = _score_after(result.commit, result, outcome)
         return PendingCommit(outcome, result)
-    raise AssertionError("unreachable")
+
+
+def run_item(
+    spec: OperationSpec,
+    work: WorkItem,
+    options: BaseModel,
+    settings: ExecutionSettings,
+    **kw: Any,
+) -> PendingCommit:
+    """Run one item to its final outcome (all attempts) in this thread, without touching the
+    warehouse and without a supervisor (the timeout holds through ``ctx.check()``);
+    :func:`~batch_pipelines.core.runner.run_chunk` supervises its items."""
+    return ItemRun(spec, work, options, settings, **kw).to_end()

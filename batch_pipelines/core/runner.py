@@ -1,11 +1,13 @@
 """The chunk runner shared by all operations.
 
 It runs the items of a chunk, up to ``item_concurrency`` at once on worker threads (each
-through :func:`~batch_pipelines.core.execution.run_item`: retries, timeout, attempts), with
+an :class:`~batch_pipelines.core.execution.ItemRun`: retries, timeout, attempts), with
 continue-on-error or stop-on-first-error and the error budget, and keeps the ledger true as
 it goes. A worker takes the next item itself as soon as its item ends, and counts the item's
 failure against the budget there, so items stay in flight while the calling thread is busy.
-Everything else happens in the calling thread: taking the outcomes, and the flushes
+Everything else happens in the calling thread: watching the attempts' deadlines (an
+attempt that ignores its timeout is abandoned with its thread, and another thread takes
+over), taking the outcomes, and the flushes
 (:mod:`batch_pipelines.core.commits`: by default every 2 s and at the end of the chunk, the
 items of a flush written in bulk, one transaction per item only to isolate a commit that
 fails), then the batch's counts and status.
@@ -40,6 +42,7 @@ from batch_pipelines.core.execution import (
     AUTO_CHUNK_PER_WORKER,
     AUTO_CHUNK_RUNS,
     ExecutionSettings,
+    ItemRun,
     PendingCommit,
     WorkItem,
     auto_chunk_size,
@@ -47,6 +50,7 @@ from batch_pipelines.core.execution import (
     run_item,
 )
 from batch_pipelines.core.ledger import BatchStatus, ItemOutcome, ItemStatus
+from batch_pipelines.core.supervisor import AttemptAbandoned, Supervisor
 
 __all__ = [
     "AUTO_CHUNK_MAX",
@@ -282,39 +286,55 @@ _DONE = object()  # a worker's last word on the results queue
 def _run_pulled(
     chunk: _Chunk,
     items: _Items,
-    run_one: Callable[[WorkItem], PendingCommit],
+    start_item: Callable[[WorkItem], ItemRun],
     concurrency: int,
     flush_interval_s: float,
 ) -> None:
-    """``concurrency`` worker threads each take the next item as soon as theirs ends, so
-    items stay in flight while the calling thread flushes; the calling thread takes their
-    results from a queue, in the order they end."""
+    """``concurrency`` worker threads each take the next item as soon as theirs ends and run
+    its handler themselves, so items stay in flight while the calling thread flushes; the
+    calling thread takes their results from a queue, in the order they end, and supervises
+    their attempts (:class:`~batch_pipelines.core.supervisor.Supervisor`): a thread whose
+    attempt is abandoned is replaced, and its item settled or retried on the new thread."""
     results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    supervisor = Supervisor(chunk.watcher.stop)
 
-    def work() -> None:
+    def work(first: ItemRun | None) -> None:
         try:
-            while (w := items.next()) is not None:
-                pending = run_one(w)
+            run = first
+            while run is not None or (w := items.next()) is not None:
+                pending = (run or start_item(w)).to_end(supervisor)
+                run = None
                 results.put((pending, chunk.ended(pending)))
+        except AttemptAbandoned:
+            return  # its item is settled elsewhere, and it was counted off when abandoned
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             chunk.watcher.trip("interrupted")
             results.put(exc)
-        finally:
-            results.put(_DONE)
+        results.put(_DONE)
 
-    # Not daemon threads: one killed inside DuckDB at interpreter exit aborts the process.
-    threads = [
-        threading.Thread(target=work, name=f"items-{chunk.spec.name}-{i}")
-        for i in range(concurrency)
-    ]
-    for t in threads:
-        t.start()
-    live = len(threads)
+    # Daemon threads: an abandoned one may never return. The others are joined below, so
+    # none is left inside DuckDB at interpreter exit (that aborts the process).
+    threads: list[threading.Thread] = []
+
+    def spawn(first: ItemRun | None = None) -> None:
+        name = f"items-{chunk.spec.name}-{len(threads)}"
+        threads.append(threading.Thread(target=work, args=(first,), name=name, daemon=True))
+        threads[-1].start()
+
+    for _ in range(concurrency):
+        spawn()
+    live, lost = len(threads), set()
     try:
         while live:
-            wait_s = None
+            abandoned, wait_s = supervisor.watch()
+            for a in abandoned:
+                lost.add(a.thread)
+                if (pending := a.run.abandon(a)) is not None:
+                    results.put((pending, chunk.ended(pending)))
+                spawn(None if pending is not None else a.run)
             if chunk.buffer:
-                wait_s = max(0.0, flush_interval_s - (time.monotonic() - chunk.last_flush))
+                flush_wait = flush_interval_s - (time.monotonic() - chunk.last_flush)
+                wait_s = max(0.0, min(wait_s, flush_wait))
             try:
                 got = results.get(timeout=wait_s)
             except queue.Empty:
@@ -332,12 +352,15 @@ def _run_pulled(
         # flight to stop and give them a moment to leave their handlers; what they did is
         # not committed (their items are still `running`: recovery puts them back).
         chunk.watcher.trip("interrupted")
+        supervisor.watch()
         deadline = time.monotonic() + _DRAIN_ON_INTERRUPT_S
         for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            if t not in lost:
+                t.join(max(0.0, deadline - time.monotonic()))
         raise
     for t in threads:
-        t.join()
+        if t not in lost:
+            t.join()
 
 
 def run_chunk(
@@ -383,19 +406,13 @@ def run_chunk(
         chunk.failed, chunk.total = failed_total
         items = _Items(work_items, watcher, time_slice_s, summary)
 
-        def run_one(w: WorkItem) -> PendingCommit:
-            return run_item(
+        def start_item(w: WorkItem) -> ItemRun:
+            return ItemRun(
                 spec, w, options, settings, run_id=run_id, paths=paths, resources=resources,
                 batch_stop=watcher.stop, sleep=sleep,
             )  # fmt: skip
 
-        if concurrency <= 1:
-            # In the calling thread, so an interrupt reaches the item as in a plain loop.
-            while (w := items.next()) is not None:
-                pending = run_one(w)
-                chunk.finish(pending, chunk.ended(pending))
-        else:
-            _run_pulled(chunk, items, run_one, concurrency, settings.flush_interval_s)
+        _run_pulled(chunk, items, start_item, concurrency, settings.flush_interval_s)
         if items.index < len(work_items):
             chunk.not_run(work_items[items.index :])
         if chunk.buffer:

@@ -157,6 +157,34 @@ def test_timeout_of_a_handler_that_ignores_check(env) -> None:  # noqa: ANN001
     assert rows == [("a", "failed", "timeout"), ("b", "succeeded", None), ("c", "succeeded", None)]
 
 
+def test_an_abandoned_attempt_is_retried_on_another_thread(env) -> None:  # noqa: ANN001
+    """Handlers run in the runner's own threads (no handoff per item), so an attempt that
+    ignores its timeout takes its thread with it: the item's retry runs on a new thread, and
+    the stuck attempt's late return (here while the chunk still waits on that retry) is
+    never taken as the item's outcome."""
+    threads: dict[int, str] = {}
+
+    def stuck_once(ctx: ItemContext) -> ItemResult:
+        threads[ctx.attempt] = threading.current_thread().name
+        if ctx.attempt == 1:
+            time.sleep(2.6)  # ignores its 0.2 s timeout; returns while the retry waits
+        return ItemResult(metrics={"attempt": ctx.attempt})
+
+    spec = OperationSpec("testop", "t", Opts, Item, stuck_once)
+    s = ExecutionSettings(max_retries=1, item_timeout_s=0.2, retry_base_delay_s=1.0, retry_jitter=0)
+    _, work = make_batch([{"id": "a"}], s)
+    summary = run_chunk(spec, work, Opts(), s, run_id="r")
+    assert [(o.item_id, o.status) for o in summary.outcomes] == [("a", "succeeded")]
+    assert threads[1] != threads[2]
+    assert env.sql("select status, attempts, result->>'attempt' from batch_items") == [
+        ("succeeded", 2, "2")
+    ]
+    assert env.sql("select attempt, outcome, error_category from item_attempts order by 1") == [
+        (1, "failed", "timeout"),
+        (2, "succeeded", None),
+    ]
+
+
 def test_stop_on_first_error(env) -> None:  # noqa: ANN001
     s = ExecutionSettings(max_retries=0, continue_on_error=False)
     batch_id, work = make_batch(
