@@ -5,9 +5,9 @@ an :class:`~batch_pipelines.core.execution.ItemRun`: retries, timeout, attempts)
 continue-on-error or stop-on-first-error and the error budget, and keeps the ledger true as
 it goes. A worker takes the next item itself as soon as its item ends, and counts the item's
 failure against the budget there, so items stay in flight while the calling thread is busy.
-Everything else happens in the calling thread: watching the attempts' deadlines (an
-attempt that ignores its timeout is abandoned with its thread, and another thread takes
-over), taking the outcomes, and the flushes
+A supervisor thread watches the attempts' deadlines (an attempt that ignores its timeout
+is abandoned with its thread, and another thread takes over). Everything else happens in the
+calling thread: taking the outcomes, and the flushes
 (:mod:`batch_pipelines.core.commits`: by default every 2 s and at the end of the chunk, the
 items of a flush written in bulk, one transaction per item only to isolate a commit that
 fails), then the batch's counts and status.
@@ -50,7 +50,7 @@ from batch_pipelines.core.execution import (
     run_item,
 )
 from batch_pipelines.core.ledger import BatchStatus, ItemOutcome, ItemStatus
-from batch_pipelines.core.supervisor import AttemptAbandoned, Supervisor
+from batch_pipelines.core.supervisor import AttemptAbandoned, InFlight, Supervisor
 
 __all__ = [
     "AUTO_CHUNK_MAX",
@@ -292,11 +292,12 @@ def _run_pulled(
 ) -> None:
     """``concurrency`` worker threads each take the next item as soon as theirs ends and run
     its handler themselves, so items stay in flight while the calling thread flushes; the
-    calling thread takes their results from a queue, in the order they end, and supervises
-    their attempts (:class:`~batch_pipelines.core.supervisor.Supervisor`): a thread whose
-    attempt is abandoned is replaced, and its item settled or retried on the new thread."""
+    calling thread takes their results from a queue, in the order they end. A
+    :class:`~batch_pipelines.core.supervisor.Supervisor` watches their attempts; a thread
+    whose attempt is abandoned is replaced, and its item settled or retried on the new one."""
     results: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    supervisor = Supervisor(chunk.watcher.stop)
+    # An abandoned attempt comes to this thread as an InFlight on the results queue.
+    supervisor = Supervisor(chunk.watcher.stop, on_abandoned=results.put)
 
     def work(first: ItemRun | None) -> None:
         try:
@@ -321,46 +322,46 @@ def _run_pulled(
         threads.append(threading.Thread(target=work, args=(first,), name=name, daemon=True))
         threads[-1].start()
 
-    for _ in range(concurrency):
-        spawn()
-    live, lost = len(threads), set()
-    try:
-        while live:
-            abandoned, wait_s = supervisor.watch()
-            for a in abandoned:
-                lost.add(a.thread)
-                if (pending := a.run.abandon(a)) is not None:
-                    results.put((pending, chunk.ended(pending)))
-                spawn(None if pending is not None else a.run)
-            if chunk.buffer:
-                flush_wait = flush_interval_s - (time.monotonic() - chunk.last_flush)
-                wait_s = max(0.0, min(wait_s, flush_wait))
-            try:
-                got = results.get(timeout=wait_s)
-            except queue.Empty:
-                got = None
-            if got is _DONE:
-                live -= 1
-            elif isinstance(got, BaseException):
-                raise got
-            elif got is not None:
-                chunk.finish(*got)
-            if chunk.flush_due():
-                chunk.flush()
-    except BaseException:
-        # Interrupted (Ctrl-C, SIGTERM) or a flush that cannot write: tell the items in
-        # flight to stop and give them a moment to leave their handlers; what they did is
-        # not committed (their items are still `running`: recovery puts them back).
-        chunk.watcher.trip("interrupted")
-        supervisor.watch()
-        deadline = time.monotonic() + _DRAIN_ON_INTERRUPT_S
+    live, lost = concurrency, set()
+    with supervisor:
+        for _ in range(concurrency):
+            spawn()
+        try:
+            while live:
+                wait_s = None
+                if chunk.buffer:
+                    wait_s = max(0.0, flush_interval_s - (time.monotonic() - chunk.last_flush))
+                try:
+                    got = results.get(timeout=wait_s)
+                except queue.Empty:
+                    got = None
+                if got is _DONE:
+                    live -= 1
+                elif isinstance(got, BaseException):
+                    raise got
+                elif isinstance(got, InFlight):  # abandoned: settle or retry, on a new thread
+                    lost.add(got.thread)
+                    if (pending := got.run.abandon(got)) is not None:
+                        chunk.finish(pending, chunk.ended(pending))
+                    spawn(None if pending is not None else got.run)
+                elif got is not None:
+                    chunk.finish(*got)
+                if chunk.flush_due():
+                    chunk.flush()
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or a flush that cannot write: tell the items in
+            # flight to stop and give them a moment to leave their handlers; what they did is
+            # not committed (their items are still `running`: recovery puts them back).
+            chunk.watcher.trip("interrupted")
+            supervisor.watch()
+            deadline = time.monotonic() + _DRAIN_ON_INTERRUPT_S
+            for t in threads:
+                if t not in lost:
+                    t.join(max(0.0, deadline - time.monotonic()))
+            raise
         for t in threads:
             if t not in lost:
-                t.join(max(0.0, deadline - time.monotonic()))
-        raise
-    for t in threads:
-        if t not in lost:
-            t.join()
+                t.join()
 
 
 def run_chunk(

@@ -367,3 +367,37 @@ def test_timeouts_and_retries_hold_per_item_in_flight(env) -> None:  # noqa: ANN
     assert rows.pop("invalid") == "failed:1:validation"
     assert set(rows.values()) == {"succeeded:1:"}
     assert CALLS["flaky"] == 3 and CALLS["invalid"] == 1
+
+
+def test_a_timeout_interrupts_the_item_while_the_calling_thread_waits_to_flush(env) -> None:  # noqa: ANN001
+    """The attempts are watched from a thread of their own: while the calling thread waits
+    for the warehouse to flush (another writer holds it for 3 s), an item's DuckDB query past
+    its timeout is interrupted on time, not when the flush gets through."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_warehouse() -> None:
+        with warehouse.connect():
+            holding.set()
+            release.wait(3)
+
+    def handler(ctx: ItemContext) -> ItemResult:
+        if ctx.item_id == "a":  # takes the warehouse away, then asks for a flush at once
+            threading.Thread(target=hold_the_warehouse, daemon=True).start()
+            holding.wait(10)
+            return ItemResult(flush_now=True)
+        holding.wait(10)
+        with ctx.local_duckdb() as con:  # only an interrupt ends this query
+            con.execute("select count(*) from range(100000000000) t(i) where i % 7 = 3").fetchall()
+        return ItemResult()
+
+    s = ExecutionSettings(max_retries=0, item_timeout_s=0.5, item_concurrency=2)
+    _, work = make_batch([{"id": "a"}, {"id": "b"}], s)
+    try:
+        run_chunk(spec_of(handler), work, Opts(), s, run_id="r")
+    finally:
+        release.set()
+    rows = env.sql(
+        "select item_id, outcome, error_category, duration_ms from item_attempts order by 1"
+    )
+    assert [r[:3] for r in rows] == [("a", "succeeded", None), ("b", "failed", "timeout")]
+    assert rows[1][3] < 2000, rows  # interrupted at its timeout, not after the 3 s flush wait
