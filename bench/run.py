@@ -275,7 +275,7 @@ _ENGINE_NOTES = """
 | figure | what it measures |
 | --- | --- |
 | annotate handler alone | the `annotate` handler (local backend) on short inline texts, called in a loop: the item's own work. |
-| `run_chunk` | the core chunk runner (`core/runner.py`) over one chunk of those items of a submitted batch, in this process: each item on one of the run's item threads, which calls its handler itself (attempts, retries; its timeout watched by the calling thread), the flushes (detail rows and ledger rows in bulk), the batch refresh. No Dagster. |
+| `run_chunk` | the core chunk runner (`core/runner.py`) over one chunk of those items of a submitted batch, in this process: each item on one of the run's item threads, which calls its handler itself (attempts, retries; its timeout watched by a supervisor thread), the flushes (detail rows and ledger rows in bulk), the batch refresh. No Dagster. |
 | `run_batch_in_process` | the same batch run by `submit --wait`'s path: one Dagster chunk run in this process, adding one materialization per item and the run's events, on `make run`'s instance storage (the batching SQLite storage, `DAGSTER_EVENT_BATCH_SIZE=1000`). |
 | × handler | ms/item / the handler's ms/item: the engine's overhead factor (target: ≤ 2 for `run_chunk`). |
 
