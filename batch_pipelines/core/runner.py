@@ -202,6 +202,11 @@ class _Chunk:
         failed = self.failed + self.unflushed_failed
         return ratio is not None and self.total > 0 and failed / self.total > ratio
 
+    def started(self, failed_total: tuple[int, int]) -> None:
+        """The batch's counts, read when the chunk's items were marked running."""
+        with self.lock:
+            self.failed, self.total = failed_total
+
     def ended(self, pending: PendingCommit) -> bool:
         """Called where the item ran, the moment it ends: count a failure and stop new items
         from starting when it stops the batch. True when the batch stops here."""
@@ -289,10 +294,13 @@ def _run_pulled(
     start_item: Callable[[WorkItem], ItemRun],
     concurrency: int,
     flush_interval_s: float,
+    start: Callable[[], None] | None,
 ) -> None:
     """``concurrency`` worker threads each take the next item as soon as theirs ends and run
     its handler themselves, so items stay in flight while the calling thread flushes; the
-    calling thread takes their results from a queue, in the order they end. A
+    calling thread first runs ``start`` if given (the ledger write that marks the items
+    running, overlapping the first items), then takes their results from a queue, in the
+    order they end. A
     :class:`~batch_pipelines.core.supervisor.Supervisor` watches their attempts; a thread
     whose attempt is abandoned is replaced, and its item settled or retried on the new one."""
     results: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -327,6 +335,8 @@ def _run_pulled(
         for _ in range(concurrency):
             spawn()
         try:
+            if start is not None:
+                start()
             while live:
                 wait_s = None
                 if chunk.buffer:
@@ -397,14 +407,11 @@ def run_chunk(
         ledger.mark_running(con, batch_id, [w.item_id for w in work_items], run_id)
         return ledger.failed_of_total(con, batch_id)
 
-    failed_total = warehouse.write(start, paths.warehouse)
-
     concurrency = min(settings.concurrency_for(spec, resources or {}), len(work_items))
     with _BatchWatcher(batch_id, paths, watch_interval_s) as watcher:
         chunk = _Chunk(
             spec, settings, batch_id, run_id, paths, watcher, summary, on_progress, on_flushed
         )
-        chunk.failed, chunk.total = failed_total
         items = _Items(work_items, watcher, time_slice_s, summary)
 
         def start_item(w: WorkItem) -> ItemRun:
@@ -413,7 +420,18 @@ def run_chunk(
                 batch_stop=watcher.stop, sleep=sleep,
             )  # fmt: skip
 
-        _run_pulled(chunk, items, start_item, concurrency, settings.flush_interval_s)
+        def started() -> None:
+            chunk.started(warehouse.write(start, paths.warehouse))
+
+        # The write that marks the items running overlaps the first items, unless the batch
+        # has an error budget, which needs the batch's counts before the first item ends.
+        overlap = settings.max_failure_ratio is None
+        if not overlap:
+            started()
+        _run_pulled(
+            chunk, items, start_item, concurrency, settings.flush_interval_s,
+            started if overlap else None,
+        )  # fmt: skip
         if items.index < len(work_items):
             chunk.not_run(work_items[items.index :])
         if chunk.buffer:

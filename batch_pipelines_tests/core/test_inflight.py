@@ -401,3 +401,30 @@ def test_a_timeout_interrupts_the_item_while_the_calling_thread_waits_to_flush(e
     )
     assert [r[:3] for r in rows] == [("a", "succeeded", None), ("b", "failed", "timeout")]
     assert rows[1][3] < 2000, rows  # interrupted at its timeout, not after the 3 s flush wait
+
+
+def test_items_start_while_the_write_that_marks_them_running_waits(env) -> None:  # noqa: ANN001
+    """The chunk's first ledger write (its items `running`) overlaps the first items: with
+    the warehouse held by another writer for 1.5 s, the items run meanwhile, and the ledger
+    ends as it would have (every item once, succeeded)."""
+    s = ExecutionSettings(max_retries=0)
+    _, work = make_batch([{"id": f"i{n}"} for n in range(5)], s)
+    holding, first_ran = threading.Event(), []
+
+    def hold_the_warehouse() -> None:
+        with warehouse.connect():
+            holding.set()
+            time.sleep(1.5)
+
+    def handler(ctx: ItemContext) -> ItemResult:
+        first_ran.append(time.monotonic())
+        return ItemResult(metrics={"ok": True})
+
+    threading.Thread(target=hold_the_warehouse, daemon=True).start()
+    holding.wait(10)
+    t0 = time.monotonic()
+    summary = run_chunk(spec_of(handler), work, Opts(), s, run_id="r")
+    assert min(first_ran) - t0 < 1.0  # not after the writer let go
+    assert summary.count("succeeded") == 5
+    assert env.sql("select status, count(*) from batch_items group by 1") == [("succeeded", 5)]
+    assert env.sql("select status, succeeded_items from batches") == [("completed", 5)]
