@@ -1,8 +1,8 @@
 """Running one item to its final outcome: the execution settings of a batch, retries with
 exponential backoff and jitter (only for retryable error categories), the per-item timeout
 (enforced by a :class:`~batch_pipelines.core.supervisor.Supervisor`), and the attempts
-recorded along the way. Nothing here touches the warehouse; the chunk loop
-in :mod:`batch_pipelines.core.runner` commits what :func:`run_item` returns."""
+recorded along the way (:class:`ItemRun`). Nothing here touches the warehouse; the chunk
+loop in :mod:`batch_pipelines.core.runner` commits what an item's run returns."""
 
 from __future__ import annotations
 
@@ -293,14 +293,14 @@ class ItemRun:
                 ctx.timeout_s = self.settings.item_timeout_s
             started_at = utcnow()
             try:
-                result = self._attempt(ctx, started, started_at, supervisor)
+                result = self._call(ctx, started, started_at, supervisor)
             except Exception as exc:
                 if (final := self._failed(exc, started_at, started)) is not None:
                     return final
                 continue
             return self._succeeded(result, started_at, started)
 
-    def _attempt(
+    def _call(
         self, ctx: ItemContext, started: float, started_at: datetime, sv: Supervisor | None
     ) -> ItemResult:
         if sv is None:
@@ -317,8 +317,8 @@ class ItemRun:
                 with a.lock:
                     abandoned, a.state = a.state == "abandoned", "over"
                 sv.end(a)
-            if abandoned:
-                raise AttemptAbandoned(self.work.item_id)
+                if abandoned:  # whatever the handler did at last, the item is not ours
+                    raise AttemptAbandoned(self.work.item_id)
             if a.stop_error is not None:
                 raise a.stop_error
             if error is not None:
