@@ -300,9 +300,9 @@ def _run_pulled(
     its handler themselves, so items stay in flight while the calling thread flushes; the
     calling thread first runs ``start`` if given (the ledger write that marks the items
     running, overlapping the first items), then takes their results from a queue, in the
-    order they end. A
-    :class:`~batch_pipelines.core.supervisor.Supervisor` watches their attempts; a thread
-    whose attempt is abandoned is replaced, and its item settled or retried on the new one."""
+    order they end. A :class:`~batch_pipelines.core.supervisor.Supervisor` watches their
+    attempts; a thread whose attempt is abandoned is replaced, and its item settled or
+    retried on the new one."""
     results: queue.SimpleQueue[Any] = queue.SimpleQueue()
     # An abandoned attempt comes to this thread as an InFlight on the results queue.
     supervisor = Supervisor(chunk.watcher.stop, on_abandoned=results.put)
