@@ -358,7 +358,7 @@ class OperationSpec:
     # when an item mostly waits (an HTTP call); the handler must then be thread-safe (above).
     item_concurrency: int = 1
     # The default above as the run's resources decide it, where they do (annotate: 1 on the
-    # local backend, whose work holds the GIL, so threads only add handoffs); None: unchanged.
+    # local backend, whose work holds the GIL, so more threads only take turns on it); None: unchanged.
     concurrency_for_resources: Callable[[Mapping[str, Any]], int | None] | None = None
     # Its handler sets ItemResult.quality_score: a canary's min_mean_quality and a quality
     # gate need one, so they are refused at submit for an operation without.

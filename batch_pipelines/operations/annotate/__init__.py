@@ -26,7 +26,7 @@ SPEC = OperationSpec(
     group_commits=True,  # its rows only go to `annotations`
     # The openai backend mostly waits on HTTP: 16 items in flight per chunk run by default
     # (the shared client and the local backend are thread-safe); the local backend computes
-    # in Python, so one at a time (threads would only add handoffs under the GIL).
+    # in Python, so one at a time (more threads would only take turns on the GIL).
     item_concurrency=16,
     concurrency_for_resources=concurrency_for_resources,
     undo=undo_annotate,
