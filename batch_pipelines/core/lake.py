@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import logging
 import os
 import random
@@ -142,8 +143,10 @@ def open_lake(
         options = [f"data_path '{_quote(spec.data_path)}'"]
         if read_only:
             options.append("read_only")
-        # A SQLite catalog that another process is committing to answers "database is
-        # locked" even to the catalog check of ATTACH: wait for it as for a conflict.
+        if spec.catalog == "sqlite":
+            options += _sqlite_catalog_options(read_only)
+        # A SQLite catalog that another process is committing to may still answer "database
+        # is locked" to the catalog check of ATTACH: wait for it as for a conflict.
         attach = f"attach '{_quote(spec.attach_uri)}' as {ALIAS} ({', '.join(options)})"
         retry(lambda: con.execute(attach))
         con.execute(f"use {ALIAS}")
@@ -163,6 +166,17 @@ def open_lake(
             f"cannot open the lake warehouse {spec}: {redact(first_line)}"
         ) from None
     return con
+
+
+def _sqlite_catalog_options(read_only: bool) -> list[str]:
+    """A SQLite catalog in write-ahead-log mode, so that readers (every ATTACH, every query's
+    snapshot lookup) never wait for a writer's commit and a commit writes and syncs one file;
+    in the default rollback-journal mode a writer waiting to commit blocks every new reader,
+    and four busy writers on a slow disk kept ATTACH locked out for minutes. SQLite's own busy
+    wait (5 s in DuckDB) is raised to the warehouse's lock timeout, as for the single file.
+    The mode stays with the file: a read-only open leaves it as it is."""
+    busy = [f"meta_busy_timeout {int(config.lock_timeout_s() * 1000)}"]
+    return busy if read_only else ["meta_journal_mode 'wal'", *busy]
 
 
 _shared: dict[tuple[int, str], duckdb.DuckDBPyConnection] = {}
@@ -216,24 +230,28 @@ class _Counter:
 
 COUNTER = _Counter()
 # Every flush of a chunk run updates batch_items, and DuckLake lets no two transactions change
-# the same table at once: under four busy writers a commit may lose several times in a row.
-ATTEMPTS = 40
+# the same table at once: under four busy writers a commit may lose many times in a row, and
+# how many depends on the disk. So the retries are bounded in time, not in number: the
+# warehouse's lock timeout (BATCH_PIPELINES_LOCK_TIMEOUT_S), as for the single file's lock.
+MAX_DELAY_S = 1.0
 
 
-def retry(work: Callable[[], T], *, attempts: int = ATTEMPTS) -> T:
+def retry(work: Callable[[], T], *, timeout_s: float | None = None) -> T:
     """Run ``work`` (a whole transaction: it must begin and commit itself) again after a
-    conflict, up to ``attempts`` times, with exponential backoff and full jitter."""
+    conflict, with exponential backoff and full jitter, until ``timeout_s`` (default: the
+    warehouse's lock timeout) has passed; then the last conflict is raised."""
+    deadline = time.monotonic() + (config.lock_timeout_s() if timeout_s is None else timeout_s)
     delay = 0.05
-    for attempt in range(1, attempts + 1):
+    for attempt in itertools.count(1):
         try:
             return work()
         except duckdb.Error as exc:
-            if not is_conflict(exc) or attempt == attempts:
+            if not is_conflict(exc) or time.monotonic() >= deadline:
                 raise
             COUNTER.retries += 1
             log.info("commit conflict, running the transaction again (%d): %s", attempt, exc)
-            time.sleep(random.uniform(0, delay))
-            delay = min(delay * 1.5, 1.0)
+            time.sleep(min(random.uniform(0, delay), max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, MAX_DELAY_S)
     raise AssertionError("unreachable")
 
 

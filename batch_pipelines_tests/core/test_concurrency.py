@@ -5,9 +5,11 @@ select key ranges)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,60 @@ def test_four_batches_in_four_processes_on_a_sqlite_catalog(
     with warehouse.connect():  # the schema, once, before the processes start
         pass
     _four_batches(samples, env)
+
+
+# Holds the SQLite catalog's write lock (as a committing writer does) until told on stdin, or
+# at most CAP seconds; says which.
+_HOLDER = """
+import select, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("begin exclusive")
+print("holding", flush=True)
+told = select.select([sys.stdin], [], [], float(sys.argv[2]))[0]
+con.execute("commit")
+print("released when told" if told else "released at the cap", flush=True)
+"""
+
+
+def test_the_cli_reads_a_sqlite_catalog_while_a_writer_holds_it(
+    env,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (CI): in SQLite's rollback-journal mode a committing writer locks every
+    reader out, so four busy writers kept a fifth process's ATTACH failing until its retries
+    ran out. In write-ahead-log mode a reader never waits for a writer."""
+    catalog = env.data / "catalog.sqlite"
+    env.lake = f"ducklake:sqlite:{catalog}"
+    monkeypatch.setenv("BATCH_PIPELINES_WAREHOUSE", env.lake)
+    warehouse.forget_migrations()
+    with warehouse.connect():  # the schema, and the catalog's mode, on the first open
+        pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(catalog), "60"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        cli = subprocess.run(
+            [CLI, "list", "--json"],
+            env=env.environ(),
+            cwd=env.root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        with contextlib.suppress(BrokenPipeError):  # gone already if it released at the cap
+            holder.stdin.write("done\n")
+            holder.stdin.flush()
+        released = holder.stdout.readline().strip()
+    finally:
+        holder.kill() if holder.poll() is None else None
+        holder.wait()
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert json.loads(cli.stdout) == []
+    assert released == "released when told"  # the CLI did not wait for the writer
 
 
 def _four_batches(samples: Path, env) -> None:  # noqa: ANN001

@@ -90,8 +90,10 @@ def test_a_missing_extension_package_is_named(monkeypatch: pytest.MonkeyPatch) -
     assert "pip install 'batch_pipelines[lake]'" in str(err.value)
 
 
-def test_retry_is_bounded_and_only_for_conflicts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lake.time, "sleep", lambda s: None)
+def test_retry_is_bounded_in_time_and_only_for_conflicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]  # a fake clock: sleeping advances it, nothing else does
+    monkeypatch.setattr(lake.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(lake.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
     calls = []
 
     def conflicting() -> str:
@@ -109,9 +111,19 @@ def test_retry_is_bounded_and_only_for_conflicts(monkeypatch: pytest.MonkeyPatch
         raise duckdb.TransactionException("Transaction conflict")
 
     calls.clear()
+    start = clock[0]
     with pytest.raises(duckdb.TransactionException):
-        lake.retry(always, attempts=4)
-    assert len(calls) == 4
+        lake.retry(always, timeout_s=30)
+    # Tried again until the 30 s were over, never sleeping past them; backoff capped at 1 s.
+    assert clock[0] - start == pytest.approx(30)
+    assert len(calls) > 30
+
+    monkeypatch.setenv("BATCH_PIPELINES_LOCK_TIMEOUT_S", "7")  # the default: the lock timeout
+    calls.clear()
+    start = clock[0]
+    with pytest.raises(duckdb.TransactionException):
+        lake.retry(always)
+    assert clock[0] - start == pytest.approx(7)
 
     def other() -> None:
         calls.append(1)
