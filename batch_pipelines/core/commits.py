@@ -1,11 +1,12 @@
 """How the runner writes what its items did: one short locked write per flush.
 
-A flush commits the items buffered since the last one, then refreshes their batches. The
+A flush commits the items buffered since the last one and refreshes their batches. The
 items whose commits only touch the warehouse (every item of an operation with
 ``OperationSpec.group_commits``, and any item without a commit callable: failed, cancelled,
 or with ``ItemResult.rows`` only) are written together in one transaction: their detail rows
 table by table (one DELETE and one INSERT from an Arrow table each), their commit callables,
-then their ``batch_items`` and ``item_attempts`` rows set-wise. If that transaction fails it
+then their ``batch_items`` and ``item_attempts`` rows set-wise, and when no item needs a
+transaction of its own the refresh of their batches joins it. If that transaction fails it
 is rolled back and the same items are committed one transaction each, so only the item at
 fault fails (with its error) and the others are written. Items whose commits have effects
 outside DuckDB (a file renamed or deleted) always get a transaction of their own. Re-running
@@ -16,7 +17,7 @@ duplicates.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,11 +120,14 @@ def replace_rows_together(
 
 
 def _commit_together(
-    con: duckdb.DuckDBPyConnection, pending: Sequence[PendingCommit], run_id: str | None
+    con: duckdb.DuckDBPyConnection,
+    pending: Sequence[PendingCommit],
+    run_id: str | None,
+    then: Callable[[], None] | None = None,
 ) -> bool:
-    """Commit every item and its ledger rows in one transaction. If anything fails, nothing
-    is written, the outcomes are as they were, and False is returned (the caller commits the
-    items one by one, so only the failing one fails)."""
+    """Commit every item and its ledger rows in one transaction, ending with ``then()``. If
+    anything fails, nothing is written, the outcomes are as they were, and False is returned
+    (the caller commits the items one by one, so only the failing one fails)."""
     before = [
         (p.outcome.status, p.outcome.attempts[-1].outcome if p.outcome.attempts else None)
         for p in pending
@@ -132,6 +136,8 @@ def _commit_together(
     def attempt() -> None:
         try:
             _write_together(con, pending, run_id)
+            if then is not None:
+                then()
         except BaseException:
             # What the failed attempt changed of the outcomes (skipped) is undone with it.
             for p, (status, last) in zip(pending, before, strict=True):
@@ -190,14 +196,23 @@ def commit_items(
     run_id: str | None,
     *,
     group_commits: bool = False,
-) -> None:
-    """Commit buffered items on ``con``: together where allowed, one by one otherwise."""
+    then: Callable[[], None] | None = None,
+) -> bool:
+    """Commit buffered items on ``con``: together where allowed, one by one otherwise.
+    ``then`` (more writes) joins the transaction of the items when they all went together;
+    returns whether it did (if not, the caller still has to run it)."""
     together = [p for p in pending if _groupable(p, group_commits)]
     alone = [p for p in pending if not _groupable(p, group_commits)]
-    if len(together) == 1 or (together and not _commit_together(con, together, run_id)):
+    joined = False
+    if len(together) > 1 or (together and not alone and then is not None):
+        joined = not alone and then is not None
+        if not _commit_together(con, together, run_id, then if joined else None):
+            alone, joined = together + alone, False
+    else:
         alone = together + alone
     for p in alone:
         _commit_one(con, p, run_id)
+    return joined
 
 
 def flush(
@@ -211,15 +226,20 @@ def flush(
     """Commit buffered items (:func:`commit_items`), refresh their batches and run the
     items' cleanups; returns each batch's state."""
     states: dict[str, BatchState] = {}
+    statuses: dict[str, str] = {}
     try:
         with warehouse.connect(paths.warehouse) as con:
-            commit_items(con, pending, run_id, group_commits=group_commits)
+
+            def refresh() -> None:
+                for batch_id in sorted(batch_ids):
+                    statuses[batch_id] = ledger.refresh_batch(con, batch_id)
+
+            # The batches' refresh shares the items' transaction when it can: one commit less.
+            if not commit_items(con, pending, run_id, group_commits=group_commits, then=refresh):
+                lake.transaction(con, refresh)
             for batch_id in sorted(batch_ids):
-                status = lake.transaction(con, lambda b=batch_id: ledger.refresh_batch(con, b))
-                failed, total = ledger.failed_of_total(con, batch_id)
-                states[batch_id] = BatchState(
-                    status, ledger.is_paused(con, batch_id), failed, total
-                )
+                paused, failed, total = ledger.paused_failed_total(con, batch_id)
+                states[batch_id] = BatchState(statuses[batch_id], paused, failed, total)
     finally:
         for p in pending:
             if p.result is not None and p.result.cleanup is not None:

@@ -14,7 +14,7 @@ import pytest
 from dagster import DagsterInstance
 
 from batch_pipelines.app import control
-from batch_pipelines.core import commits, warehouse
+from batch_pipelines.core import commits, runner, warehouse
 from batch_pipelines.core.contract import ItemContext, ItemResult, OperationSpec
 from batch_pipelines.core.errors import ValidationItemError
 from batch_pipelines.core.runner import ExecutionSettings, run_chunk
@@ -321,6 +321,51 @@ def test_a_flush_writes_detail_rows_set_wise_and_reruns_replace(
     run_chunk(spec, work, Opts(), s, run_id="r2")
     assert env.sql("select count(*), count(distinct (item_id, n)) from t_detail") == [(40, 40)]
     assert env.sql("select distinct run_id, status from batch_items") == [("r2", "succeeded")]
+
+
+def test_a_flush_refreshes_its_batch_in_the_transaction_of_its_items(
+    env,  # noqa: ANN001
+    detail: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One commit per flush: the batch's counts never lag its items' rows, and a flush costs
+    one transaction, not two; a flush with an item that fails its commit still refreshes."""
+    in_flush = threading.local()
+    transactions: list[str] = []
+    real_flush, real_transaction = runner.flush, commits.lake.transaction
+
+    def flush(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        in_flush.on = True
+        try:
+            return real_flush(*a, **kw)
+        finally:
+            in_flush.on = False
+
+    def transaction(con, work):  # noqa: ANN001, ANN202
+        if getattr(in_flush, "on", False):
+            transactions.append(getattr(work, "__name__", "?"))
+        return real_transaction(con, work)
+
+    monkeypatch.setattr(runner, "flush", flush)
+    monkeypatch.setattr(commits.lake, "transaction", transaction)
+    spec = spec_of(rows_handler, group_commits=True, item_concurrency=4)
+    s = ExecutionSettings(max_retries=0, flush_interval_s=600)
+    _, work = make_batch([{"id": f"item{n}"} for n in range(20)], s)
+    run_chunk(spec, work, Opts(), s, run_id="r1")
+    assert transactions == ["attempt"]  # the items' rows and the refresh, together
+    assert env.sql("select status, succeeded_items, processed_items from batches") == [
+        ("completed", 20, 20)
+    ]
+
+    transactions.clear()
+    items = [{"id": f"item{n}", "behaviour": "bad" if n == 3 else "ok"} for n in range(8)]
+    _, work = make_batch(items, s)
+    run_chunk(spec, work, Opts(), s, run_id="r2")
+    # The bulk attempt rolled back, then one transaction per item, then the refresh.
+    assert transactions[0] == "attempt" and transactions[-1] == "refresh"
+    assert env.sql(
+        "select succeeded_items, failed_items from batches order by created_at desc limit 1"
+    ) == [(7, 1)]
 
 
 def test_a_bad_commit_fails_only_its_item(env, detail: str) -> None:  # noqa: ANN001

@@ -149,6 +149,17 @@ def is_paused(con: duckdb.DuckDBPyConnection, batch_id: str) -> bool:
     return bool(row and row[0])
 
 
+def paused_failed_total(con: duckdb.DuckDBPyConnection, batch_id: str) -> tuple[bool, int, int]:
+    """(paused, failed items, total items) of a batch as its last refresh left it, in one
+    read: what a flush tells the runner."""
+    row = one(
+        con,
+        "select paused, failed_items, total_items from batches where batch_id = ?",
+        [batch_id],
+    )
+    return (bool(row[0]), int(row[1] or 0), int(row[2] or 0)) if row else (False, 0, 0)
+
+
 def failed_of_total(con: duckdb.DuckDBPyConnection, batch_id: str) -> tuple[int, int]:
     """(failed items, total items) of a batch as its last refresh counted them: what the
     runner checks the error budget against between flushes."""
