@@ -32,7 +32,7 @@ from typing import Any
 import duckdb
 from pydantic import BaseModel
 
-from batch_pipelines.core import config, ledger, warehouse
+from batch_pipelines.core import config, heap, ledger, warehouse
 from batch_pipelines.core.commits import BatchState, flush
 from batch_pipelines.core.contract import OperationSpec
 from batch_pipelines.core.errors import CANCELLED
@@ -408,7 +408,7 @@ def run_chunk(
         return ledger.failed_of_total(con, batch_id)
 
     concurrency = min(settings.concurrency_for(spec, resources or {}), len(work_items))
-    with _BatchWatcher(batch_id, paths, watch_interval_s) as watcher:
+    with heap.frozen(), _BatchWatcher(batch_id, paths, watch_interval_s) as watcher:
         chunk = _Chunk(
             spec, settings, batch_id, run_id, paths, watcher, summary, on_progress, on_flushed
         )
