@@ -341,8 +341,9 @@ _LAKE_NOTES = """
 | commit retries | transactions the lake ran again after a commit conflict (`core/lake.py`), summed over the 4 processes; the file takes its lock instead and never conflicts. |
 | all succeeded | every item succeeded and the ledger holds each exactly once. |
 
-The lake's catalog is a local PostgreSQL started for the run (fsync off) and its data files a
-local folder: with a remote catalog or object storage each statement costs a network round
+The PostgreSQL catalog is a local server started for the run (fsync off); the SQLite catalog
+is a file beside the data (write-ahead-log mode, synced at every commit). The data files are
+a local folder: with a remote catalog or object storage each statement costs a network round
 trip more. Reproduce: `python bench/run.py lake --lake-items 200`.
 """
 
@@ -354,7 +355,7 @@ def _run_lake(args: argparse.Namespace) -> str:
         raise SystemExit("--lake-items and --lake-chunk-size must be at least 1")
     result = lake.run(args.lake_items, args.lake_chunk_size)
     return (
-        f"### Lake: 4 concurrent batches, single file against DuckLake on PostgreSQL\n\n"
+        f"### Lake: 4 concurrent batches, single file against DuckLake (PostgreSQL, SQLite)\n\n"
         f"{lake.markdown(result)}\n{_LAKE_NOTES}"
     )
 
