@@ -203,9 +203,8 @@ def commit_items(
     returns whether it did (if not, the caller still has to run it)."""
     together = [p for p in pending if _groupable(p, group_commits)]
     alone = [p for p in pending if not _groupable(p, group_commits)]
-    joined = False
-    if len(together) > 1 or (together and not alone and then is not None):
-        joined = not alone and then is not None
+    joined = bool(together) and not alone and then is not None
+    if len(together) > 1 or joined:
         if not _commit_together(con, together, run_id, then if joined else None):
             alone, joined = together + alone, False
     else:
