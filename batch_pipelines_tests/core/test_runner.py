@@ -267,8 +267,9 @@ def test_the_heap_alive_before_a_chunk_is_frozen_while_it_runs(env) -> None:  # 
     assert len(seen) == 2 and min(seen) > 1000
     assert gc.get_freeze_count() == 0
     with heap.frozen():
-        outer = gc.get_freeze_count()
+        assert gc.get_freeze_count() > 1000
         with heap.frozen():
             pass
-        assert gc.get_freeze_count() == outer > 0  # the inner chunk's end leaves it frozen
+        # The inner chunk's end leaves it frozen (less what other threads freed meanwhile).
+        assert gc.get_freeze_count() > 1000
     assert gc.get_freeze_count() == 0
