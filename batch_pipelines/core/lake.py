@@ -172,9 +172,9 @@ def _sqlite_catalog_options(read_only: bool) -> list[str]:
     """A SQLite catalog in write-ahead-log mode, so that readers (every ATTACH, every query's
     snapshot lookup) never wait for a writer's commit and a commit writes and syncs one file;
     in the default rollback-journal mode a writer waiting to commit blocks every new reader,
-    and four busy writers on a slow disk kept ATTACH locked out for minutes. SQLite's own busy
-    wait (5 s in DuckDB) is raised to the warehouse's lock timeout, as for the single file.
-    The mode stays with the file: a read-only open leaves it as it is."""
+    and four busy writers kept a fifth process's ATTACH locked out for minutes (in CI).
+    SQLite's own busy wait (5 s in DuckDB) is raised to the warehouse's lock timeout, as for
+    the single file. The mode stays with the file: a read-only open leaves it as it is."""
     busy = [f"meta_busy_timeout {int(config.lock_timeout_s() * 1000)}"]
     return busy if read_only else ["meta_journal_mode 'wal'", *busy]
 
