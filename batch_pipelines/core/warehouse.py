@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ __all__ = [
 T = TypeVar("T")
 
 _process_lock = threading.RLock()
+_HEADER_BYTES = 4096
 _migrated: set[str] = set()
 # Reads that cannot touch anything but the warehouse: no file, extension, URL or ATTACH, and
 # no SET to turn that back on.
@@ -61,6 +63,31 @@ SANDBOX = {"enable_external_access": False, "lock_configuration": True}
 
 def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
+
+
+def _newer_format(path: Path, first_line: str) -> str:
+    """The error for a warehouse file in a storage format newer than this DuckDB reads (one
+    written by an earlier release of the project on DuckDB 2.x): who wrote it, and the way
+    over (docs/troubleshooting.md)."""
+    writer = "a newer DuckDB"
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(_HEADER_BYTES)
+        # The main header: "DUCK" at 8, the storage version at 12, the writer's version at 52.
+        if header[8:12] == b"DUCK":
+            name = header[52:84].split(b"\0", 1)[0].decode("ascii", "replace")
+            if re.fullmatch(r"v\d+\.\d+\.\d+\S*", name):
+                writer = f"DuckDB {name}"
+    except OSError:
+        pass
+    stored = re.search(r"version number (\d+)", first_line)
+    storage = f" (storage version {stored.group(1)})" if stored else ""
+    return (
+        f"cannot open the warehouse {path}: it was written by {writer}{storage}, which this "
+        f"release's DuckDB {duckdb.__version__} cannot read; the file was left as it is. "
+        "Copy it over with that DuckDB's EXPORT DATABASE and this one's IMPORT DATABASE "
+        "(docs/troubleshooting.md, 'A warehouse written by a newer DuckDB')"
+    )
 
 
 @contextlib.contextmanager
@@ -109,6 +136,8 @@ def _open(
             )
         except duckdb.IOException as exc:
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "can only read versions" in first_line:
+                raise WarehouseUnreadableError(_newer_format(path, first_line)) from None
             if "lock" not in first_line.lower():
                 raise WarehouseUnreadableError(
                     f"cannot open the warehouse {path}: {first_line}"

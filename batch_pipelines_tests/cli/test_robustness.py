@@ -4,6 +4,8 @@ silent overwrite."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import secrets
@@ -12,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from batch_pipelines.core import warehouse
@@ -162,6 +165,30 @@ def test_a_corrupt_warehouse_is_one_line(env) -> None:  # noqa: ANN001
         assert p.returncode == 1, p.stdout + p.stderr
         line = one_line_error(p)
         assert str(env.warehouse) in line and "not a valid DuckDB database" in line
+
+
+# The first 4 KiB (the main header) of a database file written by DuckDB 2.0.1, as the
+# project's releases on DuckDB 2.0 left data/warehouse.duckdb: this DuckDB refuses it there.
+DUCKDB_2_0_1_HEADER = gzip.decompress(
+    base64.b64decode(
+        "H4sIAAAAAAACAys63O/Hnq3U5hLq7P2cmYEoUGakZ6BniFveIsXcwtDQJNXSAL85J0LmP7XYs/DW5ZtO62KM"
+        "fXMYRsEoGAWjYBSMglEwCkbBKBgFo2AUjIJRQBMAAKS9pyUAEAAA"
+    )
+)
+
+
+def test_a_warehouse_written_by_a_newer_duckdb_says_who_wrote_it_and_the_way_over(env) -> None:  # noqa: ANN001
+    env.warehouse.write_bytes(DUCKDB_2_0_1_HEADER)
+    for args in (("list",), ("sql", "select 1")):
+        p = cli(env, *args)
+        assert p.returncode == 1, p.stdout + p.stderr
+        line = one_line_error(p)
+        assert str(env.warehouse) in line, line
+        assert "written by DuckDB v2.0.1 (storage version 999)" in line, line
+        assert f"DuckDB {duckdb.__version__} cannot read" in line, line
+        assert "EXPORT DATABASE" in line and "A warehouse written by a newer DuckDB" in line
+    # Left as it was: not migrated over, not replaced by a fresh database.
+    assert env.warehouse.read_bytes() == DUCKDB_2_0_1_HEADER
 
 
 # Lower-impact cases
