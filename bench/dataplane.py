@@ -77,13 +77,26 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def step_duckdb_import(csv: str, db: str) -> dict[str, Any]:
+def step_duckdb_import(csv: str, db: str, lineage: bool = False) -> dict[str, Any]:
+    """DuckDB alone; with ``lineage``, the SELECT of the import's direct load (its
+    ``read_csv`` with ``store_rejects``, and the two lineage columns) instead of the plain
+    one, with the lineage values of ``step_import_plain``."""
     import duckdb
 
+    select = f"select * from read_csv('{csv}')"
+    if lineage:
+        from batch_pipelines.operations.import_ import SPEC
+        from batch_pipelines.operations.import_.load import file_source
+
+        options = SPEC.options_model(target_table=TABLE, mode="replace")
+        select = (
+            "select *, 'bench-plain' as _batch_id, 'big' as _item_id from "
+            f"{file_source(Path(csv), 'csv', options)}"
+        )
     base = _rss_now_mb()
     start = time.perf_counter()
     con = duckdb.connect(db)
-    con.execute(f"create table {TABLE} as select * from read_csv('{csv}')")
+    con.execute(f"create table {TABLE} as {select}")
     rows = con.execute(f"select count(*) from {TABLE}").fetchone()[0]
     con.close()
     return {"seconds": time.perf_counter() - start, "rows": rows, "base_mb": base}
@@ -243,7 +256,20 @@ def run_step(
 # ------------------------------------------------------------------------------ the bench
 
 
-def run(rows: int = 5_000_000, memory_limit: str = "100MB") -> dict[str, Any]:
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median time (the lower middle one of an even count), with every run's
+    seconds."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["each_seconds"] = [r["seconds"] for r in runs]
+    return median
+
+
+def run(rows: int = 5_000_000, memory_limit: str = "100MB", rounds: int = 3) -> dict[str, Any]:
+    """Every step once, except the three that compare an import with DuckDB alone (DuckDB's
+    ``read_csv``, DuckDB with the import's SELECT, the import's data path): ``rounds`` times
+    each, one after the other in turn, each figure the median run (this machine's spread
+    between rounds is larger than the differences measured)."""
     with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as tmp:
         root = Path(tmp)
         data = root / "data"
@@ -267,16 +293,26 @@ def run(rows: int = 5_000_000, memory_limit: str = "100MB") -> dict[str, Any]:
             }
         )
         out: dict[str, Any] = {"file": generated, "memory_limit": memory_limit}
-        out["duckdb_import"] = run_step(
-            "duckdb_import", env, csv=str(csv), db=str(root / "duckdb_only.duckdb")
-        )
-        for load in ("staged", "auto"):
-            out[f"import_plain_{load}"] = run_step(
-                "import_plain",
-                {**env, "BATCH_PIPELINES_WAREHOUSE": str(data / f"warehouse_{load}.duckdb")},
-                csv=str(csv),
-                load=load,
-            )
+        compared: dict[str, list[dict[str, Any]]] = {}
+        for i in range(max(1, rounds)):
+            for key, lineage in (("duckdb_import", False), ("duckdb_import_lineage", True)):
+                db = root / f"duckdb_only_{i}_{key}.duckdb"
+                compared.setdefault(key, []).append(
+                    run_step("duckdb_import", env, csv=str(csv), db=str(db), lineage=lineage)
+                )
+                db.unlink()
+            for load in ("staged", "auto") if i == 0 else ("auto",):
+                warehouse = data / f"warehouse_{load}_{i}.duckdb"
+                compared.setdefault(f"import_plain_{load}", []).append(
+                    run_step(
+                        "import_plain",
+                        {**env, "BATCH_PIPELINES_WAREHOUSE": str(warehouse)},
+                        csv=str(csv),
+                        load=load,
+                    )
+                )
+                warehouse.unlink()
+        out.update({key: _median_run(runs) for key, runs in compared.items()})
         out["import"] = run_step("import", env, csv=str(csv))
         limited_env = {
             **env,
@@ -320,6 +356,14 @@ def markdown(result: dict[str, Any]) -> str:
 
     ref_import = result["duckdb_import"]
     lines.append(row("DuckDB `create table as select * from read_csv(...)`", ref_import, None))
+    if "duckdb_import_lineage" in result:
+        lines.append(
+            row(
+                "DuckDB alone, the import's SELECT (`store_rejects`, two lineage columns)",
+                result["duckdb_import_lineage"],
+                ref_import,
+            )
+        )
     for load in ("staged", "auto"):
         plain = result[f"import_plain_{load}"]
         lines.append(
@@ -348,6 +392,28 @@ def markdown(result: dict[str, Any]) -> str:
             ref_import,
         )
     )
+    each = {
+        label: result[key].get("each_seconds", [])
+        for label, key in (
+            ("DuckDB alone", "duckdb_import"),
+            ("the import's SELECT", "duckdb_import_lineage"),
+            ("import handler + commit (`auto`)", "import_plain_auto"),
+        )
+        if key in result
+    }
+    rounds = max((len(v) for v in each.values()), default=0)
+    if rounds > 1:
+        alone, ours = each["DuckDB alone"], each["import handler + commit (`auto`)"]
+        ratios = [a / b for a, b in zip(alone, ours, strict=True)]
+        lines.insert(
+            0,
+            f"The first, second and fourth rows are the median of {rounds} rounds, run in turn "
+            "(seconds of each round: "
+            + "; ".join(f"{k} {', '.join(f'{s:.2f}' for s in v)}" for k, v in each.items())
+            + "; the import's ratio to DuckDB alone round by round: "
+            + ", ".join(f"{r:.2f}×" for r in ratios)
+            + ").\n",
+        )
     for fmt in ("parquet", "csv"):
         ref = result[f"duckdb_copy_{fmt}"]
         exp = result[f"export_{fmt}"]
@@ -367,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--memory-limit", default="100MB")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("step_args", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -375,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         result["peak_mb"] = _peak_mb()
         print(json.dumps(result, default=str))
         return 0
-    print(markdown(run(args.rows, args.memory_limit)))
+    print(markdown(run(args.rows, args.memory_limit, args.rounds)))
     return 0
 
 

@@ -167,12 +167,19 @@ def _dataplane_arguments(parser: argparse.ArgumentParser) -> None:
         default="100MB",
         help="BATCH_PIPELINES_DUCKDB_MEMORY of the limited import (dataplane)",
     )
+    group.add_argument(
+        "--import-rounds",
+        type=int,
+        default=3,
+        help="rounds of the import-vs-DuckDB steps, each figure their median (dataplane)",
+    )
 
 
 _DATAPLANE_NOTES = """
 | figure | what it measures |
 | --- | --- |
 | DuckDB `read_csv` | DuckDB alone loading the file into a table of a fresh database file (its defaults: all cores, 80% of RAM). |
+| the import's SELECT | DuckDB alone running the SELECT of the import's direct load (`read_csv` with `store_rejects`, plus the `_batch_id` and `_item_id` lineage columns) into a fresh database file: the same table without the project, the floor of the import's ratio. |
 | import handler + commit | the import's data path alone, in one process without Dagster or the ledger: the handler (sha256 of the file, DuckDB sniffing its columns) and its commit, which reads the file straight into the warehouse table in one transaction (direct load). "handler" is the part outside the writer lock. |
 | import batch | a one-item `import` batch run in-process (`run_batch_in_process`, as `submit --wait`): the same data path plus the ledger and one Dagster run (a few seconds whatever the file's size: see the fan-out section). Seconds from submit to the batch's end; "handler" is the item's own time (without the commit). |
 | DuckDB memory 100MB | the same import with `BATCH_PIPELINES_DUCKDB_MEMORY` far below the file's size: peak RSS shows whether it streamed. |
@@ -180,7 +187,7 @@ _DATAPLANE_NOTES = """
 | base / peak RSS | the step's process after its imports (Dagster and the project hold ~200 MiB before any work) and at its peak (`ru_maxrss`). |
 
 Reproduce: `make bench BENCH_ARGS="dataplane"` or
-`python bench/run.py dataplane --csv-rows 5000000 --memory-limit 100MB`.
+`python bench/run.py dataplane --csv-rows 5000000 --memory-limit 100MB --import-rounds 3`.
 """
 
 
@@ -189,7 +196,7 @@ def _run_dataplane(args: argparse.Namespace) -> str:
 
     if args.csv_rows < 1:
         raise SystemExit("--csv-rows must be at least 1")
-    result = dataplane.run(args.csv_rows, args.memory_limit)
+    result = dataplane.run(args.csv_rows, args.memory_limit, args.import_rounds)
     return (
         f"### Data plane: {args.csv_rows:,}-row CSV\n\n"
         f"{dataplane.markdown(result)}\n{_DATAPLANE_NOTES}"
