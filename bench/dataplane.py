@@ -6,8 +6,13 @@ its own Python process so that its peak RSS (``ru_maxrss``) is its own:
 
 - **DuckDB read_csv**: ``create table t as select * from read_csv(file)`` into a fresh
   database file: what DuckDB alone takes to load the file;
+- **the import's SELECT**: DuckDB alone again, running the SELECT of the import's direct
+  load (``read_csv`` with ``store_rejects``, the two lineage columns): the same table without
+  the project;
 - **import handler + commit**: the same item's data path alone (the import handler, then
   its commit in one warehouse transaction), without Dagster or the ledger;
+  these three steps run ``--rounds`` times (default 3) in turn, each figure the median
+  round;
 - **import**: a one-item ``import`` batch run by ``run_batch_in_process`` (what
   ``batch-pipelines submit --wait`` does: a Dagster run, the handler's sha256 and sniff,
   the commit reading the file into the warehouse table, the ledger), timed from submit to
@@ -86,13 +91,10 @@ def step_duckdb_import(csv: str, db: str, lineage: bool = False) -> dict[str, An
     select = f"select * from read_csv('{csv}')"
     if lineage:
         from batch_pipelines.operations.import_ import SPEC
-        from batch_pipelines.operations.import_.load import file_source
+        from batch_pipelines.operations.import_.load import file_source, load_select
 
         options = SPEC.options_model(target_table=TABLE, mode="replace")
-        select = (
-            "select *, 'bench-plain' as _batch_id, 'big' as _item_id from "
-            f"{file_source(Path(csv), 'csv', options)}"
-        )
+        select = load_select(file_source(Path(csv), "csv", options), options, "bench-plain", "big")
     base = _rss_now_mb()
     start = time.perf_counter()
     con = duckdb.connect(db)

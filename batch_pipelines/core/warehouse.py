@@ -54,7 +54,6 @@ __all__ = [
 T = TypeVar("T")
 
 _process_lock = threading.RLock()
-_HEADER_BYTES = 4096
 _migrated: set[str] = set()
 # Reads that cannot touch anything but the warehouse: no file, extension, URL or ATTACH, and
 # no SET to turn that back on.
@@ -72,8 +71,9 @@ def _newer_format(path: Path, first_line: str) -> str:
     writer = "a newer DuckDB"
     try:
         with path.open("rb") as fh:
-            header = fh.read(_HEADER_BYTES)
-        # The main header: "DUCK" at 8, the storage version at 12, the writer's version at 52.
+            header = fh.read(84)
+        # The main header: "DUCK" at 8, the storage version at 12, the writer's version in the
+        # 32 bytes from 52.
         if header[8:12] == b"DUCK":
             name = header[52:84].split(b"\0", 1)[0].decode("ascii", "replace")
             if re.fullmatch(r"v\d+\.\d+\.\d+\S*", name):

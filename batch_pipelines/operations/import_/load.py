@@ -82,6 +82,16 @@ def table_types(con: duckdb.DuckDBPyConnection, target: str) -> dict[str, str]:
     }
 
 
+def load_select(source: str, options: ImportOptions, batch_id: str, item_id: str) -> str:
+    """The SELECT a load inserts: every column of ``source``, plus the lineage columns."""
+    lineage = (
+        f", {quote_literal(batch_id)} as _batch_id, {quote_literal(item_id)} as _item_id"
+        if options.lineage_columns
+        else ""
+    )
+    return f"select *{lineage} from {source}"
+
+
 def load_rows(
     con: duckdb.DuckDBPyConnection,
     cc: CommitContext,
@@ -94,12 +104,7 @@ def load_rows(
     mode says, after deleting what an earlier run of this item wrote; the rows inserted.
     ``add_columns``: lineage columns the source carries itself, added to an existing table
     that lacks them."""
-    lineage = (
-        f", {quote_literal(cc.batch_id)} as _batch_id, {quote_literal(cc.item_id)} as _item_id"
-        if options.lineage_columns
-        else ""
-    )
-    select = f"select *{lineage} from {source}"
+    select = load_select(source, options, cc.batch_id, cc.item_id)
     table = quote_ident(target)
     # Rollback: rows appended with lineage columns are deleted by them; a table replaced or
     # upserted (rows of other batches change) is copied before the batch first writes it.
